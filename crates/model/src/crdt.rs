@@ -1,0 +1,388 @@
+//! How values are encoded on Automerge so that merges mean what DESIGN.md's
+//! merge table says. Everything else in the crate writes through here.
+//!
+//! * A **register** (a discrete or percentage milestone, a component or
+//!   drawing field, a `deleted` mark) is one JSON string under one map key,
+//!   written with a single `put`: `{v, ts, u, d, op, p, r, e}`. A write made
+//!   after seeing others replaces them all; truly concurrent writes leave
+//!   several values under the key. The winner is the highest
+//!   `(ts, device, op, encoding)` — a total order, so every replica picks the
+//!   same one — and the rest are the register's conflicts. Automerge's own
+//!   winner (by op id) is deliberately not used: it ignores time.
+//! * `ts` is hybrid-logical: `max(writer's clock, every ts under the key + 1)`,
+//!   so a device whose clock lags still orders after what it has seen.
+//! * `p` (the value the writer saw) makes history and undo answerable from
+//!   the write itself.
+//! * A **quantity milestone** is a map of entries, created with the
+//!   component (so replicas never race to create it), one entry per write,
+//!   keyed by operation id: `{delta, ts, u, d, op, p, r, e, undo?}`. Quantity
+//!   is the sum of the deltas of entries not undone. Undo re-puts the entry
+//!   with an `undo` mark: idempotent, and concurrent undos cannot subtract
+//!   twice. (An Automerge Counter would hold integers only, lose increments
+//!   when two replicas create it, and double-subtract under concurrent undo.)
+
+use std::cmp::Ordering;
+
+use automerge::transaction::{Transactable, Transaction};
+use automerge::{ObjId, ReadDoc, ScalarValue, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::ids::{DeviceId, OperationId};
+use crate::operation::WriteCtx;
+use crate::time::Timestamp;
+
+/// One write of a register.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Write<T> {
+    /// The value written.
+    pub v: T,
+    /// Hybrid-logical time of the write, in ms.
+    pub ts: i64,
+    /// The user who wrote it.
+    pub u: String,
+    /// The device it was written on.
+    pub d: DeviceId,
+    /// The operation it belongs to.
+    pub op: OperationId,
+    /// The winning value the writer saw (the field's default when unset).
+    pub p: T,
+    /// The reason given, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<String>,
+    /// The day the work was done, when recorded late (YYYY-MM-DD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+}
+
+/// The state of a register: its winning write and the concurrent losers.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Register<T> {
+    pub winner: Write<T>,
+    pub conflicts: Vec<Write<T>>,
+}
+
+/// One entry of a quantity milestone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    /// Milli-units added (negative for a correction downwards).
+    pub delta: i64,
+    pub ts: i64,
+    pub u: String,
+    pub d: DeviceId,
+    pub op: OperationId,
+    /// The quantity (milli-units) the writer saw.
+    pub p: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<UndoMark>,
+}
+
+/// Who undid a quantity entry, when, and what quantity they saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct UndoMark {
+    pub op: OperationId,
+    pub ts: i64,
+    pub u: String,
+    pub d: DeviceId,
+    pub p: i64,
+}
+
+/// A quantity entry as merged: its key, its (immutable) write, and the undo
+/// mark if any replica has undone it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MergedEntry {
+    pub key: String,
+    pub entry: Entry,
+    pub undo: Option<UndoMark>,
+}
+
+/// The next hybrid-logical timestamp: never behind the clock, always after
+/// everything seen.
+pub(crate) fn next_ts(now: Timestamp, seen: impl IntoIterator<Item = i64>) -> i64 {
+    seen.into_iter()
+        .map(|t| t.saturating_add(1))
+        .fold(now.millis(), i64::max)
+}
+
+/// Decodes every concurrent value under `key` as JSON strings of `T`.
+fn values<D: ReadDoc, T: DeserializeOwned>(
+    doc: &D,
+    obj: &ObjId,
+    key: &str,
+) -> Result<Vec<(T, String)>> {
+    doc.get_all(obj, key)?
+        .into_iter()
+        .map(|(value, _)| {
+            let raw = match value {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Str(s) => s.to_string(),
+                    other => {
+                        return Err(ModelError::corrupt(key, format!("not a string: {other}")));
+                    }
+                },
+                Value::Object(t) => {
+                    return Err(ModelError::corrupt(key, format!("an object ({t}) where a value belongs")));
+                }
+            };
+            let parsed = serde_json::from_str(&raw).map_err(|e| ModelError::corrupt(key, e))?;
+            Ok((parsed, raw))
+        })
+        .collect()
+}
+
+fn order<T>(a: &(Write<T>, String), b: &(Write<T>, String)) -> Ordering {
+    (a.0.ts, a.0.d, a.0.op, &a.1).cmp(&(b.0.ts, b.0.d, b.0.op, &b.1))
+}
+
+/// Reads a register; `None` when it was never written.
+pub(crate) fn read_register<D: ReadDoc, T: DeserializeOwned>(
+    doc: &D,
+    obj: &ObjId,
+    key: &str,
+) -> Result<Option<Register<T>>> {
+    let mut all: Vec<(Write<T>, String)> = values(doc, obj, key)?;
+    all.sort_by(|a, b| order(b, a));
+    let mut all = all.into_iter().map(|(w, _)| w);
+    Ok(all.next().map(|winner| Register {
+        winner,
+        conflicts: all.collect(),
+    }))
+}
+
+/// Writes a register after reading it: the new write replaces every value the
+/// writer saw, carries the winner as `p` (or `default` when unset) and a
+/// timestamp after all of them. Returns the write.
+pub(crate) fn write_register<T>(
+    tx: &mut Transaction<'_>,
+    obj: &ObjId,
+    key: &str,
+    ctx: &WriteCtx,
+    v: T,
+    default: T,
+    effective_date: Option<&str>,
+) -> Result<Write<T>>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let current: Vec<(Write<T>, String)> = values(tx, obj, key)?;
+    let ts = next_ts(ctx.now, current.iter().map(|(w, _)| w.ts));
+    let p = current
+        .into_iter()
+        .max_by(order)
+        .map(|(w, _)| w.v)
+        .unwrap_or(default);
+    let write = Write {
+        v,
+        ts,
+        u: ctx.user.clone(),
+        d: ctx.device,
+        op: ctx.op,
+        p,
+        r: ctx.reason.clone(),
+        e: effective_date.map(str::to_owned),
+    };
+    tx.put(obj, key, encode(&write))?;
+    Ok(write)
+}
+
+fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("register values serialize")
+}
+
+/// Reads every entry of a quantity milestone, merged.
+pub(crate) fn read_entries<D: ReadDoc>(doc: &D, obj: &ObjId) -> Result<Vec<MergedEntry>> {
+    let mut out = Vec::new();
+    for key in doc.keys(obj) {
+        let mut vals: Vec<(Entry, String)> = values(doc, obj, &key)?;
+        vals.sort_by(|a, b| a.1.cmp(&b.1));
+        let Some((entry, _)) = vals.first().cloned() else {
+            continue;
+        };
+        // Undo marks are never removed (an undo cannot be undone), so an
+        // entry any replica has undone is undone; the earliest mark is shown.
+        let undo = vals
+            .iter()
+            .filter_map(|(e, _)| e.undo.clone())
+            .min_by(|a, b| (a.ts, a.d, a.op).cmp(&(b.ts, b.d, b.op)));
+        out.push(MergedEntry { key, entry, undo });
+    }
+    Ok(out)
+}
+
+/// The quantity (milli-units) of a quantity milestone: Σ deltas not undone.
+pub(crate) fn quantity_of(entries: &[MergedEntry]) -> i64 {
+    entries
+        .iter()
+        .filter(|e| e.undo.is_none())
+        .map(|e| e.entry.delta)
+        .fold(0i64, i64::saturating_add)
+}
+
+/// Appends a quantity entry for this operation. Returns the entry.
+pub(crate) fn add_entry(
+    tx: &mut Transaction<'_>,
+    obj: &ObjId,
+    ctx: &WriteCtx,
+    delta: i64,
+    seen: &[MergedEntry],
+    effective_date: Option<&str>,
+) -> Result<Entry> {
+    let base = ctx.op.to_string();
+    // One operation may write one milestone more than once (a bulk update
+    // listing it twice): later entries get a suffix.
+    let mut key = base.clone();
+    let mut n = 1;
+    while seen.iter().any(|e| e.key == key) {
+        n += 1;
+        key = format!("{base}.{n}");
+    }
+    let entry = Entry {
+        delta,
+        ts: next_ts(ctx.now, seen.iter().map(|e| e.entry.ts)),
+        u: ctx.user.clone(),
+        d: ctx.device,
+        op: ctx.op,
+        p: quantity_of(seen),
+        r: ctx.reason.clone(),
+        e: effective_date.map(str::to_owned),
+        undo: None,
+    };
+    tx.put(obj, key.as_str(), encode(&entry))?;
+    Ok(entry)
+}
+
+/// Marks an entry undone by this operation (no-op when already undone).
+/// Returns whether it changed anything.
+pub(crate) fn mark_undone(
+    tx: &mut Transaction<'_>,
+    obj: &ObjId,
+    ctx: &WriteCtx,
+    target: &MergedEntry,
+    quantity_seen: i64,
+) -> Result<bool> {
+    if target.undo.is_some() {
+        return Ok(false);
+    }
+    let mut entry = target.entry.clone();
+    entry.undo = Some(UndoMark {
+        op: ctx.op,
+        ts: next_ts(ctx.now, [entry.ts]),
+        u: ctx.user.clone(),
+        d: ctx.device,
+        p: quantity_seen,
+    });
+    tx.put(obj, target.key.as_str(), encode(&entry))?;
+    Ok(true)
+}
+
+/// Quantities travel as numbers in the API and as integer milli-units in
+/// documents, so sums are exact.
+pub(crate) const MILLI: f64 = 1000.0;
+
+/// Largest quantity magnitude accepted: far above any real count, far below
+/// where i64 milli-units could overflow when summed.
+pub(crate) const MAX_QUANTITY: f64 = 1e12;
+
+/// Converts an API quantity to milli-units, checking it is a finite number
+/// within ±[`MAX_QUANTITY`].
+pub(crate) fn to_milli(field: &str, value: f64) -> Result<i64> {
+    if !value.is_finite() || value.abs() > MAX_QUANTITY {
+        return Err(ModelError::OutOfRange {
+            field: field.to_owned(),
+            value,
+            min: -MAX_QUANTITY,
+            max: MAX_QUANTITY,
+        });
+    }
+    Ok((value * MILLI).round() as i64)
+}
+
+/// Converts milli-units back to an API number.
+pub(crate) fn from_milli(m: i64) -> f64 {
+    m as f64 / MILLI
+}
+
+/// Reads a plain (non-register) string stored once at creation.
+pub(crate) fn read_str<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Result<String> {
+    match doc.get(obj, key)? {
+        Some((Value::Scalar(s), _)) => match s.as_ref() {
+            ScalarValue::Str(s) => Ok(s.to_string()),
+            other => Err(ModelError::corrupt(key, format!("not a string: {other}"))),
+        },
+        _ => Err(ModelError::corrupt(key, "missing")),
+    }
+}
+
+/// Reads a plain integer stored once at creation.
+pub(crate) fn read_int<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Result<i64> {
+    match doc.get(obj, key)? {
+        Some((Value::Scalar(s), _)) => match s.as_ref() {
+            ScalarValue::Int(i) => Ok(*i),
+            other => Err(ModelError::corrupt(key, format!("not an integer: {other}"))),
+        },
+        _ => Err(ModelError::corrupt(key, "missing")),
+    }
+}
+
+/// The id of the map object under `key`.
+pub(crate) fn read_map<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Result<Option<ObjId>> {
+    match doc.get(obj, key)? {
+        Some((Value::Object(automerge::ObjType::Map), id)) => Ok(Some(id)),
+        Some(_) => Err(ModelError::corrupt(key, "not a map")),
+        None => Ok(None),
+    }
+}
+
+/// Like [`read_map`] but the map must exist.
+pub(crate) fn require_map<D: ReadDoc>(doc: &D, obj: &ObjId, key: &str) -> Result<ObjId> {
+    read_map(doc, obj, key)?.ok_or_else(|| ModelError::corrupt(key, "missing map"))
+}
+
+/// Reads the registers of one object, remembering the latest write seen so
+/// the object's `updated_at` / `updated_by` come out of the same pass.
+pub(crate) struct FieldReader<'a, D> {
+    doc: &'a D,
+    obj: ObjId,
+    latest: Option<(i64, String)>,
+}
+
+impl<'a, D: ReadDoc> FieldReader<'a, D> {
+    pub fn new(doc: &'a D, obj: ObjId) -> Self {
+        Self {
+            doc,
+            obj,
+            latest: None,
+        }
+    }
+
+    /// The winning value of the register `key`, or `default` when unset.
+    pub fn get<T: DeserializeOwned>(&mut self, key: &str, default: T) -> Result<T> {
+        Ok(match read_register::<D, T>(self.doc, &self.obj, key)? {
+            Some(reg) => {
+                self.saw(reg.winner.ts, &reg.winner.u);
+                reg.winner.v
+            }
+            None => default,
+        })
+    }
+
+    /// Records a write seen elsewhere (a nested register, an entry).
+    pub fn saw(&mut self, ts: i64, user: &str) {
+        if self.latest.as_ref().is_none_or(|(t, _)| ts > *t) {
+            self.latest = Some((ts, user.to_owned()));
+        }
+    }
+
+    /// The latest write seen: (time, user), or the fallback time and no user.
+    pub fn latest(&self, fallback: Timestamp) -> (Timestamp, String) {
+        match &self.latest {
+            Some((ts, u)) => (Timestamp(*ts), u.clone()),
+            None => (fallback, String::new()),
+        }
+    }
+}

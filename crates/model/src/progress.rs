@@ -1,0 +1,187 @@
+//! Derived values: component completion and status, and rollups. Computed on
+//! read, never stored in a document — derived state in a CRDT is a conflict
+//! waiting to happen.
+//!
+//! * Component completion = Σ weight·progress / Σ weight, progress ∈ [0, 1]:
+//!   discrete 1 if done, percentage p/100, quantity min(q/total, 1).
+//! * Rollups weight components by `budget_hours` (1 where unset), never by a
+//!   plain average of percentages: completion = Σ hours·completion / Σ hours,
+//!   earned hours = Σ hours·completion/100.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::drawing::Component;
+use crate::project::DrawingInfo;
+
+/// Where a component stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    NotStarted,
+    InProgress,
+    Completed,
+}
+
+impl Status {
+    /// `not_started` at 0, `completed` at 100, else `in_progress`.
+    pub fn of(completion_percent: f64) -> Self {
+        if completion_percent <= 0.0 {
+            Self::NotStarted
+        } else if completion_percent >= 100.0 {
+            Self::Completed
+        } else {
+            Self::InProgress
+        }
+    }
+
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotStarted => "not_started",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+        }
+    }
+}
+
+/// Rounds away floating-point dust (69.99999999999999 → 70.0) so equal
+/// progress compares equal everywhere. Six decimals is far below anything a
+/// person reads.
+pub fn tidy(percent: f64) -> f64 {
+    (percent * 1e6).round() / 1e6
+}
+
+/// Weighted completion in percent from (weight, progress ∈ [0, 1]) pairs.
+/// Multiplies before dividing so exact inputs give exact outputs
+/// (weights 10/30/60 with the first and last done: exactly 70.0).
+pub fn weighted_percent(parts: impl IntoIterator<Item = (f64, f64)>) -> f64 {
+    let (num, den) = parts
+        .into_iter()
+        .fold((0.0, 0.0), |(n, d), (w, p)| (n + w * p.clamp(0.0, 1.0) * 100.0, d + w));
+    if den > 0.0 { tidy(num / den) } else { 0.0 }
+}
+
+/// How to group a rollup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    Drawing,
+    Area,
+    System,
+    Kind,
+    Template,
+}
+
+impl GroupBy {
+    /// Parses the `group_by` query value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "drawing" => Self::Drawing,
+            "area" => Self::Area,
+            "system" => Self::System,
+            "kind" => Self::Kind,
+            "template" => Self::Template,
+            _ => return None,
+        })
+    }
+}
+
+/// One group of a rollup. `key` is null for components with no value for the
+/// grouping (e.g. no area anywhere).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub key: Option<String>,
+    pub component_count: usize,
+    pub completion_percent: f64,
+    pub budget_hours: f64,
+    pub earned_hours: f64,
+}
+
+/// A rollup over a set of components.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub component_count: usize,
+    pub completion_percent: f64,
+    pub budget_hours: f64,
+    pub earned_hours: f64,
+    pub groups: Vec<Group>,
+}
+
+#[derive(Default)]
+struct Acc {
+    count: usize,
+    hours: f64,
+    earned: f64,
+}
+
+impl Acc {
+    fn add(&mut self, c: &Component) {
+        let hours = c.budget_hours.unwrap_or(1.0);
+        self.count += 1;
+        self.hours += hours;
+        self.earned += hours * c.completion_percent / 100.0;
+    }
+
+    fn completion(&self) -> f64 {
+        if self.hours > 0.0 {
+            tidy(self.earned / self.hours * 100.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The grouping key of a component. `area` and `system` use the component
+/// attribute of that name, falling back to the drawing's field.
+pub fn group_key(c: &Component, drawing: Option<&DrawingInfo>, by: GroupBy) -> Option<String> {
+    let attr_or_drawing = |name: &str, from_drawing: fn(&DrawingInfo) -> &Option<String>| {
+        c.attributes
+            .get(name)
+            .cloned()
+            .or_else(|| drawing.and_then(|d| from_drawing(d).clone()))
+    };
+    match by {
+        GroupBy::Drawing => Some(c.drawing_id.to_string()),
+        GroupBy::Area => attr_or_drawing("area", |d| &d.area),
+        GroupBy::System => attr_or_drawing("system", |d| &d.system),
+        GroupBy::Kind => Some(c.kind.clone()),
+        GroupBy::Template => Some(c.template_id.to_string()),
+    }
+}
+
+/// Rolls up components (deleted ones are skipped), optionally grouped. Each
+/// component comes with its drawing's entry, for the area/system fallback.
+pub fn rollup<'a>(
+    items: impl IntoIterator<Item = (&'a Component, Option<&'a DrawingInfo>)>,
+    group_by: Option<GroupBy>,
+) -> Progress {
+    let mut total = Acc::default();
+    let mut groups: BTreeMap<Option<String>, Acc> = BTreeMap::new();
+    for (c, drawing) in items {
+        if c.deleted {
+            continue;
+        }
+        total.add(c);
+        if let Some(by) = group_by {
+            groups.entry(group_key(c, drawing, by)).or_default().add(c);
+        }
+    }
+    Progress {
+        component_count: total.count,
+        completion_percent: total.completion(),
+        budget_hours: total.hours,
+        earned_hours: total.earned,
+        groups: groups
+            .into_iter()
+            .map(|(key, a)| Group {
+                key,
+                component_count: a.count,
+                completion_percent: a.completion(),
+                budget_hours: a.hours,
+                earned_hours: a.earned,
+            })
+            .collect(),
+    }
+}

@@ -150,7 +150,8 @@ pub fn apply_bulk(
             }
         });
     }
-    let write = !options.validate_only && !(options.atomic && failed > 0);
+    let refused = options.atomic && failed > 0;
+    let write = !(options.validate_only || refused);
     let mut applied = 0;
     for (tx, count) in txs.into_iter().zip(counts) {
         if write && count > 0 {

@@ -14,8 +14,8 @@
 //! * `p` (the value the writer saw) makes history and undo answerable from
 //!   the write itself.
 //! * A **quantity milestone** is a map of entries, created with the
-//!   component (so replicas never race to create it), one entry per write,
-//!   keyed by operation id: `{delta, ts, u, d, op, p, r, e, undo?}`. Quantity
+//!   component (so replicas never race to create it), one entry per
+//!   operation and milestone, keyed by operation id: `{delta, ts, u, d, op, p, r, e, undo?}`. Quantity
 //!   is the sum of the deltas of entries not undone. Undo re-puts the entry
 //!   with an `undo` mark: idempotent, and concurrent undos cannot subtract
 //!   twice. (An Automerge Counter would hold integers only, lose increments
@@ -110,11 +110,7 @@ pub(crate) fn next_ts(now: Timestamp, seen: impl IntoIterator<Item = i64>) -> i6
 }
 
 /// Decodes every concurrent value under `key` as JSON strings of `T`.
-fn values<D: ReadDoc, T: DeserializeOwned>(
-    doc: &D,
-    obj: &ObjId,
-    key: &str,
-) -> Result<Vec<(T, String)>> {
+fn values<D: ReadDoc, T: DeserializeOwned>(doc: &D, obj: &ObjId, key: &str) -> Result<Vec<(T, String)>> {
     doc.get_all(obj, key)?
         .into_iter()
         .map(|(value, _)| {
@@ -126,7 +122,10 @@ fn values<D: ReadDoc, T: DeserializeOwned>(
                     }
                 },
                 Value::Object(t) => {
-                    return Err(ModelError::corrupt(key, format!("an object ({t}) where a value belongs")));
+                    return Err(ModelError::corrupt(
+                        key,
+                        format!("an object ({t}) where a value belongs"),
+                    ));
                 }
             };
             let parsed = serde_json::from_str(&raw).map_err(|e| ModelError::corrupt(key, e))?;
@@ -223,7 +222,10 @@ pub(crate) fn quantity_of(entries: &[MergedEntry]) -> i64 {
         .fold(0i64, i64::saturating_add)
 }
 
-/// Appends a quantity entry for this operation. Returns the entry.
+/// Records a quantity write of this operation: a new entry keyed by the
+/// operation id, or — when the operation already wrote this milestone (a bulk
+/// update listing it twice) — its own entry with the deltas added up. Only
+/// this writer ever writes that key, so folding never races. Returns the entry.
 pub(crate) fn add_entry(
     tx: &mut Transaction<'_>,
     obj: &ObjId,
@@ -232,25 +234,25 @@ pub(crate) fn add_entry(
     seen: &[MergedEntry],
     effective_date: Option<&str>,
 ) -> Result<Entry> {
-    let base = ctx.op.to_string();
-    // One operation may write one milestone more than once (a bulk update
-    // listing it twice): later entries get a suffix.
-    let mut key = base.clone();
-    let mut n = 1;
-    while seen.iter().any(|e| e.key == key) {
-        n += 1;
-        key = format!("{base}.{n}");
-    }
-    let entry = Entry {
-        delta,
-        ts: next_ts(ctx.now, seen.iter().map(|e| e.entry.ts)),
-        u: ctx.user.clone(),
-        d: ctx.device,
-        op: ctx.op,
-        p: quantity_of(seen),
-        r: ctx.reason.clone(),
-        e: effective_date.map(str::to_owned),
-        undo: None,
+    let key = ctx.op.to_string();
+    let entry = match seen.iter().find(|e| e.key == key) {
+        Some(own) => Entry {
+            delta: own.entry.delta.saturating_add(delta),
+            ts: next_ts(ctx.now, seen.iter().map(|e| e.entry.ts)),
+            e: effective_date.map(str::to_owned).or_else(|| own.entry.e.clone()),
+            ..own.entry.clone()
+        },
+        None => Entry {
+            delta,
+            ts: next_ts(ctx.now, seen.iter().map(|e| e.entry.ts)),
+            u: ctx.user.clone(),
+            d: ctx.device,
+            op: ctx.op,
+            p: quantity_of(seen),
+            r: ctx.reason.clone(),
+            e: effective_date.map(str::to_owned),
+            undo: None,
+        },
     };
     tx.put(obj, key.as_str(), encode(&entry))?;
     Ok(entry)

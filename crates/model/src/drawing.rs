@@ -221,7 +221,10 @@ impl DrawingDoc {
         let obj = components_obj(&self.doc)?;
         self.doc
             .keys(&obj)
-            .map(|k| k.parse().map_err(|e| ModelError::corrupt(format!("components.{k}"), e)))
+            .map(|k| {
+                k.parse()
+                    .map_err(|e| ModelError::corrupt(format!("components.{k}"), e))
+            })
             .collect()
     }
 
@@ -233,12 +236,19 @@ impl DrawingDoc {
         new: &NewComponent,
         template: &Template,
     ) -> Result<Component> {
-        schema::transact(&mut self.doc, ctx, |tx| Ok((create_component(tx, ctx, id, new, template)?, 1)))?;
+        schema::transact(&mut self.doc, ctx, |tx| {
+            Ok((create_component(tx, ctx, id, new, template)?, 1))
+        })?;
         self.component(id)
     }
 
     /// Changes a component's fields. Refused for a deleted component.
-    pub fn update_component(&mut self, ctx: &WriteCtx, id: ComponentId, patch: &ComponentPatch) -> Result<Component> {
+    pub fn update_component(
+        &mut self,
+        ctx: &WriteCtx,
+        id: ComponentId,
+        patch: &ComponentPatch,
+    ) -> Result<Component> {
         schema::transact(&mut self.doc, ctx, |tx| {
             let n = update_component(tx, ctx, id, patch)?;
             Ok(((), n))
@@ -248,7 +258,12 @@ impl DrawingDoc {
 
     /// Soft-deletes (`true`) or restores (`false`) a component. Edits made
     /// concurrently with a delete are kept and come back on restore.
-    pub fn set_component_deleted(&mut self, ctx: &WriteCtx, id: ComponentId, deleted: bool) -> Result<Component> {
+    pub fn set_component_deleted(
+        &mut self,
+        ctx: &WriteCtx,
+        id: ComponentId,
+        deleted: bool,
+    ) -> Result<Component> {
         schema::transact(&mut self.doc, ctx, |tx| {
             let at = locate(tx, id)?;
             crdt::write_register(tx, &at.obj, "deleted", ctx, deleted, false, None)?;
@@ -329,8 +344,8 @@ pub(crate) fn locate<D: ReadDoc>(doc: &D, id: ComponentId) -> Result<Located> {
     let obj = crdt::read_map(doc, &comps, &id.to_string())?.ok_or(ModelError::ComponentNotFound { id })?;
     let tid = template_id_of(doc, &obj)?;
     let templates = crdt::require_map(doc, &automerge::ROOT, "templates")?;
-    let template =
-        read_template(doc, &templates, tid)?.ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?;
+    let template = read_template(doc, &templates, tid)?
+        .ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?;
     Ok(Located {
         attributes: crdt::require_map(doc, &obj, "attributes")?,
         milestones: crdt::require_map(doc, &obj, "milestones")?,
@@ -374,7 +389,10 @@ fn check_attribute(name: &str, value: Option<&str>) -> Result<()> {
     if let Some(v) = value
         && v.chars().count() > MAX_ATTRIBUTE_LEN
     {
-        return Err(ModelError::invalid(field, format!("must be at most {MAX_ATTRIBUTE_LEN} characters")));
+        return Err(ModelError::invalid(
+            field,
+            format!("must be at most {MAX_ATTRIBUTE_LEN} characters"),
+        ));
     }
     Ok(())
 }
@@ -389,7 +407,10 @@ fn validate_new(new: &NewComponent, template: &Template) -> Result<()> {
     require_text("kind", &new.kind)?;
     optional_text("unit", &new.unit)?;
     if new.template_id.is_some_and(|t| t != template.id) {
-        return Err(ModelError::invalid("template_id", "does not match the template given"));
+        return Err(ModelError::invalid(
+            "template_id",
+            "does not match the template given",
+        ));
     }
     match new.quantity_total {
         Some(q) => check_positive("quantity_total", q)?,
@@ -420,7 +441,10 @@ pub(crate) fn create_component(
     validate_new(new, template)?;
     let comps = components_obj(tx)?;
     if tx.get(&comps, id.to_string())?.is_some() {
-        return Err(ModelError::invalid("id", format!("component {id} already exists")));
+        return Err(ModelError::invalid(
+            "id",
+            format!("component {id} already exists"),
+        ));
     }
     let qty_total = new
         .quantity_total
@@ -440,8 +464,24 @@ pub(crate) fn create_component(
     tx.put(&obj, "id", id.to_string())?;
     tx.put(&obj, "template_id", template.id.to_string())?;
     tx.put(&obj, "created_at", ctx.now.millis())?;
-    crdt::write_register(tx, &obj, "tag", ctx, new.tag.trim().to_owned(), String::new(), None)?;
-    crdt::write_register(tx, &obj, "kind", ctx, new.kind.trim().to_owned(), String::new(), None)?;
+    crdt::write_register(
+        tx,
+        &obj,
+        "tag",
+        ctx,
+        new.tag.trim().to_owned(),
+        String::new(),
+        None,
+    )?;
+    crdt::write_register(
+        tx,
+        &obj,
+        "kind",
+        ctx,
+        new.kind.trim().to_owned(),
+        String::new(),
+        None,
+    )?;
     crdt::write_register(tx, &obj, "quantity_total", ctx, qty_total, None, None)?;
     crdt::write_register(tx, &obj, "unit", ctx, new.unit.clone(), None, None)?;
     crdt::write_register(tx, &obj, "budget_hours", ctx, new.budget_hours, None, None)?;
@@ -540,7 +580,10 @@ fn check_effective_date(date: &str, now: Timestamp) -> Result<String> {
         .map(|t| t.date_naive())
         .unwrap_or(NaiveDate::MAX);
     if day > today.succ_opt().unwrap_or(today) {
-        return Err(ModelError::invalid("effective_date", format!("{date} is in the future")));
+        return Err(ModelError::invalid(
+            "effective_date",
+            format!("{date} is in the future"),
+        ));
     }
     Ok(day.format("%Y-%m-%d").to_string())
 }

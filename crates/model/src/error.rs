@@ -39,11 +39,7 @@ pub enum ModelError {
     },
 
     #[error("{field}: a quantity cannot be negative (got {value}, the result would be {result})")]
-    NegativeQuantity {
-        field: String,
-        value: f64,
-        result: f64,
-    },
+    NegativeQuantity { field: String, value: f64, result: f64 },
 
     #[error("{field}: weight must be greater than 0 (got {weight})")]
     NonPositiveWeight { field: String, weight: f64 },
@@ -51,9 +47,7 @@ pub enum ModelError {
     #[error("{field}: milestone key {key:?} appears more than once")]
     DuplicateMilestoneKey { field: String, key: String },
 
-    #[error(
-        "{field}: template {template:?} is a quantity template, so quantity_total (> 0) is required"
-    )]
+    #[error("{field}: template {template:?} is a quantity template, so quantity_total (> 0) is required")]
     MissingQuantityTotal { field: String, template: String },
 
     #[error("{field}: component {component} has no milestone {key:?} (its milestones: {known})")]
@@ -64,9 +58,7 @@ pub enum ModelError {
         known: String,
     },
 
-    #[error(
-        "{field}: milestone {key:?} belongs to a {workflow} template, which takes {expected}"
-    )]
+    #[error("{field}: milestone {key:?} belongs to a {workflow} template, which takes {expected}")]
     WrongWorkflow {
         field: String,
         key: String,

@@ -358,8 +358,13 @@ pub(crate) fn history_rows(changes: &[Change], ix: &ObjIndex) -> Result<Vec<(Com
 /// replica-independent order.
 pub(crate) fn sort_newest_first(rows: &mut [HistoryEntry]) {
     rows.sort_by(|a, b| {
-        (b.at, b.device_id, b.operation_id, &b.milestone, &b.field)
-            .cmp(&(a.at, a.device_id, a.operation_id, &a.milestone, &a.field))
+        (b.at, b.device_id, b.operation_id, &b.milestone, &b.field).cmp(&(
+            a.at,
+            a.device_id,
+            a.operation_id,
+            &a.milestone,
+            &a.field,
+        ))
     });
 }
 
@@ -421,6 +426,6 @@ pub fn operations<'a>(docs: impl IntoIterator<Item = &'a Automerge>) -> Vec<Oper
         }
     }
     let mut out: Vec<_> = ops.into_values().collect();
-    out.sort_by(|a, b| (b.at, b.id).cmp(&(a.at, a.id)));
+    out.sort_by_key(|o| std::cmp::Reverse((o.at, o.id)));
     out
 }

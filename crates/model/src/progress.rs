@@ -57,9 +57,9 @@ pub fn tidy(percent: f64) -> f64 {
 /// Multiplies before dividing so exact inputs give exact outputs
 /// (weights 10/30/60 with the first and last done: exactly 70.0).
 pub fn weighted_percent(parts: impl IntoIterator<Item = (f64, f64)>) -> f64 {
-    let (num, den) = parts
-        .into_iter()
-        .fold((0.0, 0.0), |(n, d), (w, p)| (n + w * p.clamp(0.0, 1.0) * 100.0, d + w));
+    let (num, den) = parts.into_iter().fold((0.0, 0.0), |(n, d), (w, p)| {
+        (n + w * p.clamp(0.0, 1.0) * 100.0, d + w)
+    });
     if den > 0.0 { tidy(num / den) } else { 0.0 }
 }
 

@@ -112,7 +112,15 @@ impl ProjectDoc {
             tx.put_object(automerge::ROOT, "templates", ObjType::Map)?;
             tx.put_object(automerge::ROOT, "drawings", ObjType::Map)?;
             let root = automerge::ROOT;
-            crdt::write_register(tx, &root, "name", ctx, new.name.trim().to_owned(), String::new(), None)?;
+            crdt::write_register(
+                tx,
+                &root,
+                "name",
+                ctx,
+                new.name.trim().to_owned(),
+                String::new(),
+                None,
+            )?;
             crdt::write_register(tx, &root, "code", ctx, new.code.clone(), None, None)?;
             crdt::write_register(tx, &root, "deleted", ctx, false, false, None)?;
             Ok(((), 1))
@@ -181,7 +189,15 @@ impl ProjectDoc {
             let root = automerge::ROOT;
             let mut n = 0;
             if let Some(name) = &patch.name {
-                crdt::write_register(tx, &root, "name", ctx, name.trim().to_owned(), String::new(), None)?;
+                crdt::write_register(
+                    tx,
+                    &root,
+                    "name",
+                    ctx,
+                    name.trim().to_owned(),
+                    String::new(),
+                    None,
+                )?;
                 n += 1;
             }
             if let Some(code) = &patch.code {
@@ -255,9 +271,10 @@ impl ProjectDoc {
                 ));
             }
             let info = self.drawing(id).map_err(|e| match e {
-                ModelError::DrawingNotFound { id } => {
-                    ModelError::invalid("parent_id", format!("drawing {id} does not exist in this project"))
-                }
+                ModelError::DrawingNotFound { id } => ModelError::invalid(
+                    "parent_id",
+                    format!("drawing {id} does not exist in this project"),
+                ),
                 other => other,
             })?;
             at = info.parent_id;
@@ -289,7 +306,15 @@ impl ProjectDoc {
             let obj = tx.put_object(&drawings, id.to_string(), ObjType::Map)?;
             tx.put(&obj, "id", id.to_string())?;
             tx.put(&obj, "created_at", ctx.now.millis())?;
-            crdt::write_register(tx, &obj, "number", ctx, new.number.trim().to_owned(), String::new(), None)?;
+            crdt::write_register(
+                tx,
+                &obj,
+                "number",
+                ctx,
+                new.number.trim().to_owned(),
+                String::new(),
+                None,
+            )?;
             for (key, v) in [
                 ("title", &new.title),
                 ("revision", &new.revision),
@@ -306,7 +331,12 @@ impl ProjectDoc {
     }
 
     /// Changes a drawing's fields.
-    pub fn update_drawing(&mut self, ctx: &WriteCtx, id: DrawingId, patch: &DrawingPatch) -> Result<DrawingInfo> {
+    pub fn update_drawing(
+        &mut self,
+        ctx: &WriteCtx,
+        id: DrawingId,
+        patch: &DrawingPatch,
+    ) -> Result<DrawingInfo> {
         let obj = self.drawing_obj(id)?;
         if self.drawing(id)?.deleted {
             return Err(ModelError::DrawingDeleted { drawing: id });
@@ -330,7 +360,15 @@ impl ProjectDoc {
         schema::transact(&mut self.doc, ctx, |tx| {
             let mut n = 0;
             if let Some(number) = &patch.number {
-                crdt::write_register(tx, &obj, "number", ctx, number.trim().to_owned(), String::new(), None)?;
+                crdt::write_register(
+                    tx,
+                    &obj,
+                    "number",
+                    ctx,
+                    number.trim().to_owned(),
+                    String::new(),
+                    None,
+                )?;
                 n += 1;
             }
             for (key, v) in [
@@ -354,7 +392,12 @@ impl ProjectDoc {
     }
 
     /// Soft-deletes (`true`) or restores (`false`) a drawing.
-    pub fn set_drawing_deleted(&mut self, ctx: &WriteCtx, id: DrawingId, deleted: bool) -> Result<DrawingInfo> {
+    pub fn set_drawing_deleted(
+        &mut self,
+        ctx: &WriteCtx,
+        id: DrawingId,
+        deleted: bool,
+    ) -> Result<DrawingInfo> {
         let obj = self.drawing_obj(id)?;
         schema::transact(&mut self.doc, ctx, |tx| {
             crdt::write_register(tx, &obj, "deleted", ctx, deleted, false, None)?;
@@ -375,7 +418,9 @@ impl ProjectDoc {
         let drawings = self.drawings_obj()?;
         let mut out = Vec::new();
         for key in self.doc.keys(&drawings) {
-            let id: DrawingId = key.parse().map_err(|e| ModelError::corrupt(format!("drawings.{key}"), e))?;
+            let id: DrawingId = key
+                .parse()
+                .map_err(|e| ModelError::corrupt(format!("drawings.{key}"), e))?;
             let obj = crdt::require_map(&self.doc, &drawings, &key)?;
             out.push(read_drawing(&self.doc, obj, id, project)?);
         }
@@ -428,7 +473,9 @@ pub(crate) fn read_templates<D: ReadDoc>(doc: &D, obj: &ObjId) -> Result<Vec<Tem
     let mut out = Vec::new();
     for key in doc.keys(obj) {
         let json = crdt::read_str(doc, obj, &key)?;
-        out.push(serde_json::from_str(&json).map_err(|e| ModelError::corrupt(format!("templates.{key}"), e))?);
+        out.push(
+            serde_json::from_str(&json).map_err(|e| ModelError::corrupt(format!("templates.{key}"), e))?,
+        );
     }
     Ok(out)
 }

@@ -197,9 +197,21 @@ mod tests {
     #[test]
     fn validation_rules_name_the_field() {
         let cases: Vec<(NewTemplate, &str, &str)> = vec![
-            (tpl(ms(&[("a", 0.0)])), "non_positive_weight", "milestones[0].weight"),
-            (tpl(ms(&[("a", -3.0)])), "non_positive_weight", "milestones[0].weight"),
-            (tpl(ms(&[("a", f64::NAN)])), "non_positive_weight", "milestones[0].weight"),
+            (
+                tpl(ms(&[("a", 0.0)])),
+                "non_positive_weight",
+                "milestones[0].weight",
+            ),
+            (
+                tpl(ms(&[("a", -3.0)])),
+                "non_positive_weight",
+                "milestones[0].weight",
+            ),
+            (
+                tpl(ms(&[("a", f64::NAN)])),
+                "non_positive_weight",
+                "milestones[0].weight",
+            ),
             (
                 tpl(ms(&[("a", 1.0), ("a", 2.0)])),
                 "duplicate_milestone_key",

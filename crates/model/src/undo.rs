@@ -132,7 +132,9 @@ impl DrawingDoc {
                 reason: SkipReason::ChangedSince,
             };
             for c in &created {
-                let obj = ix.obj_of(&Place::ComponentField(*c)).ok_or_else(|| ModelError::corrupt("components", "created component missing"))?;
+                let obj = ix
+                    .obj_of(&Place::ComponentField(*c))
+                    .ok_or_else(|| ModelError::corrupt("components", "created component missing"))?;
                 if uncreate(tx, &obj, &ctx, target)? {
                     report.reverted += 1;
                 } else {
@@ -149,7 +151,9 @@ impl DrawingDoc {
                     Place::Attributes(c) => (*c, None, format!("attributes.{}", w.key)),
                     Place::Milestones(c) => (*c, Some(w.key.clone()), "value".to_owned()),
                     Place::Entries(c, m) => {
-                        let obj = ix.obj_of(&w.place).ok_or_else(|| ModelError::corrupt(m.as_str(), "entries missing"))?;
+                        let obj = ix
+                            .obj_of(&w.place)
+                            .ok_or_else(|| ModelError::corrupt(m.as_str(), "entries missing"))?;
                         let entries = crdt::read_entries(tx, &obj)?;
                         let seen = crdt::quantity_of(&entries);
                         if let Some(e) = entries.iter().find(|e| e.key == w.key && e.entry.op == target) {
@@ -164,7 +168,9 @@ impl DrawingDoc {
                 if created.contains(&c) {
                     continue;
                 }
-                let obj = ix.obj_of(&w.place).ok_or_else(|| ModelError::corrupt(field.as_str(), "object missing"))?;
+                let obj = ix
+                    .obj_of(&w.place)
+                    .ok_or_else(|| ModelError::corrupt(field.as_str(), "object missing"))?;
                 if revert_register(tx, &obj, &w.key, &ctx, target, raw)? {
                     report.reverted += 1;
                 } else {
@@ -199,7 +205,9 @@ impl ProjectDoc {
                 reason: SkipReason::ChangedSince,
             };
             for d in &created {
-                let obj = ix.obj_of(&Place::DrawingField(*d)).ok_or_else(|| ModelError::corrupt("drawings", "created drawing missing"))?;
+                let obj = ix
+                    .obj_of(&Place::DrawingField(*d))
+                    .ok_or_else(|| ModelError::corrupt("drawings", "created drawing missing"))?;
                 if uncreate(tx, &obj, &ctx, target)? {
                     report.reverted += 1;
                 } else {
@@ -217,7 +225,9 @@ impl ProjectDoc {
                 if !done.insert((w.place.clone(), w.key.clone())) {
                     continue;
                 }
-                let obj = ix.obj_of(&w.place).ok_or_else(|| ModelError::corrupt(w.key.as_str(), "object missing"))?;
+                let obj = ix
+                    .obj_of(&w.place)
+                    .ok_or_else(|| ModelError::corrupt(w.key.as_str(), "object missing"))?;
                 if revert_register(tx, &obj, &w.key, &ctx, target, raw)? {
                     report.reverted += 1;
                 } else {

@@ -6,9 +6,9 @@
 
 use sitesync_model::automerge::{ActorId, Automerge};
 use sitesync_model::{
-    ComponentId, DeviceId, DrawingDoc, DrawingId, MilestoneDef, MilestoneUpdate, MilestoneValue, NewComponent,
-    NewDrawing, NewProject, NewTemplate, OperationId, OperationKind, ProjectDoc, ProjectId, Template, TemplateId,
-    Timestamp, WorkflowType, WriteCtx,
+    ComponentId, DeviceId, DrawingDoc, DrawingId, MilestoneDef, MilestoneUpdate, MilestoneValue,
+    NewComponent, NewDrawing, NewProject, NewTemplate, OperationId, OperationKind, ProjectDoc, ProjectId,
+    Template, TemplateId, Timestamp, WorkflowType, WriteCtx,
 };
 
 pub const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -124,7 +124,8 @@ impl Fixture {
                 },
             )
             .unwrap();
-        let drawing = DrawingDoc::create(PROJECT, DRAWING, &w.ctx(OperationKind::DrawingCreate), actor(1)).unwrap();
+        let drawing =
+            DrawingDoc::create(PROJECT, DRAWING, &w.ctx(OperationKind::DrawingCreate), actor(1)).unwrap();
         Self {
             project,
             drawing,

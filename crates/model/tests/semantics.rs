@@ -1,0 +1,714 @@
+//! DESIGN.md's "Documents" and "Merge semantics", one behaviour per test:
+//! derived values, every row of the merge table, commit metadata, bulk
+//! updates, undo, history and the operations list.
+
+mod common;
+
+use common::*;
+use sitesync_model::history::component_history;
+use sitesync_model::operation::OpMeta;
+use sitesync_model::{
+    BulkOptions, ComponentPatch, DrawingDoc, DrawingId, GroupBy, MilestoneValue as V, NewDrawing,
+    OperationKind as K, Status, apply_bulk, operations, rollup,
+};
+
+fn completed(f: &Fixture, c: sitesync_model::ComponentId, key: &str) -> Option<bool> {
+    let comp = f.drawing.component(c).unwrap();
+    comp.milestones.iter().find(|m| m.key == key).unwrap().completed
+}
+
+#[test]
+fn weighted_completion_is_exact() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    assert_eq!(f.drawing.component(c).unwrap().status, Status::NotStarted);
+    for key in ["receive", "weld"] {
+        let ctx = f.writer.ctx(K::MilestoneUpdate);
+        f.drawing
+            .update_milestone(&ctx, &update(c, key, V::Completed(true)))
+            .unwrap();
+    }
+    let comp = f.drawing.component(c).unwrap();
+    assert_eq!(comp.completion_percent, 70.0);
+    assert_eq!(comp.status, Status::InProgress);
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    let comp = f
+        .drawing
+        .update_milestone(&ctx, &update(c, "erect", V::Completed(true)))
+        .unwrap();
+    assert_eq!((comp.completion_percent, comp.status), (100.0, Status::Completed));
+}
+
+#[test]
+fn percentage_and_quantity_completion() {
+    let mut f = Fixture::new();
+    let p = f.component(1, PERCENT);
+    let q = f.component(2, QUANTITY);
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    let comp = f
+        .drawing
+        .update_milestone(&ctx, &update(p, "prime", V::Percent(50.0)))
+        .unwrap();
+    assert_eq!(comp.completion_percent, 25.0);
+    assert_eq!(comp.milestones[0].percent, Some(50.0));
+    assert_eq!(comp.milestones[0].completed, None);
+
+    // install 40 of 100 (weight 70), test 150 of 100 capped at 1 (weight 30).
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    f.drawing
+        .update_milestone(&ctx, &update(q, "install", V::QuantityDelta(40.0)))
+        .unwrap();
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    let comp = f
+        .drawing
+        .update_milestone(&ctx, &update(q, "test", V::Quantity(150.0)))
+        .unwrap();
+    assert_eq!(comp.completion_percent, 58.0);
+    assert_eq!(comp.milestones[0].quantity, Some(40.0));
+    assert_eq!(comp.milestones[1].quantity, Some(150.0));
+    // Fractional quantities are exact (milli-units).
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    let comp = f
+        .drawing
+        .update_milestone(&ctx, &update(q, "install", V::QuantityDelta(0.1)))
+        .unwrap();
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    let comp2 = f
+        .drawing
+        .update_milestone(&ctx, &update(q, "install", V::QuantityDelta(0.2)))
+        .unwrap();
+    assert_eq!(comp.milestones[0].quantity, Some(40.1));
+    assert_eq!(comp2.milestones[0].quantity, Some(40.3));
+}
+
+#[test]
+fn rollups_weight_by_budget_hours_and_group() {
+    let mut f = Fixture::new();
+    let a = f.component(1, DISCRETE);
+    let b = f.component(2, DISCRETE);
+    let c = f.component(3, DISCRETE);
+    let ctx = f.writer.ctx(K::ComponentUpdate);
+    let patch = ComponentPatch {
+        budget_hours: Some(Some(10.0)),
+        attributes: Some([("area".to_string(), Some("B7".to_string()))].into()),
+        ..Default::default()
+    };
+    f.drawing.update_component(&ctx, a, &patch).unwrap();
+    for key in ["receive", "erect", "weld"] {
+        let ctx = f.writer.ctx(K::MilestoneUpdate);
+        f.drawing
+            .update_milestone(&ctx, &update(a, key, V::Completed(true)))
+            .unwrap();
+    }
+    // c is deleted: it counts nowhere.
+    let ctx = f.writer.ctx(K::ComponentDelete);
+    f.drawing.set_component_deleted(&ctx, c, true).unwrap();
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    let _ = f
+        .drawing
+        .update_milestone(&ctx, &update(b, "receive", V::Completed(true)));
+
+    let comps = f.drawing.components().unwrap();
+    let info = f.project.drawing(DRAWING).unwrap();
+    let items = comps.iter().map(|c| (c, Some(&info)));
+    let p = rollup(items.clone(), Some(GroupBy::Area));
+    // a: 10 h at 100 %; b: 1 h (unset) at 10 %. (1000 + 10) / 11.
+    assert_eq!(p.component_count, 2);
+    assert_eq!(p.budget_hours, 11.0);
+    assert!((p.earned_hours - 10.1).abs() < 1e-9);
+    assert_eq!(p.completion_percent, 91.818182);
+    // Area: a's attribute B7 wins over the drawing's A1; b falls back to A1.
+    let keys: Vec<_> = p
+        .groups
+        .iter()
+        .map(|g| (g.key.clone().unwrap(), g.completion_percent))
+        .collect();
+    assert_eq!(keys, vec![("A1".to_string(), 10.0), ("B7".to_string(), 100.0)]);
+    let by_system = rollup(items.clone(), Some(GroupBy::System));
+    assert_eq!(by_system.groups.len(), 1);
+    assert_eq!(by_system.groups[0].key.as_deref(), Some("Cooling"));
+    let by_drawing = rollup(items.clone(), Some(GroupBy::Drawing));
+    assert_eq!(by_drawing.groups[0].key, Some(DRAWING.to_string()));
+    assert_eq!(rollup(items.clone(), Some(GroupBy::Template)).groups.len(), 1);
+    assert_eq!(
+        rollup(items, Some(GroupBy::Kind)).groups[0].key.as_deref(),
+        Some("spool")
+    );
+    assert_eq!(rollup(std::iter::empty(), None).completion_percent, 0.0);
+}
+
+#[test]
+fn concurrent_quantity_entries_both_count() {
+    let mut f = Fixture::new();
+    let q = f.component(1, QUANTITY);
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    f.drawing
+        .update_milestone(&ctx, &update(q, "install", V::Quantity(10.0)))
+        .unwrap();
+    let mut a = replica(&f.drawing, 2);
+    let mut b = replica(&f.drawing, 3);
+    let (mut wa, mut wb) = (Writer::new("ana", 2), Writer::new("ben", 3));
+    // A sets 30 having seen 10 (an entry of +20); B adds 5 concurrently.
+    a.update_milestone(
+        &wa.ctx(K::MilestoneUpdate),
+        &update(q, "install", V::Quantity(30.0)),
+    )
+    .unwrap();
+    b.update_milestone(
+        &wb.ctx(K::MilestoneUpdate),
+        &update(q, "install", V::QuantityDelta(5.0)),
+    )
+    .unwrap();
+    exchange(&mut a, &mut b);
+    for doc in [&a, &b] {
+        assert_eq!(doc.component(q).unwrap().milestones[0].quantity, Some(35.0));
+    }
+}
+
+#[test]
+fn concurrent_register_writes_later_timestamp_wins_loser_in_conflicts() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let p = f.component(2, PERCENT);
+    let mut a = replica(&f.drawing, 2);
+    let mut b = replica(&f.drawing, 3);
+    let (mut wa, mut wb) = (Writer::new("ana", 2), Writer::new("ben", 3));
+    wb.now += 60_000; // ben writes a minute later
+    a.update_milestone(
+        &wa.ctx(K::MilestoneUpdate),
+        &update(c, "erect", V::Completed(true)),
+    )
+    .unwrap();
+    b.update_milestone(
+        &wb.ctx(K::MilestoneUpdate),
+        &update(c, "erect", V::Completed(false)),
+    )
+    .unwrap();
+    b.update_milestone(&wb.ctx(K::MilestoneUpdate), &update(p, "prime", V::Percent(40.0)))
+        .unwrap();
+    a.update_milestone(&wa.ctx(K::MilestoneUpdate), &update(p, "prime", V::Percent(90.0)))
+        .unwrap();
+    exchange(&mut a, &mut b);
+    for doc in [&a, &b] {
+        let m = &doc.component(c).unwrap().milestones[1];
+        assert_eq!((m.completed, m.updated_by.as_deref()), (Some(false), Some("ben")));
+        assert_eq!(m.conflicts.len(), 1);
+        assert_eq!(m.conflicts[0].value, serde_json::json!(true));
+        assert_eq!(m.conflicts[0].updated_by, "ana");
+        let m = &doc.component(p).unwrap().milestones[0];
+        assert_eq!(m.percent, Some(40.0));
+        assert_eq!(m.conflicts[0].value, serde_json::json!(90.0));
+    }
+    assert_eq!(a.components().unwrap(), b.components().unwrap());
+    // The next write of the milestone clears its conflicts.
+    let comp = a
+        .update_milestone(
+            &wa.ctx(K::MilestoneUpdate),
+            &update(c, "erect", V::Completed(true)),
+        )
+        .unwrap();
+    assert!(comp.milestones[1].conflicts.is_empty());
+}
+
+#[test]
+fn equal_timestamps_break_ties_the_same_way_everywhere() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let mut a = replica(&f.drawing, 2);
+    let mut b = replica(&f.drawing, 3);
+    let (mut wa, mut wb) = (Writer::new("ana", 2), Writer::new("ben", 3));
+    wb.now = wa.now;
+    a.update_milestone(
+        &wa.ctx(K::MilestoneUpdate),
+        &update(c, "weld", V::Completed(true)),
+    )
+    .unwrap();
+    b.update_milestone(
+        &wb.ctx(K::MilestoneUpdate),
+        &update(c, "weld", V::Completed(false)),
+    )
+    .unwrap();
+    // Merge in opposite orders.
+    let mut a2 = replica(&a, 4);
+    let mut b2 = replica(&b, 5);
+    a2.automerge_mut().merge(&mut b.automerge_mut().clone()).unwrap();
+    b2.automerge_mut().merge(&mut a.automerge_mut().clone()).unwrap();
+    let (ma, mb) = (
+        &a2.component(c).unwrap().milestones[2],
+        &b2.component(c).unwrap().milestones[2],
+    );
+    assert_eq!(ma, mb);
+    assert_eq!(ma.conflicts.len(), 1);
+}
+
+#[test]
+fn a_lagging_clock_still_orders_after_what_it_has_seen() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let mut a = replica(&f.drawing, 2);
+    let (mut fast, mut slow) = (Writer::new("ana", 2), Writer::new("ben", 3));
+    fast.now += 3_600_000; // an hour ahead
+    a.update_milestone(
+        &fast.ctx(K::MilestoneUpdate),
+        &update(c, "erect", V::Completed(true)),
+    )
+    .unwrap();
+    let mut b = replica(&a, 3);
+    // ben saw ana's write, then corrects it with a clock an hour behind.
+    let comp = b
+        .update_milestone(
+            &slow.ctx(K::MilestoneUpdate),
+            &update(c, "erect", V::Completed(false)),
+        )
+        .unwrap();
+    assert_eq!(comp.milestones[1].completed, Some(false));
+    exchange(&mut a, &mut b);
+    assert_eq!(a.component(c).unwrap().milestones[1].completed, Some(false));
+    assert!(a.component(c).unwrap().milestones[1].conflicts.is_empty());
+}
+
+#[test]
+fn edit_and_delete_deletes_keeps_the_edit_and_restore_brings_it_back() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let mut a = replica(&f.drawing, 2);
+    let mut b = replica(&f.drawing, 3);
+    let (mut wa, mut wb) = (Writer::new("ana", 2), Writer::new("ben", 3));
+    a.set_component_deleted(&wa.ctx(K::ComponentDelete), c, true)
+        .unwrap();
+    let patch = ComponentPatch {
+        tag: Some("C-0001-REV".into()),
+        ..Default::default()
+    };
+    b.update_component(&wb.ctx(K::ComponentUpdate), c, &patch)
+        .unwrap();
+    b.update_milestone(
+        &wb.ctx(K::MilestoneUpdate),
+        &update(c, "erect", V::Completed(true)),
+    )
+    .unwrap();
+    exchange(&mut a, &mut b);
+    let comp = a.component(c).unwrap();
+    assert!(comp.deleted);
+    assert_eq!(comp.tag, "C-0001-REV");
+    let err = a
+        .update_milestone(
+            &wa.ctx(K::MilestoneUpdate),
+            &update(c, "weld", V::Completed(true)),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), "component_deleted");
+    let comp = a
+        .set_component_deleted(&wa.ctx(K::ComponentRestore), c, false)
+        .unwrap();
+    assert!(!comp.deleted);
+    assert_eq!(
+        (comp.tag.as_str(), comp.milestones[1].completed),
+        ("C-0001-REV", Some(true))
+    );
+}
+
+#[test]
+fn edits_of_different_fields_and_milestones_are_all_kept() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let mut a = replica(&f.drawing, 2);
+    let mut b = replica(&f.drawing, 3);
+    let (mut wa, mut wb) = (Writer::new("ana", 2), Writer::new("ben", 3));
+    let tag = ComponentPatch {
+        tag: Some("NEW-TAG".into()),
+        attributes: Some([("area".into(), Some("A2".into()))].into()),
+        ..Default::default()
+    };
+    let kind = ComponentPatch {
+        kind: Some("support".into()),
+        attributes: Some([("spec".into(), Some("CS150".into()))].into()),
+        ..Default::default()
+    };
+    a.update_component(&wa.ctx(K::ComponentUpdate), c, &tag).unwrap();
+    b.update_component(&wb.ctx(K::ComponentUpdate), c, &kind).unwrap();
+    a.update_milestone(
+        &wa.ctx(K::MilestoneUpdate),
+        &update(c, "erect", V::Completed(true)),
+    )
+    .unwrap();
+    b.update_milestone(
+        &wb.ctx(K::MilestoneUpdate),
+        &update(c, "weld", V::Completed(true)),
+    )
+    .unwrap();
+    exchange(&mut a, &mut b);
+    let comp = b.component(c).unwrap();
+    assert_eq!((comp.tag.as_str(), comp.kind.as_str()), ("NEW-TAG", "support"));
+    assert_eq!(comp.attributes.len(), 2);
+    assert_eq!(comp.completion_percent, 90.0);
+    assert!(comp.milestones.iter().all(|m| m.conflicts.is_empty()));
+}
+
+#[test]
+fn every_commit_records_who_where_when_and_which_operation() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let ctx = f
+        .writer
+        .ctx(K::MilestoneUpdate)
+        .with_reason(Some("daily report".into()));
+    f.drawing
+        .update_milestone(&ctx, &update(c, "erect", V::Completed(true)))
+        .unwrap();
+    let changes = f.drawing.automerge().get_changes(&[]);
+    for ch in &changes {
+        assert!(ch.timestamp() >= T0, "commit time must be set");
+        let meta = OpMeta::decode(ch.message().unwrap()).unwrap();
+        assert_eq!((meta.user.as_str(), meta.device), ("ana", device(1)));
+    }
+    let last = OpMeta::decode(changes.last().unwrap().message().unwrap()).unwrap();
+    assert_eq!(
+        (last.op, last.kind, last.reason.as_deref()),
+        (ctx.op, K::MilestoneUpdate, Some("daily report"))
+    );
+    assert_eq!(changes.last().unwrap().timestamp(), ctx.now.millis());
+}
+
+/// A second drawing document in the same project, for multi-document bulk.
+fn second_drawing(f: &mut Fixture) -> (DrawingDoc, sitesync_model::ComponentId) {
+    let d2 = DrawingId::from_u128(3);
+    f.project
+        .add_drawing(
+            &f.writer.ctx(K::DrawingCreate),
+            d2,
+            &NewDrawing {
+                number: "P-102".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut doc = DrawingDoc::create(PROJECT, d2, &f.writer.ctx(K::DrawingCreate), actor(1)).unwrap();
+    let id = sitesync_model::ComponentId::from_u128(5000);
+    let t = f.template(DISCRETE);
+    let new = sitesync_model::NewComponent {
+        tag: "X-1".into(),
+        kind: "spool".into(),
+        template_id: Some(DISCRETE),
+        ..Default::default()
+    };
+    doc.add_component(&f.writer.ctx(K::ComponentCreate), id, &new, &t)
+        .unwrap();
+    (doc, id)
+}
+
+#[test]
+fn bulk_validate_only_and_atomic_write_nothing() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let q = f.component(2, QUANTITY);
+    let updates = vec![
+        update(c, "erect", V::Completed(true)),
+        update(q, "install", V::QuantityDelta(3.0)),
+        update(q, "install", V::QuantityDelta(-2.0)), // sees the +3 before it
+        update(c, "erect", V::Percent(5.0)),          // wrong workflow
+    ];
+    let heads = f.drawing.automerge().get_heads();
+    for options in [
+        BulkOptions {
+            validate_only: true,
+            atomic: false,
+        },
+        BulkOptions {
+            validate_only: false,
+            atomic: true,
+        },
+        BulkOptions {
+            validate_only: true,
+            atomic: true,
+        },
+    ] {
+        let ctx = f.writer.ctx(K::BulkUpdate);
+        let out = apply_bulk(&mut [&mut f.drawing], &updates, &options, &ctx).unwrap();
+        assert_eq!(
+            (out.applied, out.failed, out.operation_id),
+            (0, 1, None),
+            "{options:?}"
+        );
+        assert_eq!(out.validate_only, options.validate_only);
+        assert_eq!(out.refused_atomic(&options), options.atomic);
+        assert_eq!(out.results[2].after.as_ref().unwrap().quantity, Some(1.0));
+        let err = out.results[3].error.as_ref().unwrap();
+        assert_eq!(
+            (err.code.as_str(), err.field.as_deref()),
+            ("wrong_workflow", Some("updates[3].percent"))
+        );
+        assert_eq!(f.drawing.automerge().get_heads(), heads, "{options:?} wrote");
+    }
+}
+
+#[test]
+fn bulk_applies_valid_updates_one_commit_per_document_same_operation() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let (mut other, x) = second_drawing(&mut f);
+    let mut updates = vec![
+        update(c, "erect", V::Completed(true)),
+        update(x, "weld", V::Completed(true)),
+    ];
+    updates.push(update(
+        sitesync_model::ComponentId::from_u128(404),
+        "weld",
+        V::Completed(true),
+    ));
+    let n0 = (
+        f.drawing.automerge().get_changes(&[]).len(),
+        other.automerge().get_changes(&[]).len(),
+    );
+    let ctx = f
+        .writer
+        .ctx(K::BulkUpdate)
+        .with_reason(Some("daily report".into()));
+    let out = apply_bulk(
+        &mut [&mut f.drawing, &mut other],
+        &updates,
+        &BulkOptions::default(),
+        &ctx,
+    )
+    .unwrap();
+    assert_eq!((out.applied, out.failed, out.operation_id), (2, 1, Some(ctx.op)));
+    assert_eq!(out.results[2].error.as_ref().unwrap().code, "component_not_found");
+    let n1 = (
+        f.drawing.automerge().get_changes(&[]).len(),
+        other.automerge().get_changes(&[]).len(),
+    );
+    assert_eq!((n1.0 - n0.0, n1.1 - n0.1), (1, 1), "one commit per document");
+    for doc in [&f.drawing, &other] {
+        let last = doc.automerge().get_changes(&[]).last().cloned().unwrap();
+        let meta = OpMeta::decode(last.message().unwrap()).unwrap();
+        assert_eq!((meta.op, meta.count), (ctx.op, 1));
+    }
+    assert_eq!(completed(&f, c, "erect"), Some(true));
+    let ops = operations([f.drawing.automerge(), other.automerge()]);
+    let op = ops.iter().find(|o| o.id == ctx.op).unwrap();
+    assert_eq!(
+        (op.kind, op.count, op.reason.as_deref()),
+        (K::BulkUpdate, 2, Some("daily report"))
+    );
+}
+
+#[test]
+fn bulk_of_ten_thousand_is_one_commit_and_more_is_refused() {
+    let mut f = Fixture::new();
+    let q = f.component(1, QUANTITY);
+    let updates = vec![update(q, "install", V::QuantityDelta(0.001)); sitesync_model::MAX_BULK_UPDATES];
+    let before = f.drawing.automerge().get_changes(&[]).len();
+    let ctx = f.writer.ctx(K::BulkUpdate);
+    let out = apply_bulk(&mut [&mut f.drawing], &updates, &BulkOptions::default(), &ctx).unwrap();
+    assert_eq!(out.applied, 10_000);
+    assert_eq!(f.drawing.automerge().get_changes(&[]).len(), before + 1);
+    assert_eq!(f.drawing.component(q).unwrap().milestones[0].quantity, Some(10.0));
+    let too_many = vec![update(q, "install", V::QuantityDelta(1.0)); 10_001];
+    let err = apply_bulk(
+        &mut [&mut f.drawing],
+        &too_many,
+        &BulkOptions::default(),
+        &f.writer.ctx(K::BulkUpdate),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (err.code(), err.kind()),
+        ("too_many", sitesync_model::ErrorKind::TooLarge)
+    );
+}
+
+#[test]
+fn undo_restores_only_what_still_holds_the_operations_write() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let q = f.component(2, QUANTITY);
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    f.drawing
+        .update_milestone(&ctx, &update(c, "receive", V::Completed(true)))
+        .unwrap();
+    let bulk = f.writer.ctx(K::BulkUpdate);
+    let updates = vec![
+        update(c, "erect", V::Completed(true)),
+        update(c, "erect", V::Completed(true)), // twice: undo restores what was before the op
+        update(c, "weld", V::Completed(true)),
+        update(c, "receive", V::Completed(false)),
+        update(q, "install", V::QuantityDelta(7.0)),
+    ];
+    apply_bulk(&mut [&mut f.drawing], &updates, &BulkOptions::default(), &bulk).unwrap();
+    // Somebody writes weld afterwards, back to the same value.
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    f.drawing
+        .update_milestone(&ctx, &update(c, "weld", V::Completed(true)))
+        .unwrap();
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    f.drawing
+        .update_milestone(&ctx, &update(q, "install", V::QuantityDelta(2.0)))
+        .unwrap();
+
+    let undo = f.writer.ctx(K::Undo);
+    let report = f.drawing.undo(&undo, bulk.op).unwrap();
+    assert_eq!(report.reverted, 3, "erect, receive, the quantity entry");
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].milestone.as_deref(), Some("weld"));
+    assert_eq!(report.skipped[0].component_id, Some(c));
+    let comp = f.drawing.component(c).unwrap();
+    let values: Vec<_> = comp.milestones.iter().map(|m| m.completed.unwrap()).collect();
+    assert_eq!(values, vec![true, false, true]);
+    assert_eq!(f.drawing.component(q).unwrap().milestones[0].quantity, Some(2.0));
+
+    // Undo again: registers now changed since; the entry is not subtracted twice.
+    let again = f.drawing.undo(&f.writer.ctx(K::Undo), bulk.op).unwrap();
+    assert_eq!(f.drawing.component(q).unwrap().milestones[0].quantity, Some(2.0));
+    assert_eq!(again.skipped.len(), 3);
+    // An undo cannot be undone; an unknown operation is reported.
+    let err = f.drawing.undo(&f.writer.ctx(K::Undo), undo.op).unwrap_err();
+    assert_eq!(err.code(), "undo_of_undo");
+    let err = f
+        .drawing
+        .undo(&f.writer.ctx(K::Undo), sitesync_model::OperationId::from_u128(1))
+        .unwrap_err();
+    assert_eq!(err.code(), "operation_not_found");
+    let ops = operations([f.drawing.automerge()]);
+    assert_eq!(
+        ops.iter().find(|o| o.id == bulk.op).unwrap().undone_by,
+        Some(undo.op)
+    );
+}
+
+#[test]
+fn undo_of_creation_deletes_and_concurrent_undos_subtract_once() {
+    let mut f = Fixture::new();
+    let q = f.component(1, QUANTITY);
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    f.drawing
+        .update_milestone(&ctx, &update(q, "install", V::QuantityDelta(9.0)))
+        .unwrap();
+    let mut a = replica(&f.drawing, 2);
+    let mut b = replica(&f.drawing, 3);
+    a.undo(&Writer::new("ana", 2).ctx(K::Undo), ctx.op).unwrap();
+    b.undo(&Writer::new("ben", 3).ctx(K::Undo), ctx.op).unwrap();
+    exchange(&mut a, &mut b);
+    assert_eq!(a.component(q).unwrap().milestones[0].quantity, Some(0.0));
+    assert_eq!(a.components().unwrap(), b.components().unwrap());
+
+    // Undo of a component's creation soft-deletes it.
+    let created_by = f.writer.ctx(K::ComponentCreate);
+    let t = f.template(DISCRETE);
+    let id = sitesync_model::ComponentId::from_u128(77);
+    let new = sitesync_model::NewComponent {
+        tag: "T".into(),
+        kind: "spool".into(),
+        template_id: Some(DISCRETE),
+        ..Default::default()
+    };
+    f.drawing.add_component(&created_by, id, &new, &t).unwrap();
+    let report = f.drawing.undo(&f.writer.ctx(K::Undo), created_by.op).unwrap();
+    assert_eq!(report.reverted, 1);
+    assert!(f.drawing.component(id).unwrap().deleted);
+
+    // Project documents: undo of a drawing's creation and of a rename.
+    let rename = f.writer.ctx(K::ProjectUpdate);
+    f.project
+        .update(
+            &rename,
+            &sitesync_model::ProjectPatch {
+                name: Some("South Rack".into()),
+                code: None,
+            },
+        )
+        .unwrap();
+    f.project.undo(&f.writer.ctx(K::Undo), rename.op).unwrap();
+    assert_eq!(f.project.info().unwrap().name, "North Rack");
+    let made = f.writer.ctx(K::DrawingCreate);
+    let d = DrawingId::from_u128(44);
+    f.project
+        .add_drawing(
+            &made,
+            d,
+            &NewDrawing {
+                number: "P-9".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    f.project.undo(&f.writer.ctx(K::Undo), made.op).unwrap();
+    assert!(f.project.drawing(d).unwrap().deleted);
+}
+
+#[test]
+fn history_lists_every_write_with_old_and_new_including_other_replicas() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let q = f.component(2, QUANTITY);
+    let ctx = f
+        .writer
+        .ctx(K::MilestoneUpdate)
+        .with_reason(Some("walkdown".into()));
+    f.drawing
+        .update_milestone(&ctx, &update(c, "erect", V::Completed(true)))
+        .unwrap();
+    let mut b = replica(&f.drawing, 3);
+    let mut wb = Writer::new("ben", 3);
+    wb.now = f.writer.now + 5_000;
+    let patch = ComponentPatch {
+        tag: Some("C-1B".into()),
+        ..Default::default()
+    };
+    b.update_component(&wb.ctx(K::ComponentUpdate), c, &patch)
+        .unwrap();
+    b.update_milestone(
+        &wb.ctx(K::MilestoneUpdate),
+        &update(q, "install", V::Quantity(12.5)),
+    )
+    .unwrap();
+    exchange(&mut f.drawing, &mut b);
+
+    let h = component_history(f.drawing.automerge(), c).unwrap();
+    let rows: Vec<_> = h
+        .iter()
+        .map(|r| {
+            (
+                r.user.as_str(),
+                r.milestone.as_deref(),
+                r.field.as_str(),
+                r.old.clone(),
+                r.new.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "ben",
+                None,
+                "tag",
+                serde_json::json!("C-0001"),
+                serde_json::json!("C-1B")
+            ),
+            (
+                "ana",
+                Some("erect"),
+                "completed",
+                serde_json::json!(false),
+                serde_json::json!(true)
+            ),
+            (
+                "ana",
+                None,
+                "created",
+                serde_json::Value::Null,
+                serde_json::json!(true)
+            ),
+        ]
+    );
+    assert_eq!(h[1].reason.as_deref(), Some("walkdown"));
+    assert_eq!(h[1].operation_id, ctx.op);
+    assert_eq!(h[0].device_id, device(3));
+    let hq = component_history(f.drawing.automerge(), q).unwrap();
+    assert_eq!(
+        (hq[0].old.clone(), hq[0].new.clone()),
+        (serde_json::json!(0.0), serde_json::json!(12.5))
+    );
+    assert_eq!(component_history(b.automerge(), c).unwrap(), h);
+}

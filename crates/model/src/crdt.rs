@@ -388,3 +388,27 @@ impl<'a, D: ReadDoc> FieldReader<'a, D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_ts_is_never_behind_the_clock_and_always_after_what_was_seen() {
+        assert_eq!(next_ts(Timestamp(100), []), 100);
+        assert_eq!(next_ts(Timestamp(100), [50, 70]), 100);
+        assert_eq!(next_ts(Timestamp(100), [100]), 101);
+        assert_eq!(next_ts(Timestamp(100), [5_000, 20]), 5_001);
+        assert_eq!(next_ts(Timestamp(0), [i64::MAX]), i64::MAX);
+    }
+
+    #[test]
+    fn milli_units_round_trip_and_reject_nonsense() {
+        assert_eq!(to_milli("q", 12.5), Ok(12_500));
+        assert_eq!(to_milli("q", 0.0004), Ok(0));
+        assert_eq!(from_milli(12_500), 12.5);
+        for bad in [f64::NAN, f64::INFINITY, 2e12] {
+            assert_eq!(to_milli("q", bad).unwrap_err().code(), "out_of_range");
+        }
+    }
+}

@@ -185,3 +185,41 @@ pub fn rollup<'a>(
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_boundaries() {
+        assert_eq!(Status::of(0.0), Status::NotStarted);
+        assert_eq!(Status::of(0.000001), Status::InProgress);
+        assert_eq!(Status::of(99.999999), Status::InProgress);
+        assert_eq!(Status::of(100.0), Status::Completed);
+    }
+
+    #[test]
+    fn weighted_percent_is_exact_and_clamped() {
+        // Weights 10/30/60 with the 1st and 3rd done.
+        assert_eq!(weighted_percent([(10.0, 1.0), (30.0, 0.0), (60.0, 1.0)]), 70.0);
+        // Thirds come out tidy, not 33.33333333333333.
+        assert_eq!(weighted_percent([(1.0, 1.0), (1.0, 0.0), (1.0, 0.0)]), 33.333333);
+        // Progress outside [0, 1] (over-reported quantity) is clamped.
+        assert_eq!(weighted_percent([(1.0, 1.5), (1.0, -0.5)]), 50.0);
+        assert_eq!(weighted_percent([]), 0.0);
+    }
+
+    #[test]
+    fn group_by_parses_the_api_names() {
+        for (s, g) in [
+            ("drawing", GroupBy::Drawing),
+            ("area", GroupBy::Area),
+            ("system", GroupBy::System),
+            ("kind", GroupBy::Kind),
+            ("template", GroupBy::Template),
+        ] {
+            assert_eq!(GroupBy::parse(s), Some(g));
+        }
+        assert_eq!(GroupBy::parse("colour"), None);
+    }
+}

@@ -120,3 +120,15 @@ pub(crate) fn obj_key(id: &ObjId) -> Option<ObjKey> {
         ObjId::Id(counter, actor, _) => Some((*counter, actor.clone())),
     }
 }
+
+/// Which kind of sitesync document `doc` is (for a store that holds both).
+pub fn kind_of(doc: &Automerge) -> Result<DocKind> {
+    match crate::crdt::read_str(doc, &automerge::ROOT, "kind")?.as_str() {
+        "project" => Ok(DocKind::Project),
+        "drawing" => Ok(DocKind::Drawing),
+        other => Err(ModelError::corrupt(
+            "kind",
+            format!("unknown document kind {other:?}"),
+        )),
+    }
+}

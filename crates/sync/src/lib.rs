@@ -1,13 +1,16 @@
-//! The sitesync engine: storage on sled, the document repository, the wire
-//! protocol and per-peer sync sessions.
+//! The sitesync engine: durable storage and the document repository (the
+//! wire protocol and sync sessions land with the replication issue).
 //!
-//! Nothing lives here yet: the storage and repository land with the daemon
-//! issue, the protocol with the replication issue. The crate exists now so the
-//! workspace has the layout of DESIGN.md and later work slots in.
+//! Data flow: the daemon asks the [`repo::Repo`] for documents; the repo
+//! loads them from the [`store::DocStore`] on demand, runs the model's pure
+//! mutations on them, and appends the new Automerge changes to the store in
+//! one flushed batch before the write is acknowledged.
 
-/// The version of the on-disk record format and wire protocol this build
-/// speaks. Bumped when either changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+pub mod repo;
+pub mod store;
+
+pub use repo::{Doc, Repo, RepoConfig, RepoError, Tx};
+pub use store::{Backend, DocStore, MemBackend, SledBackend, StoreError};
 
 /// Re-exported so the layers above depend on one model version.
 pub use sitesync_model as model;

@@ -1,0 +1,527 @@
+//! Durable storage of documents, over a narrow key-value [`Backend`] trait so
+//! a second backend is one file (sled is the default; [`MemBackend`] is the
+//! model the tests compare against).
+//!
+//! Per document: a compacted snapshot plus appended incremental changes.
+//! Compaction writes the new snapshot and removes the records it replaces in
+//! one atomic batch — two public Automerge repositories lost data exactly
+//! between those two steps. Every record carries a format version and a
+//! CRC-32 of its payload; a damaged record is reported and skipped, and the
+//! document is rebuilt from what remains (peers fill in the rest).
+//!
+//! Keys:
+//! ```text
+//! d <doc uuid:16> s                 snapshot
+//! d <doc uuid:16> c <seq:u64 BE>    incremental changes, in append order
+//! m <name>                          metadata (device id, api settings, ...)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use sitesync_model::automerge::{ActorId, Automerge};
+use uuid::Uuid;
+
+/// The record format version written by this build.
+pub const RECORD_VERSION: u8 = 1;
+const HEADER: usize = 5; // version (1) + crc32 (4)
+
+/// Errors from storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failed while {context}: {source}")]
+    Backend {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A record that cannot be read. Never retried: the bytes will not change.
+    #[error("damaged record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+impl StoreError {
+    fn backend(context: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend {
+            context: context.into(),
+            source: Box::new(e),
+        }
+    }
+}
+
+/// One write of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// Key-value pairs in key order, as scans return them.
+pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The narrow interface a storage engine implements.
+pub trait Backend: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every (key, value) whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, StoreError>;
+    /// Applies every op atomically, and durably: when this returns `Ok`, the
+    /// batch survives a crash (kill -9, power loss as far as the OS allows).
+    fn apply(&self, batch: Vec<BatchOp>) -> Result<(), StoreError>;
+    /// Bytes used on disk (for metrics).
+    fn size_on_disk(&self) -> u64;
+    /// Flushes anything buffered (at shutdown).
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// sled, one database per process.
+pub struct SledBackend {
+    db: sled::Db,
+}
+
+impl SledBackend {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|e| StoreError::backend(format!("opening {}", dir.display()), e))?;
+        Ok(Self { db })
+    }
+}
+
+impl Backend for SledBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| StoreError::backend("reading", e))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, StoreError> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::backend("scanning", e))
+    }
+
+    fn apply(&self, batch: Vec<BatchOp>) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for op in batch {
+            match op {
+                BatchOp::Put(k, v) => b.insert(k, v),
+                BatchOp::Delete(k) => b.remove(k),
+            }
+        }
+        self.db
+            .apply_batch(b)
+            .map_err(|e| StoreError::backend("writing a batch", e))?;
+        self.flush()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StoreError::backend("flushing", e))
+    }
+}
+
+/// An in-memory backend: the simple model tests compare sled against, and a
+/// store for tests that do not need a disk.
+#[derive(Default)]
+pub struct MemBackend {
+    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl Backend for MemBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map.lock().expect("lock").get(key).cloned())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, StoreError> {
+        let map = self.map.lock().expect("lock");
+        Ok(map
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn apply(&self, batch: Vec<BatchOp>) -> Result<(), StoreError> {
+        let mut map = self.map.lock().expect("lock");
+        for op in batch {
+            match op {
+                BatchOp::Put(k, v) => map.insert(k, v),
+                BatchOp::Delete(k) => map.remove(&k),
+            };
+        }
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        let map = self.map.lock().expect("lock");
+        map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Wraps a payload as a record: version, CRC-32, payload.
+pub fn encode_record(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks and unwraps a record.
+pub fn decode_record<'a>(key: &[u8], record: &'a [u8]) -> Result<&'a [u8], StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: describe_key(key),
+        reason,
+    };
+    if record.len() < HEADER {
+        return Err(corrupt(format!(
+            "{} bytes is shorter than a record header",
+            record.len()
+        )));
+    }
+    if record[0] != RECORD_VERSION {
+        return Err(corrupt(format!(
+            "record format {} (this build reads {RECORD_VERSION})",
+            record[0]
+        )));
+    }
+    let crc = u32::from_le_bytes(record[1..5].try_into().expect("4 bytes"));
+    let payload = &record[HEADER..];
+    if crc32fast::hash(payload) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    Ok(payload)
+}
+
+/// A key in a form a person can read in a log line.
+pub fn describe_key(key: &[u8]) -> String {
+    match key {
+        [b'd', rest @ ..] if rest.len() >= 17 => {
+            let id = Uuid::from_slice(&rest[..16])
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            match &rest[16..] {
+                [b's'] => format!("doc {id} snapshot"),
+                [b'c', seq @ ..] if seq.len() == 8 => {
+                    format!(
+                        "doc {id} change {}",
+                        u64::from_be_bytes(seq.try_into().expect("8"))
+                    )
+                }
+                _ => format!("doc {id} {:?}", &rest[16..]),
+            }
+        }
+        [b'm', name @ ..] => format!("meta {}", String::from_utf8_lossy(name)),
+        _ => format!("{key:?}"),
+    }
+}
+
+fn doc_prefix(id: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(26);
+    k.push(b'd');
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn snapshot_key(id: Uuid) -> Vec<u8> {
+    let mut k = doc_prefix(id);
+    k.push(b's');
+    k
+}
+
+fn change_key(id: Uuid, seq: u64) -> Vec<u8> {
+    let mut k = doc_prefix(id);
+    k.push(b'c');
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = vec![b'm'];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// A damaged record found while loading, reported rather than fatal.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Damage {
+    pub record: String,
+    pub reason: String,
+}
+
+/// A document as loaded from its records.
+pub struct Loaded {
+    pub doc: Automerge,
+    /// The sequence number the next appended change record gets.
+    pub next_seq: u64,
+    /// How many change records follow the snapshot (compaction trigger).
+    pub change_records: usize,
+    /// Records that could not be read (the document is rebuilt without them).
+    pub damaged: Vec<Damage>,
+}
+
+/// New changes of one document, appended as one record.
+pub struct Append {
+    pub id: Uuid,
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Documents and metadata over a [`Backend`].
+pub struct DocStore {
+    backend: Box<dyn Backend>,
+}
+
+impl DocStore {
+    pub fn new(backend: impl Backend) -> Self {
+        Self {
+            backend: Box::new(backend),
+        }
+    }
+
+    /// Loads a document, `None` when it has no records. Damaged records are
+    /// skipped and listed in [`Loaded::damaged`].
+    pub fn load(&self, id: Uuid, actor: ActorId) -> Result<Option<Loaded>, StoreError> {
+        let mut records = self.backend.scan_prefix(&doc_prefix(id))?;
+        // The snapshot ('s') sorts after the changes ('c') but loads first.
+        records.sort_by_key(|(k, _)| !(k.len() == 18 && k[17] == b's'));
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let mut damaged = Vec::new();
+        let mut doc = Automerge::new();
+        let mut next_seq = 0;
+        let mut change_records = 0;
+        for (key, value) in &records {
+            let is_snapshot = key.len() == 18 && key[17] == b's';
+            if !is_snapshot {
+                change_records += 1;
+                if key.len() == 26 {
+                    let seq = u64::from_be_bytes(key[18..26].try_into().expect("8 bytes"));
+                    next_seq = next_seq.max(seq + 1);
+                }
+            }
+            let loaded = decode_record(key, value).and_then(|payload| {
+                let result = if is_snapshot {
+                    Automerge::load(payload).map(|d| doc = d)
+                } else {
+                    doc.load_incremental(payload).map(|_| ())
+                };
+                result.map_err(|e| StoreError::Corrupt {
+                    key: describe_key(key),
+                    reason: format!("not Automerge data: {e}"),
+                })
+            });
+            if let Err(e) = loaded {
+                let StoreError::Corrupt { key, reason } = e else {
+                    return Err(e);
+                };
+                tracing::error!(record = %key, %reason, "damaged record skipped; rebuilding the document from the rest");
+                damaged.push(Damage { record: key, reason });
+            }
+        }
+        Ok(Some(Loaded {
+            doc: doc.with_actor(actor),
+            next_seq,
+            change_records,
+            damaged,
+        }))
+    }
+
+    /// Appends new changes of several documents in one atomic, durable batch.
+    pub fn append(&self, appends: &[Append]) -> Result<(), StoreError> {
+        if appends.is_empty() {
+            return Ok(());
+        }
+        self.backend.apply(
+            appends
+                .iter()
+                .map(|a| BatchOp::Put(change_key(a.id, a.seq), encode_record(&a.bytes)))
+                .collect(),
+        )
+    }
+
+    /// Replaces a document's records with one snapshot, atomically: the
+    /// snapshot and the removal of every change record below `next_seq`
+    /// (and any damaged leftovers) are one batch.
+    pub fn compact(&self, id: Uuid, snapshot: &[u8], next_seq: u64) -> Result<(), StoreError> {
+        let mut batch: Vec<BatchOp> = self
+            .backend
+            .scan_prefix(&doc_prefix(id))?
+            .into_iter()
+            .filter(|(k, _)| {
+                k.len() == 26
+                    && k[17] == b'c'
+                    && u64::from_be_bytes(k[18..26].try_into().expect("8")) < next_seq
+            })
+            .map(|(k, _)| BatchOp::Delete(k))
+            .collect();
+        batch.push(BatchOp::Put(snapshot_key(id), encode_record(snapshot)));
+        self.backend.apply(batch)
+    }
+
+    /// Every stored document id.
+    pub fn doc_ids(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut ids: Vec<Uuid> = self
+            .backend
+            .scan_prefix(b"d")?
+            .into_iter()
+            .filter_map(|(k, _)| Uuid::from_slice(k.get(1..17)?).ok())
+            .collect();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Reads a metadata record.
+    pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = meta_key(name);
+        match self.backend.get(&key)? {
+            Some(v) => Ok(Some(decode_record(&key, &v)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a metadata record durably.
+    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.backend
+            .apply(vec![BatchOp::Put(meta_key(name), encode_record(value))])
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.backend.size_on_disk()
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.backend.flush()
+    }
+
+    /// Raw access for tests that damage records on purpose.
+    #[doc(hidden)]
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sitesync_model::automerge::transaction::Transactable;
+
+    fn doc_with(values: &[&str]) -> Automerge {
+        let mut d = Automerge::new();
+        for v in values {
+            let mut tx = d.transaction();
+            tx.put(sitesync_model::automerge::ROOT, *v, 1).unwrap();
+            tx.commit();
+        }
+        d
+    }
+
+    #[test]
+    fn records_detect_damage() {
+        let rec = encode_record(b"hello");
+        assert_eq!(decode_record(b"k", &rec).unwrap(), b"hello");
+        let mut flipped = rec.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            decode_record(b"k", &flipped),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let mut future = rec.clone();
+        future[0] = 9;
+        let err = decode_record(b"k", &future).unwrap_err().to_string();
+        assert!(err.contains("record format 9"), "{err}");
+        assert!(decode_record(b"k", &rec[..3]).is_err());
+    }
+
+    fn appends_then_compaction(store: &DocStore) {
+        let id = Uuid::from_u128(7);
+        let mut d = Automerge::new();
+        let mut heads = vec![];
+        for (seq, key) in ["a", "b", "c"].into_iter().enumerate() {
+            let mut tx = d.transaction();
+            tx.put(sitesync_model::automerge::ROOT, key, 1).unwrap();
+            tx.commit();
+            let bytes = d.save_after(&heads);
+            heads = d.get_heads();
+            store
+                .append(&[Append {
+                    id,
+                    seq: seq as u64,
+                    bytes,
+                }])
+                .unwrap();
+        }
+        let loaded = store.load(id, ActorId::random()).unwrap().unwrap();
+        assert_eq!((loaded.next_seq, loaded.change_records), (3, 3));
+        assert_eq!(loaded.doc.get_heads(), d.get_heads());
+        store.compact(id, &d.save(), 3).unwrap();
+        let loaded = store.load(id, ActorId::random()).unwrap().unwrap();
+        assert_eq!(
+            (loaded.change_records, loaded.doc.get_heads()),
+            (0, d.get_heads())
+        );
+        assert_eq!(store.doc_ids().unwrap(), vec![id]);
+        assert!(
+            store
+                .load(Uuid::from_u128(8), ActorId::random())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn append_load_compact_on_both_backends() {
+        appends_then_compaction(&DocStore::new(MemBackend::default()));
+        let dir = tempfile::tempdir().unwrap();
+        appends_then_compaction(&DocStore::new(SledBackend::open(dir.path()).unwrap()));
+    }
+
+    #[test]
+    fn a_damaged_record_is_reported_and_the_rest_loads() {
+        let store = DocStore::new(MemBackend::default());
+        let id = Uuid::from_u128(1);
+        let d = doc_with(&["a"]);
+        store.compact(id, &d.save(), 0).unwrap();
+        let mut d2 = d.clone();
+        let mut tx = d2.transaction();
+        tx.put(sitesync_model::automerge::ROOT, "b", 2).unwrap();
+        tx.commit();
+        store
+            .append(&[Append {
+                id,
+                seq: 0,
+                bytes: d2.save_after(&d.get_heads()),
+            }])
+            .unwrap();
+        // Damage the change record.
+        let key = change_key(id, 0);
+        let mut rec = store.backend().get(&key).unwrap().unwrap();
+        rec[7] ^= 0xff;
+        store.backend().apply(vec![BatchOp::Put(key, rec)]).unwrap();
+        let loaded = store.load(id, ActorId::random()).unwrap().unwrap();
+        assert_eq!(loaded.damaged.len(), 1);
+        assert!(
+            loaded.damaged[0].reason.contains("checksum"),
+            "{:?}",
+            loaded.damaged
+        );
+        assert_eq!(loaded.doc.get_heads(), d.get_heads(), "the snapshot still loads");
+    }
+}

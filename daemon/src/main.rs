@@ -1,14 +1,161 @@
-//! `sitesync-daemon`: the per-laptop daemon.
-//!
-//! Not built yet (the daemon issue builds it: durable store and localhost
-//! HTTP API). The binary exists so the README's run command already works and
-//! says clearly that there is nothing to run yet.
+//! `sitesync-daemon`: runs the durable local store and the localhost HTTP
+//! API. `sitesync-daemon --help` explains every option.
 
-fn main() {
-    eprintln!(
-        "sitesync-daemon {}: not yet — the domain model (crates/model) is in place; \
-         the daemon and its HTTP API land with the daemon issue",
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sitesync_daemon::{AppState, auth, open_service, run, seed};
+use tokio::net::TcpListener;
+
+/// The sitesync daemon: keeps this laptop's copy of every project and serves
+/// the local HTTP API (see HTTP_API.md) on 127.0.0.1.
+///
+/// On first start it creates its store and an API token in the data
+/// directory; it prints where the token file is, never the token. Send it as
+/// `Authorization: Bearer <token>` on every request but GET /v1/health.
+#[derive(Parser, Debug)]
+#[command(name = "sitesync-daemon", version, about, long_about)]
+struct Cli {
+    /// Where the store and the API token live. Default: the platform data
+    /// directory (Linux: ~/.local/share/sitesync).
+    #[arg(long, env = "SITESYNC_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Address of the HTTP API. Port 0 picks a free port (printed at start).
+    #[arg(
+        long,
+        env = "SITESYNC_LISTEN",
+        default_value = "127.0.0.1:7700",
+        value_name = "ADDR"
+    )]
+    listen: SocketAddr,
+
+    /// Allow a --listen address other than loopback. The API token still
+    /// applies, but anyone on the network can try it: prefer loopback.
+    #[arg(long, env = "SITESYNC_ALLOW_REMOTE")]
+    allow_remote: bool,
+
+    /// A browser origin (e.g. http://localhost:5173) allowed to call the API.
+    /// Repeatable; none by default.
+    #[arg(
+        long = "allow-origin",
+        env = "SITESYNC_ALLOW_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    allow_origin: Vec<String>,
+
+    /// The person recorded in changes when a request has no X-User header.
+    /// Default: $USER.
+    #[arg(long, env = "SITESYNC_USER", value_name = "NAME")]
+    user: Option<String>,
+
+    /// A name for this device, shown to peers. Default: the hostname.
+    #[arg(long, env = "SITESYNC_DEVICE_NAME", value_name = "NAME")]
+    device_name: Option<String>,
+
+    /// Seed, once, a realistic demo project (6 drawings, 150 components,
+    /// real rules of credit, some progress).
+    #[arg(long, env = "SITESYNC_DEMO")]
+    demo: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "this-device".into())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing requests and flushing the store");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SITESYNC_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+
+    if !cli.listen.ip().is_loopback() && !cli.allow_remote {
+        bail!(
+            "--listen {} is not a loopback address; the API is meant for apps on this machine. \
+             Pass --allow-remote if you really want it reachable from the network.",
+            cli.listen
+        );
+    }
+    let data_dir = match cli.data_dir {
+        Some(d) => d,
+        None => dirs::data_dir()
+            .context("no platform data directory; pass --data-dir")?
+            .join("sitesync"),
+    };
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", data_dir.display()))?;
+    }
+
+    let service = Arc::new(open_service(&data_dir)?);
+    if cli.demo {
+        let svc = service.clone();
+        let seeded = tokio::task::spawn_blocking(move || seed::seed_demo(&svc))
+            .await?
+            .map_err(|e| anyhow::anyhow!("seeding the demo project: {}", e.message))?;
+        if seeded {
+            tracing::info!("seeded the demo project");
+        }
+    }
+    // The token exists on disk before the daemon listens.
+    let (token, token_path) = auth::ensure_token(&data_dir).context("writing the API token")?;
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    let addr = listener.local_addr()?;
+    let extra_host = cli.allow_remote.then(|| addr.to_string());
+    let state = Arc::new(AppState {
+        service,
+        token,
+        allowed_hosts: auth::allowed_hosts(addr.port(), extra_host),
+        allowed_origins: cli.allow_origin,
+        default_user: cli
+            .user
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".into()),
+        device_name: cli.device_name.unwrap_or_else(hostname),
+    });
+    println!(
+        "sitesync-daemon {} listening on http://{addr}",
         env!("CARGO_PKG_VERSION")
     );
-    std::process::exit(2);
+    println!("  data directory: {}", data_dir.display());
+    println!("  API token file: {}", token_path.display());
+    run(listener, state, shutdown_signal()).await?;
+    Ok(())
 }

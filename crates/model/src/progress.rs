@@ -93,6 +93,9 @@ impl GroupBy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     pub key: Option<String>,
+    /// A readable name for the key where it is an id (the drawing number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     pub component_count: usize,
     pub completion_percent: f64,
     pub budget_hours: f64,
@@ -159,28 +162,34 @@ pub fn rollup<'a>(
 ) -> Progress {
     let mut total = Acc::default();
     let mut groups: BTreeMap<Option<String>, Acc> = BTreeMap::new();
+    let mut labels: BTreeMap<Option<String>, String> = BTreeMap::new();
     for (c, drawing) in items {
         if c.deleted {
             continue;
         }
         total.add(c);
         if let Some(by) = group_by {
-            groups.entry(group_key(c, drawing, by)).or_default().add(c);
+            let key = group_key(c, drawing, by);
+            if let (GroupBy::Drawing, Some(d)) = (by, drawing) {
+                labels.entry(key.clone()).or_insert_with(|| d.number.clone());
+            }
+            groups.entry(key).or_default().add(c);
         }
     }
     Progress {
         component_count: total.count,
         completion_percent: total.completion(),
-        budget_hours: total.hours,
-        earned_hours: total.earned,
+        budget_hours: tidy(total.hours),
+        earned_hours: tidy(total.earned),
         groups: groups
             .into_iter()
             .map(|(key, a)| Group {
+                label: labels.remove(&key),
                 key,
                 component_count: a.count,
                 completion_percent: a.completion(),
-                budget_hours: a.hours,
-                earned_hours: a.earned,
+                budget_hours: tidy(a.hours),
+                earned_hours: tidy(a.earned),
             })
             .collect(),
     }

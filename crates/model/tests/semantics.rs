@@ -115,7 +115,7 @@ fn rollups_weight_by_budget_hours_and_group() {
     // a: 10 h at 100 %; b: 1 h (unset) at 10 %. (1000 + 10) / 11.
     assert_eq!(p.component_count, 2);
     assert_eq!(p.budget_hours, 11.0);
-    assert!((p.earned_hours - 10.1).abs() < 1e-9);
+    assert_eq!(p.earned_hours, 10.1);
     assert_eq!(p.completion_percent, 91.818182);
     // Area: a's attribute B7 wins over the drawing's A1; b falls back to A1.
     let keys: Vec<_> = p
@@ -129,6 +129,7 @@ fn rollups_weight_by_budget_hours_and_group() {
     assert_eq!(by_system.groups[0].key.as_deref(), Some("Cooling"));
     let by_drawing = rollup(items.clone(), Some(GroupBy::Drawing));
     assert_eq!(by_drawing.groups[0].key, Some(DRAWING.to_string()));
+    assert_eq!(by_drawing.groups[0].label.as_deref(), Some("P-101"));
     assert_eq!(rollup(items.clone(), Some(GroupBy::Template)).groups.len(), 1);
     assert_eq!(
         rollup(items, Some(GroupBy::Kind)).groups[0].key.as_deref(),

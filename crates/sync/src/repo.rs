@@ -154,9 +154,11 @@ impl Repo {
             repo: self,
             cache: &mut cache,
             touched: HashSet::new(),
+            metas: Vec::new(),
         };
         let result = f(&mut tx);
         let touched = std::mem::take(&mut tx.touched);
+        let metas = std::mem::take(&mut tx.metas);
         let out = match result {
             Ok(out) => out,
             Err(e) => {
@@ -166,7 +168,7 @@ impl Repo {
                 return Err(e);
             }
         };
-        if let Err(e) = self.persist(&mut cache, &touched) {
+        if let Err(e) = self.persist(&mut cache, &touched, &metas) {
             for id in &touched {
                 cache.slots.remove(id);
             }
@@ -176,7 +178,12 @@ impl Repo {
         Ok(out)
     }
 
-    fn persist(&self, cache: &mut Cache, touched: &HashSet<Uuid>) -> Result<(), StoreError> {
+    fn persist(
+        &self,
+        cache: &mut Cache,
+        touched: &HashSet<Uuid>,
+        metas: &[(String, Vec<u8>)],
+    ) -> Result<(), StoreError> {
         let mut appends = Vec::new();
         for id in touched {
             let slot = cache.slots.get(id).expect("touched documents are cached");
@@ -189,7 +196,7 @@ impl Repo {
                 });
             }
         }
-        self.store.append(&appends)?;
+        self.store.append(&appends, metas)?;
         for a in &appends {
             let slot = cache.slots.get_mut(&a.id).expect("cached");
             slot.saved = slot.doc.automerge().get_heads();
@@ -281,6 +288,7 @@ pub struct Tx<'a> {
     repo: &'a Repo,
     cache: &'a mut Cache,
     touched: HashSet<Uuid>,
+    metas: Vec<(String, Vec<u8>)>,
 }
 
 impl Tx<'_> {
@@ -340,6 +348,11 @@ impl Tx<'_> {
                 last_used: self.cache.tick,
             },
         );
+    }
+
+    /// A metadata record stored in the same batch as the documents.
+    pub fn put_meta(&mut self, name: &str, value: &[u8]) {
+        self.metas.push((name.to_owned(), value.to_vec()));
     }
 
     /// The actor new documents are created with.

@@ -344,17 +344,29 @@ impl DocStore {
         }))
     }
 
-    /// Appends new changes of several documents in one atomic, durable batch.
-    pub fn append(&self, appends: &[Append]) -> Result<(), StoreError> {
-        if appends.is_empty() {
+    /// Appends new changes of several documents, and metadata records that
+    /// must land with them, in one atomic, durable batch.
+    pub fn append(&self, appends: &[Append], metas: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        if appends.is_empty() && metas.is_empty() {
             return Ok(());
         }
-        self.backend.apply(
-            appends
-                .iter()
-                .map(|a| BatchOp::Put(change_key(a.id, a.seq), encode_record(&a.bytes)))
-                .collect(),
-        )
+        let docs = appends
+            .iter()
+            .map(|a| BatchOp::Put(change_key(a.id, a.seq), encode_record(&a.bytes)));
+        let metas = metas
+            .iter()
+            .map(|(name, v)| BatchOp::Put(meta_key(name), encode_record(v)));
+        self.backend.apply(docs.chain(metas).collect())
+    }
+
+    /// The names (after `prefix`) of every metadata record under `prefix`.
+    pub fn meta_names(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .backend
+            .scan_prefix(&meta_key(prefix))?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k[1 + prefix.len()..]).into_owned())
+            .collect())
     }
 
     /// Replaces a document's records with one snapshot, atomically: the
@@ -461,11 +473,14 @@ mod tests {
             let bytes = d.save_after(&heads);
             heads = d.get_heads();
             store
-                .append(&[Append {
-                    id,
-                    seq: seq as u64,
-                    bytes,
-                }])
+                .append(
+                    &[Append {
+                        id,
+                        seq: seq as u64,
+                        bytes,
+                    }],
+                    &[(format!("doc/{seq}"), vec![])],
+                )
                 .unwrap();
         }
         let loaded = store.load(id, ActorId::random()).unwrap().unwrap();
@@ -478,6 +493,7 @@ mod tests {
             (0, d.get_heads())
         );
         assert_eq!(store.doc_ids().unwrap(), vec![id]);
+        assert_eq!(store.meta_names("doc/").unwrap(), vec!["0", "1", "2"]);
         assert!(
             store
                 .load(Uuid::from_u128(8), ActorId::random())
@@ -504,11 +520,14 @@ mod tests {
         tx.put(sitesync_model::automerge::ROOT, "b", 2).unwrap();
         tx.commit();
         store
-            .append(&[Append {
-                id,
-                seq: 0,
-                bytes: d2.save_after(&d.get_heads()),
-            }])
+            .append(
+                &[Append {
+                    id,
+                    seq: 0,
+                    bytes: d2.save_after(&d.get_heads()),
+                }],
+                &[],
+            )
             .unwrap();
         // Damage the change record.
         let key = change_key(id, 0);

@@ -1,0 +1,97 @@
+//! The API's error answer: `{"error": {"code", "message", "field"?}}` with
+//! the status HTTP_API.md gives each kind of failure. Every failure a request
+//! can cause maps here; bad input never becomes a 500.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use sitesync_model::{ErrorKind, ModelError};
+use sitesync_sync::{RepoError, StoreError};
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A malformed request (400) naming the field at fault.
+    pub fn bad_request(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            ..Self::new(StatusCode::BAD_REQUEST, code, message)
+        }
+    }
+
+    pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} {id} not found"),
+        )
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        let status = match e.kind() {
+            ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Corrupt => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if e.kind() == ErrorKind::Corrupt {
+            tracing::error!(error = %e, "damaged document");
+        }
+        Self {
+            status,
+            code: e.code(),
+            field: e.field().map(str::to_owned),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::Model(e) => e.into(),
+            RepoError::NotFound { what, id } => Self::not_found(what, id),
+            RepoError::Store(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!(error = %e, "damaged record");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
+            }
+            RepoError::Store(e) => {
+                tracing::error!(error = %e, "storage failure");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            error["field"] = json!(field);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+/// Shorthand for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

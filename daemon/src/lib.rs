@@ -1,0 +1,108 @@
+//! `sitesync-daemon`: the durable local store and the localhost HTTP API.
+//!
+//! Data flow: an HTTP request passes the [`auth`] guard (Host, Origin,
+//! token), is parsed by [`extract`] and [`api`], and runs a
+//! [`service::Service`] operation on a blocking thread; the service runs the
+//! model's pure mutations on documents from the repository
+//! (`sitesync-sync`), which makes them durable before the answer is sent,
+//! then updates the in-memory project index and publishes [`events`].
+//!
+//! Like mini-redis, [`run`] takes an already-bound listener, so tests bind
+//! port 0 and read the address back.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod seed;
+pub mod service;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use sitesync_model::DeviceId;
+use sitesync_model::automerge::ActorId;
+use sitesync_sync::{DocStore, Repo, RepoConfig, SledBackend, StoreError};
+use tokio::net::TcpListener;
+
+use crate::events::EventBus;
+use crate::service::{Clock, Service};
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub service: Arc<Service>,
+    /// The API token every request but health must present.
+    pub token: String,
+    /// Host header values accepted (DNS-rebinding defence).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted (none by default).
+    pub allowed_origins: Vec<String>,
+    /// The acting user when a request has no `X-User`.
+    pub default_user: String,
+    pub device_name: String,
+}
+
+/// Failures while starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store in {dir}: {source}")]
+    Store { dir: String, source: StoreError },
+    #[error("the stored device id is damaged: {0}")]
+    DeviceId(String),
+}
+
+/// How many events the stream keeps for `Last-Event-ID` resumption.
+const EVENT_RING: usize = 10_000;
+
+/// Opens the store in `data_dir` and builds the service: the device id is
+/// created once and kept; the Automerge actor is fresh for every start.
+pub fn open_service(data_dir: &Path) -> Result<Service, StartError> {
+    let store_dir = data_dir.join("store");
+    let store_err = |source| StartError::Store {
+        dir: store_dir.display().to_string(),
+        source,
+    };
+    let store = DocStore::new(SledBackend::open(&store_dir).map_err(store_err)?);
+    let device = match store.get_meta("device_id").map_err(store_err)? {
+        Some(bytes) => String::from_utf8_lossy(&bytes)
+            .parse::<DeviceId>()
+            .map_err(|e| StartError::DeviceId(e.to_string()))?,
+        None => {
+            let id = DeviceId(uuid::Uuid::new_v4());
+            store
+                .put_meta("device_id", id.to_string().as_bytes())
+                .map_err(store_err)?;
+            id
+        }
+    };
+    let repo = Repo::new(store, ActorId::random(), RepoConfig::default());
+    let clock = Clock::system();
+    // Event ids start from the clock (µs), so they keep increasing across
+    // restarts and a stale Last-Event-ID is recognised.
+    let first_event = clock.now().millis().max(0) as u64 * 1000;
+    Ok(Service::new(
+        repo,
+        device,
+        clock,
+        EventBus::new(EVENT_RING, first_event),
+    ))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then flushes.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let service = state.service.clone();
+    let app = api::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    if let Err(e) = service.repo().flush() {
+        tracing::error!(error = %e, "flush at shutdown failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,729 @@
+//! The daemon's domain operations: each runs the model's pure functions on
+//! documents from the repository, makes the result durable, keeps the
+//! in-memory project index current, and publishes events.
+//!
+//! Synchronous on purpose: Automerge work is CPU-bound, so the HTTP layer
+//! calls these on blocking threads. One lock (`state`) serialises writes and
+//! index updates, so the index always matches what is durable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use serde::Serialize;
+use serde_json::json;
+use sitesync_model::bulk::BulkOutcome;
+use sitesync_model::history::component_history;
+use sitesync_model::{
+    BulkOptions, Component, ComponentId, ComponentPatch, DeviceId, DrawingDoc, DrawingId, DrawingInfo,
+    DrawingPatch, GroupBy, HistoryEntry, MilestoneUpdate, ModelError, NewComponent, NewDrawing, NewProject,
+    NewTemplate, OperationId, OperationInfo, OperationKind, Progress, ProjectDoc, ProjectId, ProjectPatch,
+    Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk, operations, rollup,
+};
+use sitesync_sync::{Doc, Repo, RepoError};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::events::EventBus;
+
+/// Metadata record marking a project (so listing projects needs no scan of
+/// every document).
+const PROJECT_META: &str = "project/";
+
+/// The device's hybrid-logical clock: never behind the wall clock, never
+/// repeating or going back, so one device's writes are strictly ordered.
+pub struct Clock {
+    last: AtomicI64,
+    wall: fn() -> i64,
+}
+
+impl Clock {
+    pub fn system() -> Self {
+        Self::with_source(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        })
+    }
+
+    /// A clock reading time from `wall` (tests pass a fixed one).
+    pub fn with_source(wall: fn() -> i64) -> Self {
+        Self {
+            last: AtomicI64::new(0),
+            wall,
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        let wall = (self.wall)();
+        let prev = self
+            .last
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(wall.max(last + 1))
+            })
+            .expect("closure always returns Some");
+        Timestamp(wall.max(prev + 1))
+    }
+}
+
+/// A project as the API returns it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProjectView {
+    pub id: ProjectId,
+    pub name: String,
+    pub code: Option<String>,
+    pub completion_percent: f64,
+    pub status: Status,
+    pub component_count: usize,
+    pub drawing_count: usize,
+    pub deleted: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A drawing as the API returns it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DrawingView {
+    #[serde(flatten)]
+    pub info: DrawingInfo,
+    pub component_count: usize,
+    pub completion_percent: f64,
+}
+
+/// The answer to an undo.
+#[derive(Clone, Debug, Serialize)]
+pub struct UndoView {
+    pub operation_id: OperationId,
+    #[serde(flatten)]
+    pub report: UndoReport,
+}
+
+/// Derived state of one project, rebuilt from its documents on first use and
+/// kept current on every write: the drawing list and every component view.
+struct ProjectIndex {
+    drawings: BTreeMap<DrawingId, DrawingInfo>,
+    components: HashMap<ComponentId, Component>,
+}
+
+impl ProjectIndex {
+    fn build(repo: &Repo, pid: ProjectId) -> Result<Self, RepoError> {
+        let drawings: BTreeMap<_, _> = repo
+            .read_project(pid, |p| p.drawings())??
+            .into_iter()
+            .map(|d| (d.id, d))
+            .collect();
+        let mut components = HashMap::new();
+        for id in drawings.keys() {
+            // A drawing listed before its document arrived (sync) has no
+            // components yet.
+            match repo.read_drawing(*id, |d| d.components()) {
+                Ok(list) => components.extend(list?.into_iter().map(|c| (c.id, c))),
+                Err(RepoError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Self { drawings, components })
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Component> {
+        self.components.values().filter(|c| !c.deleted)
+    }
+
+    fn rollup(&self, group_by: Option<GroupBy>) -> Progress {
+        rollup(
+            self.live().map(|c| (c, self.drawings.get(&c.drawing_id))),
+            group_by,
+        )
+    }
+}
+
+/// Filters and order of a component listing.
+#[derive(Clone, Debug, Default)]
+pub struct ComponentQuery {
+    pub drawing_id: Option<DrawingId>,
+    pub status: Option<Status>,
+    pub kind: Option<String>,
+    pub q: Option<String>,
+    pub attributes: Vec<(String, String)>,
+    pub min_completion: Option<f64>,
+    pub max_completion: Option<f64>,
+    pub include_deleted: bool,
+    pub sort: Sort,
+}
+
+/// Component list order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sort {
+    #[default]
+    Tag,
+    TagDesc,
+    Completion,
+    CompletionDesc,
+    UpdatedAt,
+    UpdatedAtDesc,
+}
+
+impl Sort {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "tag" => Self::Tag,
+            "-tag" => Self::TagDesc,
+            "completion" => Self::Completion,
+            "-completion" => Self::CompletionDesc,
+            "updated_at" => Self::UpdatedAt,
+            "-updated_at" => Self::UpdatedAtDesc,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    index: HashMap<ProjectId, ProjectIndex>,
+}
+
+/// The daemon's domain service.
+pub struct Service {
+    repo: Repo,
+    device: DeviceId,
+    clock: Clock,
+    state: Mutex<State>,
+    pub events: EventBus,
+}
+
+fn new_id() -> Uuid {
+    Uuid::new_v4()
+}
+
+impl Service {
+    pub fn new(repo: Repo, device: DeviceId, clock: Clock, events: EventBus) -> Self {
+        Self {
+            repo,
+            device,
+            clock,
+            state: Mutex::new(State::default()),
+            events,
+        }
+    }
+
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ctx(&self, user: &str, kind: OperationKind) -> WriteCtx {
+        WriteCtx::new(user, self.device, OperationId(new_id()), kind, self.clock.now())
+    }
+
+    /// The index of a project, building it on first use.
+    fn index<'s>(&self, state: &'s mut State, pid: ProjectId) -> ApiResult<&'s mut ProjectIndex> {
+        match state.index.entry(pid) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let built = ProjectIndex::build(&self.repo, pid).map_err(|e| match e {
+                    RepoError::NotFound { .. } => ApiError::not_found("project", pid),
+                    e => e.into(),
+                })?;
+                Ok(e.insert(built))
+            }
+        }
+    }
+
+    /// Refreshes the index after a write to these drawings (and the project
+    /// document), then publishes component and progress events.
+    fn refresh(
+        &self,
+        state: &mut State,
+        pid: ProjectId,
+        drawings: &[DrawingId],
+        project_changed: bool,
+    ) -> ApiResult<()> {
+        let index = self.index(state, pid)?;
+        if project_changed {
+            index.drawings = self
+                .repo
+                .read_project(pid, |p| p.drawings())??
+                .into_iter()
+                .map(|d| (d.id, d))
+                .collect();
+        }
+        let mut changed = false;
+        for did in drawings {
+            let fresh = self.repo.read_drawing(*did, |d| d.components())??;
+            for c in fresh {
+                let kind = match index.components.get(&c.id) {
+                    None => "component.created",
+                    Some(old) if old == &c => continue,
+                    Some(old) if !old.deleted && c.deleted => "component.deleted",
+                    Some(_) => "component.updated",
+                };
+                changed = true;
+                self.events
+                    .publish(kind, Some(pid), json!({"component": &c, "origin": "local"}));
+                index.components.insert(c.id, c);
+            }
+        }
+        if changed {
+            let p = index.rollup(None);
+            self.events.publish(
+                "progress.updated",
+                Some(pid),
+                json!({"project_id": pid, "completion_percent": p.completion_percent,
+                       "earned_hours": p.earned_hours, "budget_hours": p.budget_hours}),
+            );
+        }
+        Ok(())
+    }
+
+    // ---- projects ----
+
+    pub fn create_project(&self, user: &str, new: NewProject) -> ApiResult<ProjectView> {
+        let mut state = self.lock();
+        let pid = ProjectId(new_id());
+        let ctx = self.ctx(user, OperationKind::ProjectCreate);
+        self.repo.write(|tx| {
+            let doc = ProjectDoc::create(pid, &new, &ctx, tx.actor())?;
+            tx.insert(pid.0, Doc::Project(doc));
+            tx.put_meta(&format!("{PROJECT_META}{pid}"), b"");
+            Ok(())
+        })?;
+        self.index(&mut state, pid)?;
+        let view = self.project_view(&mut state, pid)?;
+        self.events
+            .publish("project.created", Some(pid), json!({"project": &view}));
+        Ok(view)
+    }
+
+    fn project_view(&self, state: &mut State, pid: ProjectId) -> ApiResult<ProjectView> {
+        let info = self.repo.read_project(pid, |p| p.info())??;
+        let index = self.index(state, pid)?;
+        let p = index.rollup(None);
+        Ok(ProjectView {
+            id: pid,
+            name: info.name,
+            code: info.code,
+            completion_percent: p.completion_percent,
+            status: Status::of(p.completion_percent),
+            component_count: p.component_count,
+            drawing_count: index.drawings.values().filter(|d| !d.deleted).count(),
+            deleted: info.deleted,
+            created_at: info.created_at,
+            updated_at: info.updated_at,
+        })
+    }
+
+    /// Every project not deleted, by name.
+    pub fn projects(&self) -> ApiResult<Vec<ProjectView>> {
+        let ids = self.project_ids()?;
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        for pid in ids {
+            let view = self.project_view(&mut state, pid)?;
+            if !view.deleted {
+                out.push(view);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    fn project_ids(&self) -> ApiResult<Vec<ProjectId>> {
+        Ok(self
+            .repo
+            .store()
+            .meta_names(PROJECT_META)
+            .map_err(RepoError::from)?
+            .into_iter()
+            .filter_map(|name| name.parse().ok())
+            .collect())
+    }
+
+    pub fn project(&self, pid: ProjectId) -> ApiResult<ProjectView> {
+        let mut state = self.lock();
+        self.project_view(&mut state, pid)
+    }
+
+    pub fn update_project(&self, user: &str, pid: ProjectId, patch: ProjectPatch) -> ApiResult<ProjectView> {
+        let mut state = self.lock();
+        self.index(&mut state, pid)?;
+        let ctx = self.ctx(user, OperationKind::ProjectUpdate);
+        self.repo.write(|tx| Ok(tx.project(pid)?.update(&ctx, &patch)?))?;
+        self.project_view(&mut state, pid)
+    }
+
+    pub fn delete_project(&self, user: &str, pid: ProjectId) -> ApiResult<()> {
+        let mut state = self.lock();
+        self.index(&mut state, pid)?;
+        let ctx = self.ctx(user, OperationKind::ProjectDelete);
+        self.repo
+            .write(|tx| Ok(tx.project(pid)?.set_deleted(&ctx, true)?))?;
+        Ok(())
+    }
+
+    // ---- templates ----
+
+    pub fn add_template(&self, user: &str, pid: ProjectId, new: NewTemplate) -> ApiResult<Template> {
+        let mut state = self.lock();
+        self.index(&mut state, pid)?;
+        let ctx = self.ctx(user, OperationKind::TemplateCreate);
+        Ok(self
+            .repo
+            .write(|tx| Ok(tx.project(pid)?.add_template(&ctx, TemplateId(new_id()), new)?))?)
+    }
+
+    pub fn templates(&self, pid: ProjectId) -> ApiResult<Vec<Template>> {
+        self.existing(pid)?;
+        Ok(self.repo.read_project(pid, |p| p.templates())??)
+    }
+
+    fn existing(&self, pid: ProjectId) -> ApiResult<()> {
+        let mut state = self.lock();
+        self.index(&mut state, pid).map(|_| ())
+    }
+
+    // ---- drawings ----
+
+    fn drawing_view(index: &ProjectIndex, info: DrawingInfo) -> DrawingView {
+        let comps: Vec<&Component> = index.live().filter(|c| c.drawing_id == info.id).collect();
+        let p = rollup(comps.iter().map(|c| (*c, None)), None);
+        DrawingView {
+            info,
+            component_count: p.component_count,
+            completion_percent: p.completion_percent,
+        }
+    }
+
+    pub fn add_drawing(&self, user: &str, pid: ProjectId, new: NewDrawing) -> ApiResult<DrawingView> {
+        let mut state = self.lock();
+        self.index(&mut state, pid)?;
+        let did = DrawingId(new_id());
+        let ctx = self.ctx(user, OperationKind::DrawingCreate);
+        self.repo.write(|tx| {
+            tx.project(pid)?.add_drawing(&ctx, did, &new)?;
+            let doc = DrawingDoc::create(pid, did, &ctx, tx.actor())?;
+            tx.insert(did.0, Doc::Drawing(doc));
+            Ok(())
+        })?;
+        self.refresh(&mut state, pid, &[], true)?;
+        self.drawing_locked(&mut state, pid, did)
+    }
+
+    fn drawing_locked(&self, state: &mut State, pid: ProjectId, did: DrawingId) -> ApiResult<DrawingView> {
+        let index = self.index(state, pid)?;
+        let info = index
+            .drawings
+            .get(&did)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("drawing", did))?;
+        Ok(Self::drawing_view(index, info))
+    }
+
+    pub fn drawing(&self, pid: ProjectId, did: DrawingId) -> ApiResult<DrawingView> {
+        self.drawing_locked(&mut self.lock(), pid, did)
+    }
+
+    /// Every drawing not deleted, by number.
+    pub fn drawings(&self, pid: ProjectId) -> ApiResult<Vec<DrawingView>> {
+        let mut state = self.lock();
+        let index = self.index(&mut state, pid)?;
+        let mut out: Vec<_> = index
+            .drawings
+            .values()
+            .filter(|d| !d.deleted)
+            .map(|d| Self::drawing_view(index, d.clone()))
+            .collect();
+        out.sort_by(|a, b| a.info.number.cmp(&b.info.number));
+        Ok(out)
+    }
+
+    pub fn update_drawing(
+        &self,
+        user: &str,
+        pid: ProjectId,
+        did: DrawingId,
+        patch: DrawingPatch,
+    ) -> ApiResult<DrawingView> {
+        let mut state = self.lock();
+        self.drawing_locked(&mut state, pid, did)?;
+        let ctx = self.ctx(user, OperationKind::DrawingUpdate);
+        self.repo
+            .write(|tx| Ok(tx.project(pid)?.update_drawing(&ctx, did, &patch)?))?;
+        self.refresh(&mut state, pid, &[], true)?;
+        self.drawing_locked(&mut state, pid, did)
+    }
+
+    pub fn delete_drawing(&self, user: &str, pid: ProjectId, did: DrawingId) -> ApiResult<()> {
+        let mut state = self.lock();
+        self.drawing_locked(&mut state, pid, did)?;
+        let ctx = self.ctx(user, OperationKind::DrawingDelete);
+        self.repo
+            .write(|tx| Ok(tx.project(pid)?.set_drawing_deleted(&ctx, did, true)?))?;
+        self.refresh(&mut state, pid, &[], true)
+    }
+
+    // ---- components ----
+
+    pub fn add_component(
+        &self,
+        user: &str,
+        pid: ProjectId,
+        did: DrawingId,
+        new: NewComponent,
+    ) -> ApiResult<Component> {
+        let mut state = self.lock();
+        let drawing = self.drawing_locked(&mut state, pid, did)?;
+        if drawing.info.deleted {
+            return Err(ModelError::DrawingDeleted { drawing: did }.into());
+        }
+        let tid = new.template_id.ok_or_else(|| {
+            ApiError::bad_request("missing_field", "template_id", "template_id is required")
+        })?;
+        let template = self
+            .repo
+            .read_project(pid, |p| p.template(tid, "template_id"))??;
+        let cid = ComponentId(new_id());
+        let ctx = self.ctx(user, OperationKind::ComponentCreate);
+        self.repo
+            .write(|tx| Ok(tx.drawing(did)?.add_component(&ctx, cid, &new, &template)?))?;
+        self.refresh(&mut state, pid, &[did], false)?;
+        self.component_locked(&mut state, pid, cid)
+    }
+
+    fn component_locked(&self, state: &mut State, pid: ProjectId, cid: ComponentId) -> ApiResult<Component> {
+        self.index(state, pid)?
+            .components
+            .get(&cid)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("component", cid))
+    }
+
+    pub fn component(&self, pid: ProjectId, cid: ComponentId) -> ApiResult<Component> {
+        self.component_locked(&mut self.lock(), pid, cid)
+    }
+
+    /// Components matching the query, in its order (all of them; the HTTP
+    /// layer pages).
+    pub fn components(&self, pid: ProjectId, q: &ComponentQuery) -> ApiResult<Vec<Component>> {
+        let mut state = self.lock();
+        let index = self.index(&mut state, pid)?;
+        let needle = q.q.as_ref().map(|s| s.to_lowercase());
+        let mut out: Vec<Component> = index
+            .components
+            .values()
+            .filter(|c| q.include_deleted || !c.deleted)
+            .filter(|c| q.drawing_id.is_none_or(|d| c.drawing_id == d))
+            .filter(|c| q.status.is_none_or(|s| c.status == s))
+            .filter(|c| q.kind.as_ref().is_none_or(|k| &c.kind == k))
+            .filter(|c| needle.as_ref().is_none_or(|n| c.tag.to_lowercase().contains(n)))
+            .filter(|c| q.attributes.iter().all(|(k, v)| c.attributes.get(k) == Some(v)))
+            .filter(|c| q.min_completion.is_none_or(|m| c.completion_percent >= m))
+            .filter(|c| q.max_completion.is_none_or(|m| c.completion_percent <= m))
+            .cloned()
+            .collect();
+        let by_tag = |a: &Component, b: &Component| a.tag.cmp(&b.tag).then(a.id.cmp(&b.id));
+        let by_completion =
+            |a: &Component, b: &Component| a.completion_percent.total_cmp(&b.completion_percent);
+        let by_updated = |a: &Component, b: &Component| a.updated_at.cmp(&b.updated_at);
+        match q.sort {
+            Sort::Tag => out.sort_by(by_tag),
+            Sort::TagDesc => out.sort_by(|a, b| by_tag(b, a)),
+            Sort::Completion => out.sort_by(|a, b| by_completion(a, b).then(by_tag(a, b))),
+            Sort::CompletionDesc => out.sort_by(|a, b| by_completion(b, a).then(by_tag(a, b))),
+            Sort::UpdatedAt => out.sort_by(|a, b| by_updated(a, b).then(by_tag(a, b))),
+            Sort::UpdatedAtDesc => out.sort_by(|a, b| by_updated(b, a).then(by_tag(a, b))),
+        }
+        Ok(out)
+    }
+
+    /// Runs a write on the drawing holding `cid`.
+    fn with_component<T>(
+        &self,
+        pid: ProjectId,
+        cid: ComponentId,
+        kind: OperationKind,
+        user: &str,
+        reason: Option<String>,
+        f: impl FnOnce(&mut DrawingDoc, &WriteCtx) -> Result<T, ModelError>,
+    ) -> ApiResult<Component> {
+        let mut state = self.lock();
+        let did = self.component_locked(&mut state, pid, cid)?.drawing_id;
+        let ctx = self.ctx(user, kind).with_reason(reason);
+        self.repo.write(|tx| Ok(f(tx.drawing(did)?, &ctx)?))?;
+        self.refresh(&mut state, pid, &[did], false)?;
+        self.component_locked(&mut state, pid, cid)
+    }
+
+    pub fn update_component(
+        &self,
+        user: &str,
+        pid: ProjectId,
+        cid: ComponentId,
+        patch: ComponentPatch,
+    ) -> ApiResult<Component> {
+        self.with_component(pid, cid, OperationKind::ComponentUpdate, user, None, |d, ctx| {
+            d.update_component(ctx, cid, &patch)
+        })
+    }
+
+    pub fn set_component_deleted(
+        &self,
+        user: &str,
+        pid: ProjectId,
+        cid: ComponentId,
+        deleted: bool,
+    ) -> ApiResult<Component> {
+        let kind = if deleted {
+            OperationKind::ComponentDelete
+        } else {
+            OperationKind::ComponentRestore
+        };
+        self.with_component(pid, cid, kind, user, None, |d, ctx| {
+            d.set_component_deleted(ctx, cid, deleted)
+        })
+    }
+
+    pub fn update_milestone(
+        &self,
+        user: &str,
+        pid: ProjectId,
+        update: MilestoneUpdate,
+        reason: Option<String>,
+    ) -> ApiResult<Component> {
+        let cid = update.component_id;
+        self.with_component(
+            pid,
+            cid,
+            OperationKind::MilestoneUpdate,
+            user,
+            reason,
+            |d, ctx| d.update_milestone(ctx, &update),
+        )
+    }
+
+    /// A bulk update: one durable batch for every drawing it touches.
+    pub fn bulk(
+        &self,
+        user: &str,
+        pid: ProjectId,
+        updates: Vec<MilestoneUpdate>,
+        options: BulkOptions,
+        reason: Option<String>,
+    ) -> ApiResult<BulkOutcome> {
+        let mut state = self.lock();
+        let index = self.index(&mut state, pid)?;
+        let mut drawings: Vec<DrawingId> = updates
+            .iter()
+            .filter_map(|u| index.components.get(&u.component_id).map(|c| c.drawing_id))
+            .collect();
+        drawings.sort();
+        drawings.dedup();
+        let ctx = self.ctx(user, OperationKind::BulkUpdate).with_reason(reason);
+        let outcome = self.repo.write(|tx| {
+            let mut docs = tx.drawings(&drawings)?;
+            Ok(apply_bulk(&mut docs, &updates, &options, &ctx)?)
+        })?;
+        if outcome.applied > 0 {
+            self.refresh(&mut state, pid, &drawings, false)?;
+        }
+        Ok(outcome)
+    }
+
+    // ---- operations, undo, history, progress ----
+
+    fn drawing_ids(&self, state: &mut State, pid: ProjectId) -> ApiResult<Vec<DrawingId>> {
+        Ok(self.index(state, pid)?.drawings.keys().copied().collect())
+    }
+
+    /// Recent operations in the project, newest first.
+    pub fn operations(&self, pid: ProjectId, limit: usize) -> ApiResult<Vec<OperationInfo>> {
+        let mut state = self.lock();
+        let dids = self.drawing_ids(&mut state, pid)?;
+        let mut docs = vec![self.repo.read_project(pid, |p| p.automerge().clone())?];
+        for did in dids {
+            match self.repo.read_drawing(did, |d| d.automerge().clone()) {
+                Ok(d) => docs.push(d),
+                Err(RepoError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut ops = operations(docs.iter());
+        ops.truncate(limit);
+        Ok(ops)
+    }
+
+    /// Undoes an operation everywhere it wrote in the project.
+    pub fn undo(&self, user: &str, pid: ProjectId, target: OperationId) -> ApiResult<UndoView> {
+        let mut state = self.lock();
+        let dids = self.drawing_ids(&mut state, pid)?;
+        let ctx = self.ctx(user, OperationKind::Undo);
+        let report = self.repo.write(|tx| {
+            let mut report = UndoReport::default();
+            let mut found = false;
+            let mut absorb = |r: Result<UndoReport, ModelError>| match r {
+                Ok(r) => {
+                    found = true;
+                    report.absorb(r);
+                    Ok(())
+                }
+                Err(ModelError::OperationNotFound { .. }) => Ok(()),
+                Err(e) => Err(RepoError::Model(e)),
+            };
+            absorb(tx.project(pid)?.undo(&ctx, target))?;
+            for did in &dids {
+                match tx.drawing(*did) {
+                    Ok(d) => absorb(d.undo(&ctx, target))?,
+                    Err(RepoError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !found {
+                return Err(ModelError::OperationNotFound { id: target }.into());
+            }
+            Ok(report)
+        })?;
+        self.refresh(&mut state, pid, &dids, true)?;
+        Ok(UndoView {
+            operation_id: ctx.op,
+            report,
+        })
+    }
+
+    /// A component's history, newest first.
+    pub fn history(&self, pid: ProjectId, cid: ComponentId) -> ApiResult<Vec<HistoryEntry>> {
+        let did = self.component(pid, cid)?.drawing_id;
+        Ok(self
+            .repo
+            .read_drawing(did, |d| component_history(d.automerge(), cid))??)
+    }
+
+    pub fn progress(&self, pid: ProjectId, group_by: Option<GroupBy>) -> ApiResult<Progress> {
+        let mut state = self.lock();
+        Ok(self.index(&mut state, pid)?.rollup(group_by))
+    }
+
+    /// How many documents are in memory (for health and metrics).
+    pub fn documents_loaded(&self) -> usize {
+        self.repo.loaded()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_never_repeats_or_goes_back() {
+        let clock = Clock::with_source(|| 1_000);
+        let a = clock.now();
+        let b = clock.now();
+        assert_eq!((a, b), (Timestamp(1_000), Timestamp(1_001)));
+    }
+}

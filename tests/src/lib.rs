@@ -1,5 +1,380 @@
-//! End-to-end tests for sitesync: they start the real `sitesync-daemon` and
-//! `sitesync-relay` binaries, bind port 0 and talk to them as users do.
-//!
-//! Empty until the daemon exists; the helpers (process guards, a
-//! fault-injecting TCP proxy) land with the daemon and replication issues.
+//! End-to-end test helpers: start the real `sitesync-daemon` binary as a
+//! user would (its own data directory, port 0, the token from its file),
+//! talk to it over HTTP, and kill it — gracefully or with SIGKILL. Every
+//! process started is killed when its guard drops, even when a test fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The path of a workspace binary, freshly built.
+///
+/// A dev-dependency only builds a package's library, and Cargo gives
+/// `CARGO_BIN_EXE_*` only to the binary's own package, so the first call in
+/// each test process runs `cargo build` for the binaries (a no-op when they
+/// are up to date) in the profile the tests were built with.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned();
+    BUILT.get_or_init(|| {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--locked", "-p", "sitesync-daemon", "--bins"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    dir.join(name)
+}
+
+/// A running daemon. Killed (SIGKILL) when dropped. Derefs to its
+/// [`Client`].
+pub struct Daemon {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    client: Client,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Talks to one daemon over HTTP with its token; cheap to clone into threads.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub token: String,
+    agent: ureq::Agent,
+}
+
+impl Daemon {
+    /// Starts a daemon on `data_dir` listening on a free loopback port.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .expect("log file");
+        let mut child = Command::new(binary("sitesync-daemon"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--user", "tester"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting sitesync-daemon");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref().map_while(Result::ok) {
+                if let Some(url) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().expect("address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "daemon did not report its address; see {}",
+                    data_dir.with_extension("log").display()
+                );
+            }
+        };
+        let token = std::fs::read_to_string(data_dir.join("api-token")).expect("token file");
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Self {
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            client: Client {
+                addr,
+                token: token.trim().to_owned(),
+                agent,
+            },
+        }
+    }
+
+    /// A handle for other threads.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .expect("kill -TERM");
+        c.wait().expect("wait")
+    }
+}
+
+impl Client {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a request with the token; returns status and JSON body (Null
+    /// when empty).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.call_with(method, path, body.map(|b| b.to_string().into_bytes()), &[])
+    }
+
+    /// Like [`call`](Self::call) with a raw body and extra headers.
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        self.try_call(method, path, body, headers)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Like [`call_with`](Self::call_with), but a failed connection is an
+    /// `Err` (the daemon may have been killed mid-request).
+    pub fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Value), String> {
+        let url = self.url(path);
+        let auth = format!("Bearer {}", self.token);
+        let mut has_auth = false;
+        macro_rules! with_headers {
+            ($req:expr) => {{
+                let mut r = $req;
+                for (k, v) in headers {
+                    if k.eq_ignore_ascii_case("authorization") {
+                        has_auth = true;
+                    }
+                    r = r.header(*k, *v);
+                }
+                if !has_auth {
+                    r = r.header("Authorization", &auth);
+                }
+                r
+            }};
+        }
+        let result = match (method, body) {
+            ("GET", _) => with_headers!(self.agent.get(&url)).call(),
+            ("DELETE", _) => with_headers!(self.agent.delete(&url)).call(),
+            (m, body) => {
+                let body = body.unwrap_or_default();
+                let req = match m {
+                    "POST" => self.agent.post(&url),
+                    "PUT" => self.agent.put(&url),
+                    "PATCH" => self.agent.patch(&url),
+                    other => panic!("method {other}"),
+                };
+                with_headers!(req.header("Content-Type", "application/json")).send(&body[..])
+            }
+        };
+        let mut resp = result.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, json))
+    }
+
+    /// Sends raw HTTP/1.1 bytes (for headers a client library will not
+    /// forge, like a foreign Host) and returns the status code.
+    pub fn raw_status(&self, request: &str) -> u16 {
+        let mut s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(request.as_bytes()).expect("write");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).expect("read");
+        let head = String::from_utf8_lossy(&buf[..n]);
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Opens the event stream and returns the first `n` events as
+    /// (id, type, data), waiting at most `timeout`.
+    pub fn events(
+        &self,
+        query: &str,
+        last_event_id: Option<&str>,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<(Option<String>, String, Value)> {
+        let mut s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(timeout)).ok();
+        let last = last_event_id
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /v1/events{query} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n{last}\r\n",
+            self.addr, self.token
+        )
+        .expect("write");
+        let mut reader = BufReader::new(s);
+        let mut out = Vec::new();
+        let (mut id, mut kind, mut data) = (None, String::new(), String::new());
+        let mut line = String::new();
+        while out.len() < n {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            // Chunked framing lines (hex sizes) carry no "field:" and are skipped.
+            let l = line.trim_end();
+            if let Some(v) = l.strip_prefix("id:") {
+                id = Some(v.trim().to_owned());
+            } else if let Some(v) = l.strip_prefix("event:") {
+                kind = v.trim().to_owned();
+            } else if let Some(v) = l.strip_prefix("data:") {
+                data.push_str(v.trim());
+            } else if l.is_empty() && !kind.is_empty() {
+                let value = serde_json::from_str(&data).unwrap_or(Value::String(data.clone()));
+                out.push((id.take(), std::mem::take(&mut kind), value));
+                data.clear();
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A project with one template of each workflow type, a drawing and a
+/// quantity component; returns their ids.
+pub struct Seeded {
+    pub project: String,
+    pub drawing: String,
+    pub discrete: String,
+    pub percentage: String,
+    pub quantity: String,
+    pub pipe: String,
+    pub spool: String,
+}
+
+pub fn seed(d: &Daemon) -> Seeded {
+    let ok = |(status, body): (u16, Value), what: &str| -> Value {
+        assert!((200..300).contains(&status), "{what}: {status} {body}");
+        body
+    };
+    let project = ok(
+        d.call(
+            "POST",
+            "/v1/projects",
+            Some(&serde_json::json!({"name": "Plant", "code": "P1"})),
+        ),
+        "project",
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let template = |name: &str, wf: &str, ms: Value| -> String {
+        let body = serde_json::json!({"name": name, "workflow_type": wf, "milestones": ms});
+        ok(
+            d.call("POST", &format!("/v1/projects/{project}/templates"), Some(&body)),
+            name,
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let discrete = template(
+        "Spool",
+        "discrete",
+        serde_json::json!([{"key": "erect", "name": "Erect", "weight": 40}, {"key": "weld", "name": "Weld", "weight": 60}]),
+    );
+    let percentage = template(
+        "Coating",
+        "percentage",
+        serde_json::json!([{"key": "paint", "name": "Paint", "weight": 1}]),
+    );
+    let quantity = template(
+        "Pipe",
+        "quantity",
+        serde_json::json!([{"key": "install", "name": "Install", "weight": 1}]),
+    );
+    let drawing = ok(
+        d.call(
+            "POST",
+            &format!("/v1/projects/{project}/drawings"),
+            Some(&serde_json::json!({"number": "ISO-1", "area": "A1"})),
+        ),
+        "drawing",
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let comps = format!("/v1/projects/{project}/drawings/{drawing}/components");
+    let pipe = ok(
+        d.call(
+            "POST",
+            &comps,
+            Some(&serde_json::json!({"tag": "PIPE-1", "kind": "pipe", "template_id": quantity, "quantity_total": 100000, "unit": "m"})),
+        ),
+        "pipe",
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let spool = ok(
+        d.call("POST", &comps, Some(&serde_json::json!({"tag": "SP-1", "kind": "spool", "template_id": discrete, "budget_hours": 10}))),
+        "spool",
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    Seeded {
+        project,
+        drawing,
+        discrete,
+        percentage,
+        quantity,
+        pipe,
+        spool,
+    }
+}

@@ -92,6 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/projects/{pid}/operations/{oid}/undo", post(undo))
         .route("/v1/projects/{pid}/progress", get(progress))
         .route("/v1/events", get(events))
+        .route("/metrics", get(crate::metrics::render))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -107,6 +108,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), crate::auth::guard))
+        // Outside the guard, so refused requests are counted too.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::Extension(default_user))
         .with_state(state)

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod metrics;
 pub mod seed;
 pub mod service;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     /// The acting user when a request has no `X-User`.
     pub default_user: String,
     pub device_name: String,
+    /// Request counts and latencies for `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 /// Failures while starting.

@@ -149,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "unknown".into()),
         device_name: cli.device_name.unwrap_or_else(hostname),
+        metrics: Default::default(),
     });
     println!(
         "sitesync-daemon {} listening on http://{addr}",

@@ -236,6 +236,35 @@ fn progress_bulk_undo_history_and_listing() {
         (json!("PIPE-1A"), json!("B2"))
     );
 
+    // Metrics: per-route counts and latencies, documents, store size; token required.
+    let (status, text) = d.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let text = text.as_str().unwrap().to_owned();
+    assert!(
+        text.contains(r#"sitesync_http_requests_total{method="PUT",route="/v1/projects/{pid}/components/{cid}/milestones/{key}",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("sitesync_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"status="409""#),
+        "the refused edit is counted: {text}"
+    );
+    for gauge in [
+        "sitesync_documents_loaded",
+        "sitesync_store_size_bytes",
+        "sitesync_damaged_records 0",
+    ] {
+        assert!(text.contains(gauge), "{gauge} missing: {text}");
+    }
+    assert_eq!(
+        d.call_with("GET", "/metrics", None, &[("Authorization", "Bearer no")])
+            .0,
+        401
+    );
+
     // Everything survives a restart.
     drop(d);
     let d = Daemon::start(&dir.path().join("d"), &[]);

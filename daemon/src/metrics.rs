@@ -120,6 +120,12 @@ pub async fn track(State(app): State<Arc<AppState>>, req: Request, next: Next) -
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, content_type = "application/openmetrics-text", description = "Prometheus text format"))
+)]
 pub async fn render(State(app): State<Arc<AppState>>) -> Response {
     let m = &app.metrics;
     let svc = &app.service;

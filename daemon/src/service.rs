@@ -68,7 +68,7 @@ impl Clock {
 }
 
 /// A project as the API returns it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ProjectView {
     pub id: ProjectId,
     pub name: String,
@@ -83,7 +83,7 @@ pub struct ProjectView {
 }
 
 /// A drawing as the API returns it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct DrawingView {
     #[serde(flatten)]
     pub info: DrawingInfo,
@@ -92,7 +92,7 @@ pub struct DrawingView {
 }
 
 /// The answer to an undo.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct UndoView {
     pub operation_id: OperationId,
     #[serde(flatten)]

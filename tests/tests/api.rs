@@ -265,6 +265,11 @@ fn progress_bulk_undo_history_and_listing() {
         401
     );
 
+    // The API document is served and describes this API.
+    let doc = ok(d.call("GET", "/v1/openapi.json", None), "openapi");
+    assert_eq!(doc["info"]["version"], json!(env!("CARGO_PKG_VERSION")));
+    assert!(doc["paths"]["/v1/projects/{pid}/milestones:bulk"]["post"].is_object());
+
     // Everything survives a restart.
     drop(d);
     let d = Daemon::start(&dir.path().join("d"), &[]);

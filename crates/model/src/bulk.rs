@@ -33,6 +33,7 @@ pub struct BulkOptions {
 }
 
 /// An error as shown in a batch result.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: String,
@@ -52,6 +53,7 @@ impl From<&ModelError> for ErrorBody {
 }
 
 /// Whether one update of a batch is (or would be) applied.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemStatus {
@@ -60,6 +62,7 @@ pub enum ItemStatus {
 }
 
 /// The result of one update of a batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ItemResult {
     pub index: usize,
@@ -73,6 +76,7 @@ pub struct ItemResult {
 }
 
 /// The answer to a bulk update.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BulkOutcome {
     /// The operation's id when anything was written, else null.

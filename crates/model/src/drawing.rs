@@ -96,8 +96,10 @@ pub struct MilestoneUpdate {
 
 /// A losing concurrent write of a milestone, kept visible until the next
 /// write of that milestone.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConflictView {
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub value: serde_json::Value,
     pub updated_by: String,
     pub updated_at: Timestamp,
@@ -106,6 +108,7 @@ pub struct ConflictView {
 
 /// A milestone as returned: exactly one of `completed`, `percent`,
 /// `quantity` is set, by workflow type.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MilestoneView {
     pub key: String,
@@ -121,6 +124,7 @@ pub struct MilestoneView {
 }
 
 /// A component as returned, with derived completion and status.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Component {
     pub id: ComponentId,

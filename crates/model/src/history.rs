@@ -24,6 +24,7 @@ use crate::template::WorkflowType;
 use crate::time::Timestamp;
 
 /// One write in a component's history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub at: Timestamp,
@@ -36,13 +37,16 @@ pub struct HistoryEntry {
     /// (`tag`, `deleted`, `attributes.area`, ...) otherwise; `created` for the
     /// component's creation.
     pub field: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub old: serde_json::Value,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub new: serde_json::Value,
     pub reason: Option<String>,
     pub effective_date: Option<String>,
 }
 
 /// One operation as listed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OperationInfo {
     pub id: OperationId,

@@ -12,6 +12,7 @@ use crate::ids::{DeviceId, OperationId};
 use crate::time::Timestamp;
 
 /// What kind of user action an operation was; shown in the operations list.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OperationKind {

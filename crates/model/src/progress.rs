@@ -16,6 +16,7 @@ use crate::drawing::Component;
 use crate::project::DrawingInfo;
 
 /// Where a component stands.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -64,6 +65,7 @@ pub fn weighted_percent(parts: impl IntoIterator<Item = (f64, f64)>) -> f64 {
 }
 
 /// How to group a rollup.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
@@ -90,6 +92,7 @@ impl GroupBy {
 
 /// One group of a rollup. `key` is null for components with no value for the
 /// grouping (e.g. no area anywhere).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     pub key: Option<String>,
@@ -103,6 +106,7 @@ pub struct Group {
 }
 
 /// A rollup over a set of components.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub component_count: usize,

@@ -30,6 +30,7 @@ pub struct ProjectPatch {
 }
 
 /// A project's own fields as stored (rollups are added by the caller).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProjectInfo {
     pub id: ProjectId,
@@ -70,6 +71,7 @@ pub struct DrawingPatch {
 
 /// A drawing's entry in the project document. Its drawing document has the
 /// same id.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DrawingInfo {
     pub id: DrawingId,

@@ -14,6 +14,7 @@ use crate::error::{ModelError, Result};
 use crate::ids::TemplateId;
 
 /// How a milestone's progress is recorded.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowType {
@@ -53,6 +54,7 @@ impl fmt::Display for WorkflowType {
 
 /// One milestone of a template: a key (stable, used in URLs), a display name
 /// and its weight (credit).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MilestoneDef {
     pub key: String,
@@ -61,6 +63,7 @@ pub struct MilestoneDef {
 }
 
 /// A template as stored and returned.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Template {
     pub id: TemplateId,
@@ -70,6 +73,7 @@ pub struct Template {
 }
 
 /// A template as requested. Validated by [`NewTemplate::validate`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewTemplate {
     pub name: String,

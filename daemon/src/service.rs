@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde::Serialize;
 use serde_json::json;
+use sitesync_model::automerge::ChangeHash;
 use sitesync_model::bulk::BulkOutcome;
-use sitesync_model::history::component_history;
+use sitesync_model::history::{index_changes, sort_newest_first};
 use sitesync_model::{
     BulkOptions, Component, ComponentId, ComponentPatch, DeviceId, DrawingDoc, DrawingId, DrawingInfo,
     DrawingPatch, GroupBy, HistoryEntry, MilestoneUpdate, ModelError, NewComponent, NewDrawing, NewProject,
@@ -178,9 +179,42 @@ impl Sort {
     }
 }
 
+/// History rows of one drawing document, indexed up to `heads`. Built from
+/// the change log on first use, then extended with only the changes made
+/// since, so a history request never rescans the whole log.
+struct HistoryIndex {
+    heads: Vec<ChangeHash>,
+    rows: HashMap<ComponentId, Vec<HistoryEntry>>,
+}
+
+impl HistoryIndex {
+    fn catch_up(&mut self, doc: &DrawingDoc) -> Result<(), ModelError> {
+        let am = doc.automerge();
+        // A head we indexed but the document lacks (a damaged record was
+        // skipped on reload) means the rows no longer match: start over.
+        if self.heads.iter().any(|h| am.get_change_meta_by_hash(h).is_none()) {
+            self.heads.clear();
+            self.rows.clear();
+        }
+        let new = am.get_changes(&self.heads);
+        if new.is_empty() {
+            return Ok(());
+        }
+        for (cid, row) in index_changes(am, &new)? {
+            self.rows.entry(cid).or_default().push(row);
+        }
+        for rows in self.rows.values_mut() {
+            sort_newest_first(rows);
+        }
+        self.heads = am.get_heads();
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct State {
     index: HashMap<ProjectId, ProjectIndex>,
+    history: HashMap<DrawingId, HistoryIndex>,
 }
 
 /// The daemon's domain service.
@@ -696,12 +730,17 @@ impl Service {
         })
     }
 
-    /// A component's history, newest first.
+    /// A component's history, newest first, from the drawing's history
+    /// index (caught up with any changes since it was last read).
     pub fn history(&self, pid: ProjectId, cid: ComponentId) -> ApiResult<Vec<HistoryEntry>> {
-        let did = self.component(pid, cid)?.drawing_id;
-        Ok(self
-            .repo
-            .read_drawing(did, |d| component_history(d.automerge(), cid))??)
+        let mut state = self.lock();
+        let did = self.component_locked(&mut state, pid, cid)?.drawing_id;
+        let index = state.history.entry(did).or_insert_with(|| HistoryIndex {
+            heads: Vec::new(),
+            rows: HashMap::new(),
+        });
+        self.repo.read_drawing(did, |d| index.catch_up(d))??;
+        Ok(index.rows.get(&cid).cloned().unwrap_or_default())
     }
 
     pub fn progress(&self, pid: ProjectId, group_by: Option<GroupBy>) -> ApiResult<Progress> {
@@ -718,6 +757,84 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sitesync_model::automerge::ActorId;
+    use sitesync_model::history::component_history;
+    use sitesync_model::{MilestoneDef, MilestoneValue, WorkflowType};
+    use sitesync_sync::{DocStore, MemBackend, RepoConfig};
+
+    fn service() -> Service {
+        let repo = Repo::new(
+            DocStore::new(MemBackend::default()),
+            ActorId::random(),
+            RepoConfig::default(),
+        );
+        Service::new(repo, DeviceId(new_id()), Clock::system(), EventBus::new(100, 1))
+    }
+
+    #[test]
+    fn the_history_index_matches_a_full_scan_as_writes_arrive() {
+        let svc = service();
+        let p = svc
+            .create_project(
+                "ana",
+                NewProject {
+                    name: "P".into(),
+                    code: None,
+                },
+            )
+            .unwrap();
+        let t = svc
+            .add_template(
+                "ana",
+                p.id,
+                NewTemplate {
+                    name: "Spool".into(),
+                    workflow_type: WorkflowType::Discrete,
+                    milestones: vec![MilestoneDef {
+                        key: "erect".into(),
+                        name: "Erect".into(),
+                        weight: 1.0,
+                    }],
+                },
+            )
+            .unwrap();
+        let d = svc
+            .add_drawing(
+                "ana",
+                p.id,
+                NewDrawing {
+                    number: "D1".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let new = NewComponent {
+            tag: "C1".into(),
+            kind: "spool".into(),
+            template_id: Some(t.id),
+            ..Default::default()
+        };
+        let c = svc.add_component("ana", p.id, d.info.id, new).unwrap();
+        let full = |svc: &Service| {
+            svc.repo()
+                .read_drawing(d.info.id, |doc| component_history(doc.automerge(), c.id).unwrap())
+                .unwrap()
+        };
+        assert_eq!(svc.history(p.id, c.id).unwrap(), full(&svc));
+        for (i, done) in [true, false, true].into_iter().enumerate() {
+            let u = MilestoneUpdate {
+                component_id: c.id,
+                milestone: "erect".into(),
+                value: MilestoneValue::Completed(done),
+                effective_date: None,
+            };
+            svc.update_milestone(if i % 2 == 0 { "ana" } else { "ben" }, p.id, u, None)
+                .unwrap();
+            let h = svc.history(p.id, c.id).unwrap();
+            assert_eq!(h, full(&svc), "after write {i}");
+            assert_eq!(h.len(), i + 2);
+        }
+    }
 
     #[test]
     fn the_clock_never_repeats_or_goes_back() {

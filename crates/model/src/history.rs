@@ -360,7 +360,7 @@ pub(crate) fn history_rows(changes: &[Change], ix: &ObjIndex) -> Result<Vec<(Com
 
 /// Newest first; ties (one operation writing several fields) keep a stable,
 /// replica-independent order.
-pub(crate) fn sort_newest_first(rows: &mut [HistoryEntry]) {
+pub fn sort_newest_first(rows: &mut [HistoryEntry]) {
     rows.sort_by(|a, b| {
         (b.at, b.device_id, b.operation_id, &b.milestone, &b.field).cmp(&(
             a.at,

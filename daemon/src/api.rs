@@ -93,6 +93,24 @@ struct ErrorDetail {
     field: Option<String>,
 }
 
+/// The refusals any endpoint may answer, named once for the document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Refusals {
+    /// Malformed request: the error names the field.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorResponse),
+    /// Missing or wrong API token.
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] ErrorResponse),
+    /// Foreign Host or Origin.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] ErrorResponse),
+    /// Unknown id.
+    #[response(status = 404)]
+    NotFound(#[to_schema] ErrorResponse),
+}
+
 /// `{"items": [...]}` of a component's history.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
@@ -166,7 +184,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-#[utoipa::path(get, path = "/v1/health", tag = "health", security(), responses((status = 200, description = "status, version, device id, storage damage report")))]
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "health",
+    security(),
+    responses((status = 200, description = "status, version, device id, storage damage report"))
+)]
 async fn health(State(app): App) -> Json<serde_json::Value> {
     let damaged = app.service.repo().damaged();
     Json(json!({
@@ -193,7 +217,13 @@ struct ProjectBody {
     code: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = ProjectBody, responses((status = 201, body = ProjectView), (status = 422, body = ErrorResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/projects",
+    tag = "projects",
+    request_body = ProjectBody,
+    responses((status = 201, body = ProjectView), (status = 422, body = ErrorResponse), Refusals)
+)]
 async fn create_project(
     State(app): App,
     User(user): User,
@@ -207,20 +237,36 @@ async fn create_project(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-#[derive(Deserialize)]
+/// `?limit=` (1..=1000, default 100) and `?cursor=` (the previous page's
+/// `next_cursor`).
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    #[param(value_type = Option<usize>)]
     limit: Option<String>,
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/projects", tag = "projects", params(("limit" = Option<usize>, Query, description = "page size, 1..=1000 (default 100)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, body = Paged<ProjectView>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/projects",
+    tag = "projects",
+    params(PageQuery),
+    responses((status = 200, body = Paged<ProjectView>), Refusals)
+)]
 async fn list_projects(State(app): App, Query(q): Query<PageQuery>) -> ApiResult<Response> {
     let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
     let all = blocking(&app, |s| s.projects()).await?;
     Ok(Json(page.of(all)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/projects/{pid}", tag = "projects", params(("pid" = String, Path, description = "project id")), responses((status = 200, body = ProjectView), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{pid}",
+    tag = "projects",
+    params(("pid" = String, Path, description = "project id")),
+    responses((status = 200, body = ProjectView), Refusals)
+)]
 async fn get_project(State(app): App, Path(p): Path<String>) -> ApiResult<Response> {
     let p = pid(&p)?;
     Ok(Json(blocking(&app, move |s| s.project(p)).await?).into_response())
@@ -236,7 +282,14 @@ struct ProjectPatchBody {
     code: Option<Option<String>>,
 }
 
-#[utoipa::path(patch, path = "/v1/projects/{pid}", tag = "projects", params(("pid" = String, Path, description = "project id")), request_body = ProjectPatchBody, responses((status = 200, body = ProjectView), (status = 422, body = ErrorResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    patch,
+    path = "/v1/projects/{pid}",
+    tag = "projects",
+    params(("pid" = String, Path, description = "project id")),
+    request_body = ProjectPatchBody,
+    responses((status = 200, body = ProjectView), (status = 422, body = ErrorResponse), Refusals)
+)]
 async fn patch_project(
     State(app): App,
     User(user): User,
@@ -251,7 +304,13 @@ async fn patch_project(
     Ok(Json(blocking(&app, move |s| s.update_project(&user, p, patch)).await?).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{pid}", tag = "projects", params(("pid" = String, Path, description = "project id")), responses((status = 204, description = "soft-deleted"), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/projects/{pid}",
+    tag = "projects",
+    params(("pid" = String, Path, description = "project id")),
+    responses((status = 204, description = "soft-deleted"), Refusals)
+)]
 async fn delete_project(State(app): App, User(user): User, Path(p): Path<String>) -> ApiResult<Response> {
     let p = pid(&p)?;
     blocking(&app, move |s| s.delete_project(&user, p)).await?;
@@ -260,7 +319,14 @@ async fn delete_project(State(app): App, User(user): User, Path(p): Path<String>
 
 // ---- templates ----
 
-#[utoipa::path(post, path = "/v1/projects/{pid}/templates", tag = "templates", params(("pid" = String, Path, description = "project id")), request_body = NewTemplate, responses((status = 201, body = Template), (status = 422, body = ErrorResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/projects/{pid}/templates",
+    tag = "templates",
+    params(("pid" = String, Path, description = "project id")),
+    request_body = NewTemplate,
+    responses((status = 201, body = Template), (status = 422, body = ErrorResponse), Refusals)
+)]
 async fn create_template(
     State(app): App,
     User(user): User,
@@ -272,7 +338,13 @@ async fn create_template(
     Ok((StatusCode::CREATED, Json(t)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/projects/{pid}/templates", tag = "templates", params(("pid" = String, Path, description = "project id"), ("limit" = Option<usize>, Query, description = "page size, 1..=1000 (default 100)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, body = Paged<Template>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{pid}/templates",
+    tag = "templates",
+    params(("pid" = String, Path, description = "project id"), PageQuery),
+    responses((status = 200, body = Paged<Template>), Refusals)
+)]
 async fn list_templates(
     State(app): App,
     Path(p): Path<String>,
@@ -310,7 +382,14 @@ fn parent(raw: Option<String>) -> ApiResult<Option<DrawingId>> {
     .transpose()
 }
 
-#[utoipa::path(post, path = "/v1/projects/{pid}/drawings", tag = "drawings", params(("pid" = String, Path, description = "project id")), request_body = DrawingBody, responses((status = 201, body = DrawingView), (status = 422, body = ErrorResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/projects/{pid}/drawings",
+    tag = "drawings",
+    params(("pid" = String, Path, description = "project id")),
+    request_body = DrawingBody,
+    responses((status = 201, body = DrawingView), (status = 422, body = ErrorResponse), Refusals)
+)]
 async fn create_drawing(
     State(app): App,
     User(user): User,
@@ -330,7 +409,13 @@ async fn create_drawing(
     Ok((StatusCode::CREATED, Json(d)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/projects/{pid}/drawings", tag = "drawings", params(("pid" = String, Path, description = "project id"), ("limit" = Option<usize>, Query, description = "page size, 1..=1000 (default 100)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, body = Paged<DrawingView>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{pid}/drawings",
+    tag = "drawings",
+    params(("pid" = String, Path, description = "project id"), PageQuery),
+    responses((status = 200, body = Paged<DrawingView>), Refusals)
+)]
 async fn list_drawings(
     State(app): App,
     Path(p): Path<String>,
@@ -341,7 +426,13 @@ async fn list_drawings(
     Ok(Json(page.of(blocking(&app, move |s| s.drawings(p)).await?)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/projects/{pid}/drawings/{did}", tag = "drawings", params(("pid" = String, Path, description = "project id"), ("did" = String, Path, description = "drawing id")), responses((status = 200, body = DrawingView), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{pid}/drawings/{did}",
+    tag = "drawings",
+    params(("pid" = String, Path, description = "project id"), ("did" = String, Path, description = "drawing id")),
+    responses((status = 200, body = DrawingView), Refusals)
+)]
 async fn get_drawing(State(app): App, Path((p, d)): Path<(String, String)>) -> ApiResult<Response> {
     let (p, d) = (pid(&p)?, id("drawing", &d)?);
     Ok(Json(blocking(&app, move |s| s.drawing(p, d)).await?).into_response())
@@ -369,7 +460,14 @@ struct DrawingPatchBody {
     system: Option<Option<String>>,
 }
 
-#[utoipa::path(patch, path = "/v1/projects/{pid}/drawings/{did}", tag = "drawings", params(("pid" = String, Path, description = "project id"), ("did" = String, Path, description = "drawing id")), request_body = DrawingPatchBody, responses((status = 200, body = DrawingView), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    patch,
+    path = "/v1/projects/{pid}/drawings/{did}",
+    tag = "drawings",
+    params(("pid" = String, Path, description = "project id"), ("did" = String, Path, description = "drawing id")),
+    request_body = DrawingPatchBody,
+    responses((status = 200, body = DrawingView), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), Refusals)
+)]
 async fn patch_drawing(
     State(app): App,
     User(user): User,
@@ -388,7 +486,13 @@ async fn patch_drawing(
     Ok(Json(blocking(&app, move |s| s.update_drawing(&user, p, d, patch)).await?).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{pid}/drawings/{did}", tag = "drawings", params(("pid" = String, Path, description = "project id"), ("did" = String, Path, description = "drawing id")), responses((status = 204, description = "soft-deleted"), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/projects/{pid}/drawings/{did}",
+    tag = "drawings",
+    params(("pid" = String, Path, description = "project id"), ("did" = String, Path, description = "drawing id")),
+    responses((status = 204, description = "soft-deleted"), Refusals)
+)]
 async fn delete_drawing(
     State(app): App,
     User(user): User,
@@ -417,7 +521,14 @@ struct ComponentBody {
     attributes: std::collections::BTreeMap<String, String>,
 }
 
-#[utoipa::path(post, path = "/v1/projects/{pid}/drawings/{did}/components", tag = "components", params(("pid" = String, Path, description = "project id"), ("did" = String, Path, description = "drawing id")), request_body = ComponentBody, responses((status = 201, body = Component), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/projects/{pid}/drawings/{did}/components",
+    tag = "components",
+    params(("pid" = String, Path, description = "project id"), ("did" = String, Path, description = "drawing id")),
+    request_body = ComponentBody,
+    responses((status = 201, body = Component), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), Refusals)
+)]
 async fn create_component(
     State(app): App,
     User(user): User,
@@ -507,7 +618,14 @@ fn component_query(params: &[(String, String)]) -> ApiResult<(ComponentQuery, Pa
     Ok((q, Page::parse(limit, cursor)?))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{pid}/components", tag = "components", params(("pid" = String, Path, description = "project id"), ("drawing_id" = Option<String>, Query), ("status" = Option<Status>, Query), ("kind" = Option<String>, Query), ("q" = Option<String>, Query, description = "tag substring"), ("min_completion" = Option<f64>, Query), ("max_completion" = Option<f64>, Query), ("include_deleted" = Option<bool>, Query), ("sort" = Option<String>, Query, description = "tag, -tag, completion, -completion, updated_at, -updated_at"), ("limit" = Option<usize>, Query, description = "page size, 1..=1000 (default 100)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), description = "Also filters by `attr.<name>=<value>`.", responses((status = 200, body = Paged<Component>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{pid}/components",
+    tag = "components",
+    params(("pid" = String, Path, description = "project id"), ("drawing_id" = Option<String>, Query), ("status" = Option<Status>, Query), ("kind" = Option<String>, Query), ("q" = Option<String>, Query, description = "tag substring"), ("min_completion" = Option<f64>, Query), ("max_completion" = Option<f64>, Query), ("include_deleted" = Option<bool>, Query), ("sort" = Option<String>, Query, description = "tag, -tag, completion, -completion, updated_at, -updated_at"), PageQuery),
+    description = "Also filters by `attr.<name>=<value>`.",
+    responses((status = 200, body = Paged<Component>), Refusals)
+)]
 async fn list_components(
     State(app): App,
     Path(p): Path<String>,
@@ -523,7 +641,13 @@ fn cid(raw: &str) -> ApiResult<ComponentId> {
     id("component", raw)
 }
 
-#[utoipa::path(get, path = "/v1/projects/{pid}/components/{cid}", tag = "components", params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")), responses((status = 200, body = Component), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{pid}/components/{cid}",
+    tag = "components",
+    params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")),
+    responses((status = 200, body = Component), Refusals)
+)]
 async fn get_component(State(app): App, Path((p, c)): Path<(String, String)>) -> ApiResult<Response> {
     let (p, c) = (pid(&p)?, cid(&c)?);
     Ok(Json(blocking(&app, move |s| s.component(p, c)).await?).into_response())
@@ -549,7 +673,14 @@ struct ComponentPatchBody {
     attributes: Option<std::collections::BTreeMap<String, Option<String>>>,
 }
 
-#[utoipa::path(patch, path = "/v1/projects/{pid}/components/{cid}", tag = "components", params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")), request_body = ComponentPatchBody, responses((status = 200, body = Component), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    patch,
+    path = "/v1/projects/{pid}/components/{cid}",
+    tag = "components",
+    params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")),
+    request_body = ComponentPatchBody,
+    responses((status = 200, body = Component), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), Refusals)
+)]
 async fn patch_component(
     State(app): App,
     User(user): User,
@@ -568,7 +699,13 @@ async fn patch_component(
     Ok(Json(blocking(&app, move |s| s.update_component(&user, p, c, patch)).await?).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{pid}/components/{cid}", tag = "components", params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")), responses((status = 204, description = "soft-deleted"), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/projects/{pid}/components/{cid}",
+    tag = "components",
+    params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")),
+    responses((status = 204, description = "soft-deleted"), Refusals)
+)]
 async fn delete_component(
     State(app): App,
     User(user): User,
@@ -579,7 +716,13 @@ async fn delete_component(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[utoipa::path(post, path = "/v1/projects/{pid}/components/{cid}/restore", tag = "components", params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")), responses((status = 200, body = Component), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/projects/{pid}/components/{cid}/restore",
+    tag = "components",
+    params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")),
+    responses((status = 200, body = Component), Refusals)
+)]
 async fn restore_component(
     State(app): App,
     User(user): User,
@@ -589,7 +732,13 @@ async fn restore_component(
     Ok(Json(blocking(&app, move |s| s.set_component_deleted(&user, p, c, false)).await?).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/projects/{pid}/components/{cid}/history", tag = "components", params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")), responses((status = 200, body = HistoryPage), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{pid}/components/{cid}/history",
+    tag = "components",
+    params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")),
+    responses((status = 200, body = HistoryPage), Refusals)
+)]
 async fn history(State(app): App, Path((p, c)): Path<(String, String)>) -> ApiResult<Response> {
     let (p, c) = (pid(&p)?, cid(&c)?);
     let items = blocking(&app, move |s| s.history(p, c)).await?;
@@ -641,7 +790,14 @@ struct MilestoneBody {
     effective_date: Option<String>,
 }
 
-#[utoipa::path(put, path = "/v1/projects/{pid}/components/{cid}/milestones/{key}", tag = "milestones", params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id"), ("key" = String, Path, description = "milestone key")), request_body = MilestoneBody, responses((status = 200, body = Component), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    put,
+    path = "/v1/projects/{pid}/components/{cid}/milestones/{key}",
+    tag = "milestones",
+    params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id"), ("key" = String, Path, description = "milestone key")),
+    request_body = MilestoneBody,
+    responses((status = 200, body = Component), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), Refusals)
+)]
 async fn put_milestone(
     State(app): App,
     User(user): User,
@@ -695,7 +851,14 @@ struct BulkBody {
     options: BulkOptionsBody,
 }
 
-#[utoipa::path(post, path = "/v1/projects/{pid}/milestones:bulk", tag = "milestones", params(("pid" = String, Path, description = "project id")), request_body = BulkBody, responses((status = 200, body = BulkOutcome), (status = 413, body = ErrorResponse), (status = 422, body = BulkOutcome, description = "atomic and some update invalid: nothing written"), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/projects/{pid}/milestones:bulk",
+    tag = "milestones",
+    params(("pid" = String, Path, description = "project id")),
+    request_body = BulkBody,
+    responses((status = 200, body = BulkOutcome), (status = 413, body = ErrorResponse), (status = 422, body = BulkOutcome, description = "atomic and some update invalid: nothing written"), Refusals)
+)]
 async fn bulk(
     State(app): App,
     User(user): User,
@@ -741,7 +904,13 @@ async fn bulk(
 
 // ---- operations, undo, progress ----
 
-#[utoipa::path(get, path = "/v1/projects/{pid}/operations", tag = "operations", params(("pid" = String, Path, description = "project id"), ("limit" = Option<usize>, Query, description = "page size, 1..=1000 (default 100)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, body = Paged<OperationInfo>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{pid}/operations",
+    tag = "operations",
+    params(("pid" = String, Path, description = "project id"), PageQuery),
+    responses((status = 200, body = Paged<OperationInfo>), Refusals)
+)]
 async fn list_operations(
     State(app): App,
     Path(p): Path<String>,
@@ -753,7 +922,13 @@ async fn list_operations(
     Ok(Json(page.of(ops)).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/projects/{pid}/operations/{oid}/undo", tag = "operations", params(("pid" = String, Path, description = "project id"), ("oid" = String, Path, description = "operation id")), responses((status = 200, body = UndoView), (status = 409, body = ErrorResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/projects/{pid}/operations/{oid}/undo",
+    tag = "operations",
+    params(("pid" = String, Path, description = "project id"), ("oid" = String, Path, description = "operation id")),
+    responses((status = 200, body = UndoView), (status = 409, body = ErrorResponse), Refusals)
+)]
 async fn undo(
     State(app): App,
     User(user): User,
@@ -763,7 +938,13 @@ async fn undo(
     Ok(Json(blocking(&app, move |s| s.undo(&user, p, o)).await?).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/projects/{pid}/progress", tag = "progress", params(("pid" = String, Path, description = "project id"), ("group_by" = Option<GroupBy>, Query)), responses((status = 200, body = Progress), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{pid}/progress",
+    tag = "progress",
+    params(("pid" = String, Path, description = "project id"), ("group_by" = Option<GroupBy>, Query)),
+    responses((status = 200, body = Progress), Refusals)
+)]
 async fn progress(
     State(app): App,
     Path(p): Path<String>,
@@ -784,7 +965,13 @@ async fn progress(
 
 // ---- events ----
 
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(("project_id" = Option<String>, Query), ("token" = Option<String>, Query, description = "the API token, for EventSource"), ("Last-Event-ID" = Option<u64>, Header)), responses((status = 200, content_type = "text/event-stream", description = "component.created, component.updated, component.deleted, progress.updated, resync.required, ..."), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(("project_id" = Option<String>, Query), ("token" = Option<String>, Query, description = "the API token, for EventSource"), ("Last-Event-ID" = Option<u64>, Header)),
+    responses((status = 200, content_type = "text/event-stream", description = "component.created, component.updated, component.deleted, progress.updated, resync.required, ..."), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse))
+)]
 async fn events(
     State(app): App,
     headers: HeaderMap,

@@ -153,6 +153,8 @@ pub struct DrawingDoc {
     doc: Automerge,
 }
 
+schema::document_plumbing!(DrawingDoc, DocKind::Drawing);
+
 /// The objects of one component, located once per operation.
 pub(crate) struct Located {
     pub obj: ObjId,
@@ -176,30 +178,6 @@ impl DrawingDoc {
             Ok(((), 1))
         })?;
         Ok(Self { doc })
-    }
-
-    /// Wraps a document loaded or synced by the caller, checking its schema.
-    pub fn from_automerge(doc: Automerge) -> Result<Self> {
-        schema::check(&doc, DocKind::Drawing)?;
-        Ok(Self { doc })
-    }
-
-    /// Loads saved bytes with a fresh actor for this process.
-    pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self> {
-        let doc = Automerge::load(bytes)
-            .map_err(|e| ModelError::corrupt("drawing document", e))?
-            .with_actor(actor);
-        Self::from_automerge(doc)
-    }
-
-    /// The Automerge document, for saving and syncing.
-    pub fn automerge(&self) -> &Automerge {
-        &self.doc
-    }
-
-    /// The Automerge document, for merging and applying sync messages.
-    pub fn automerge_mut(&mut self) -> &mut Automerge {
-        &mut self.doc
     }
 
     /// The project this drawing belongs to.

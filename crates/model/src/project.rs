@@ -94,6 +94,8 @@ pub struct ProjectDoc {
     doc: Automerge,
 }
 
+schema::document_plumbing!(ProjectDoc, DocKind::Project);
+
 fn optional_text(field: &str, value: &Option<String>) -> Result<()> {
     match value {
         Some(v) => require_text(field, v),
@@ -128,30 +130,6 @@ impl ProjectDoc {
             Ok(((), 1))
         })?;
         Ok(Self { doc })
-    }
-
-    /// Wraps a document loaded or synced by the caller, checking its schema.
-    pub fn from_automerge(doc: Automerge) -> Result<Self> {
-        schema::check(&doc, DocKind::Project)?;
-        Ok(Self { doc })
-    }
-
-    /// Loads saved bytes with a fresh actor for this process.
-    pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self> {
-        let doc = Automerge::load(bytes)
-            .map_err(|e| ModelError::corrupt("project document", e))?
-            .with_actor(actor);
-        Self::from_automerge(doc)
-    }
-
-    /// The Automerge document, for saving and syncing.
-    pub fn automerge(&self) -> &Automerge {
-        &self.doc
-    }
-
-    /// The Automerge document, for merging and applying sync messages.
-    pub fn automerge_mut(&mut self) -> &mut Automerge {
-        &mut self.doc
     }
 
     /// The project's id.

@@ -48,6 +48,40 @@ impl DocKind {
     }
 }
 
+/// The plumbing both document types share: wrapping a checked Automerge
+/// document, loading saved bytes with this process's actor, and access to the
+/// Automerge document for saving, merging and syncing.
+macro_rules! document_plumbing {
+    ($ty:ident, $kind:expr) => {
+        impl $ty {
+            /// Wraps a document loaded or synced by the caller, checking its schema.
+            pub fn from_automerge(doc: Automerge) -> Result<Self> {
+                schema::check(&doc, $kind)?;
+                Ok(Self { doc })
+            }
+
+            /// Loads saved bytes with a fresh actor for this process.
+            pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self> {
+                let doc = Automerge::load(bytes)
+                    .map_err(|e| ModelError::corrupt(concat!(stringify!($ty), " bytes"), e))?
+                    .with_actor(actor);
+                Self::from_automerge(doc)
+            }
+
+            /// The Automerge document, for saving and syncing.
+            pub fn automerge(&self) -> &Automerge {
+                &self.doc
+            }
+
+            /// The Automerge document, for merging and applying sync messages.
+            pub fn automerge_mut(&mut self) -> &mut Automerge {
+                &mut self.doc
+            }
+        }
+    };
+}
+pub(crate) use document_plumbing;
+
 /// A fresh, empty Automerge document for this actor. Callers give every
 /// process start a fresh actor id, so a restored backup never reuses an
 /// actor's sequence numbers.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -30,7 +30,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Paged;
-use crate::extract::{DefaultUser, JsonBody, Page, User, id, tri};
+use crate::extract::{DefaultUser, JsonBody, Page, PathParams, QueryParams, User, id, tri};
 use crate::service::{ComponentQuery, DrawingView, ProjectView, Service, Sort, UndoView};
 
 /// Largest request body accepted (a 10,000-update bulk is ~1.5 MB).
@@ -254,7 +254,7 @@ struct PageQuery {
     params(PageQuery),
     responses((status = 200, body = Paged<ProjectView>), Refusals)
 )]
-async fn list_projects(State(app): App, Query(q): Query<PageQuery>) -> ApiResult<Response> {
+async fn list_projects(State(app): App, QueryParams(q): QueryParams<PageQuery>) -> ApiResult<Response> {
     let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
     let all = blocking(&app, |s| s.projects()).await?;
     Ok(Json(page.of(all)).into_response())
@@ -267,7 +267,7 @@ async fn list_projects(State(app): App, Query(q): Query<PageQuery>) -> ApiResult
     params(("pid" = String, Path, description = "project id")),
     responses((status = 200, body = ProjectView), Refusals)
 )]
-async fn get_project(State(app): App, Path(p): Path<String>) -> ApiResult<Response> {
+async fn get_project(State(app): App, PathParams(p): PathParams<String>) -> ApiResult<Response> {
     let p = pid(&p)?;
     Ok(Json(blocking(&app, move |s| s.project(p)).await?).into_response())
 }
@@ -293,7 +293,7 @@ struct ProjectPatchBody {
 async fn patch_project(
     State(app): App,
     User(user): User,
-    Path(p): Path<String>,
+    PathParams(p): PathParams<String>,
     JsonBody(b): JsonBody<ProjectPatchBody>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
@@ -311,7 +311,11 @@ async fn patch_project(
     params(("pid" = String, Path, description = "project id")),
     responses((status = 204, description = "soft-deleted"), Refusals)
 )]
-async fn delete_project(State(app): App, User(user): User, Path(p): Path<String>) -> ApiResult<Response> {
+async fn delete_project(
+    State(app): App,
+    User(user): User,
+    PathParams(p): PathParams<String>,
+) -> ApiResult<Response> {
     let p = pid(&p)?;
     blocking(&app, move |s| s.delete_project(&user, p)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -330,7 +334,7 @@ async fn delete_project(State(app): App, User(user): User, Path(p): Path<String>
 async fn create_template(
     State(app): App,
     User(user): User,
-    Path(p): Path<String>,
+    PathParams(p): PathParams<String>,
     JsonBody(new): JsonBody<NewTemplate>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
@@ -347,8 +351,8 @@ async fn create_template(
 )]
 async fn list_templates(
     State(app): App,
-    Path(p): Path<String>,
-    Query(q): Query<PageQuery>,
+    PathParams(p): PathParams<String>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
     let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
@@ -393,7 +397,7 @@ fn parent(raw: Option<String>) -> ApiResult<Option<DrawingId>> {
 async fn create_drawing(
     State(app): App,
     User(user): User,
-    Path(p): Path<String>,
+    PathParams(p): PathParams<String>,
     JsonBody(b): JsonBody<DrawingBody>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
@@ -418,8 +422,8 @@ async fn create_drawing(
 )]
 async fn list_drawings(
     State(app): App,
-    Path(p): Path<String>,
-    Query(q): Query<PageQuery>,
+    PathParams(p): PathParams<String>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
     let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
@@ -433,7 +437,10 @@ async fn list_drawings(
     params(("pid" = String, Path, description = "project id"), ("did" = String, Path, description = "drawing id")),
     responses((status = 200, body = DrawingView), Refusals)
 )]
-async fn get_drawing(State(app): App, Path((p, d)): Path<(String, String)>) -> ApiResult<Response> {
+async fn get_drawing(
+    State(app): App,
+    PathParams((p, d)): PathParams<(String, String)>,
+) -> ApiResult<Response> {
     let (p, d) = (pid(&p)?, id("drawing", &d)?);
     Ok(Json(blocking(&app, move |s| s.drawing(p, d)).await?).into_response())
 }
@@ -471,7 +478,7 @@ struct DrawingPatchBody {
 async fn patch_drawing(
     State(app): App,
     User(user): User,
-    Path((p, d)): Path<(String, String)>,
+    PathParams((p, d)): PathParams<(String, String)>,
     JsonBody(b): JsonBody<DrawingPatchBody>,
 ) -> ApiResult<Response> {
     let (p, d) = (pid(&p)?, id("drawing", &d)?);
@@ -496,7 +503,7 @@ async fn patch_drawing(
 async fn delete_drawing(
     State(app): App,
     User(user): User,
-    Path((p, d)): Path<(String, String)>,
+    PathParams((p, d)): PathParams<(String, String)>,
 ) -> ApiResult<Response> {
     let (p, d) = (pid(&p)?, id("drawing", &d)?);
     blocking(&app, move |s| s.delete_drawing(&user, p, d)).await?;
@@ -532,7 +539,7 @@ struct ComponentBody {
 async fn create_component(
     State(app): App,
     User(user): User,
-    Path((p, d)): Path<(String, String)>,
+    PathParams((p, d)): PathParams<(String, String)>,
     JsonBody(b): JsonBody<ComponentBody>,
 ) -> ApiResult<Response> {
     let (p, d) = (pid(&p)?, id("drawing", &d)?);
@@ -628,8 +635,8 @@ fn component_query(params: &[(String, String)]) -> ApiResult<(ComponentQuery, Pa
 )]
 async fn list_components(
     State(app): App,
-    Path(p): Path<String>,
-    Query(params): Query<Vec<(String, String)>>,
+    PathParams(p): PathParams<String>,
+    QueryParams(params): QueryParams<Vec<(String, String)>>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
     let (q, page) = component_query(&params)?;
@@ -648,7 +655,10 @@ fn cid(raw: &str) -> ApiResult<ComponentId> {
     params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")),
     responses((status = 200, body = Component), Refusals)
 )]
-async fn get_component(State(app): App, Path((p, c)): Path<(String, String)>) -> ApiResult<Response> {
+async fn get_component(
+    State(app): App,
+    PathParams((p, c)): PathParams<(String, String)>,
+) -> ApiResult<Response> {
     let (p, c) = (pid(&p)?, cid(&c)?);
     Ok(Json(blocking(&app, move |s| s.component(p, c)).await?).into_response())
 }
@@ -684,7 +694,7 @@ struct ComponentPatchBody {
 async fn patch_component(
     State(app): App,
     User(user): User,
-    Path((p, c)): Path<(String, String)>,
+    PathParams((p, c)): PathParams<(String, String)>,
     JsonBody(b): JsonBody<ComponentPatchBody>,
 ) -> ApiResult<Response> {
     let (p, c) = (pid(&p)?, cid(&c)?);
@@ -709,7 +719,7 @@ async fn patch_component(
 async fn delete_component(
     State(app): App,
     User(user): User,
-    Path((p, c)): Path<(String, String)>,
+    PathParams((p, c)): PathParams<(String, String)>,
 ) -> ApiResult<Response> {
     let (p, c) = (pid(&p)?, cid(&c)?);
     blocking(&app, move |s| s.set_component_deleted(&user, p, c, true)).await?;
@@ -726,7 +736,7 @@ async fn delete_component(
 async fn restore_component(
     State(app): App,
     User(user): User,
-    Path((p, c)): Path<(String, String)>,
+    PathParams((p, c)): PathParams<(String, String)>,
 ) -> ApiResult<Response> {
     let (p, c) = (pid(&p)?, cid(&c)?);
     Ok(Json(blocking(&app, move |s| s.set_component_deleted(&user, p, c, false)).await?).into_response())
@@ -739,7 +749,7 @@ async fn restore_component(
     params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")),
     responses((status = 200, body = HistoryPage), Refusals)
 )]
-async fn history(State(app): App, Path((p, c)): Path<(String, String)>) -> ApiResult<Response> {
+async fn history(State(app): App, PathParams((p, c)): PathParams<(String, String)>) -> ApiResult<Response> {
     let (p, c) = (pid(&p)?, cid(&c)?);
     let items = blocking(&app, move |s| s.history(p, c)).await?;
     Ok(Json(json!({ "items": items })).into_response())
@@ -801,7 +811,7 @@ struct MilestoneBody {
 async fn put_milestone(
     State(app): App,
     User(user): User,
-    Path((p, c, key)): Path<(String, String, String)>,
+    PathParams((p, c, key)): PathParams<(String, String, String)>,
     JsonBody(b): JsonBody<MilestoneBody>,
 ) -> ApiResult<Response> {
     let (p, c) = (pid(&p)?, cid(&c)?);
@@ -862,7 +872,7 @@ struct BulkBody {
 async fn bulk(
     State(app): App,
     User(user): User,
-    Path(p): Path<String>,
+    PathParams(p): PathParams<String>,
     JsonBody(b): JsonBody<BulkBody>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
@@ -913,8 +923,8 @@ async fn bulk(
 )]
 async fn list_operations(
     State(app): App,
-    Path(p): Path<String>,
-    Query(q): Query<PageQuery>,
+    PathParams(p): PathParams<String>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
     let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
@@ -932,7 +942,7 @@ async fn list_operations(
 async fn undo(
     State(app): App,
     User(user): User,
-    Path((p, o)): Path<(String, String)>,
+    PathParams((p, o)): PathParams<(String, String)>,
 ) -> ApiResult<Response> {
     let (p, o): (ProjectId, OperationId) = (pid(&p)?, id("operation", &o)?);
     Ok(Json(blocking(&app, move |s| s.undo(&user, p, o)).await?).into_response())
@@ -947,8 +957,8 @@ async fn undo(
 )]
 async fn progress(
     State(app): App,
-    Path(p): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    PathParams(p): PathParams<String>,
+    QueryParams(q): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
     let group_by = match q.get("group_by") {
@@ -975,7 +985,7 @@ async fn progress(
 async fn events(
     State(app): App,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    QueryParams(q): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let project = match q.get("project_id") {
         Some(raw) => Some(pid(raw)?),

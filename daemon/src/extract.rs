@@ -186,6 +186,34 @@ fn decode_cursor(c: &str) -> Option<usize> {
     usize::from_str_radix(digits, 36).ok()
 }
 
+/// `axum::extract::Query` with its refusal in the API's error shape.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| ApiError::bad_request("invalid_query", "query", e.body_text()))
+    }
+}
+
+/// `axum::extract::Path` with its refusal in the API's error shape.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.body_text()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

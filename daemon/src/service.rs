@@ -14,12 +14,12 @@ use serde::Serialize;
 use serde_json::json;
 use sitesync_model::automerge::ChangeHash;
 use sitesync_model::bulk::BulkOutcome;
-use sitesync_model::history::{index_changes, sort_newest_first};
+use sitesync_model::history::{index_changes, operation_records, sort_newest_first, summarize};
 use sitesync_model::{
     BulkOptions, Component, ComponentId, ComponentPatch, DeviceId, DrawingDoc, DrawingId, DrawingInfo,
     DrawingPatch, GroupBy, HistoryEntry, MilestoneUpdate, ModelError, NewComponent, NewDrawing, NewProject,
     NewTemplate, OperationId, OperationInfo, OperationKind, Progress, ProjectDoc, ProjectId, ProjectPatch,
-    Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk, operations, rollup,
+    Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk, rollup,
 };
 use sitesync_sync::{Doc, Repo, RepoError};
 use uuid::Uuid;
@@ -680,15 +680,17 @@ impl Service {
     pub fn operations(&self, pid: ProjectId, limit: usize) -> ApiResult<Vec<OperationInfo>> {
         let mut state = self.lock();
         let dids = self.drawing_ids(&mut state, pid)?;
-        let mut docs = vec![self.repo.read_project(pid, |p| p.automerge().clone())?];
+        let mut records = self
+            .repo
+            .read_project(pid, |p| operation_records(p.automerge()))?;
         for did in dids {
-            match self.repo.read_drawing(did, |d| d.automerge().clone()) {
-                Ok(d) => docs.push(d),
+            match self.repo.read_drawing(did, |d| operation_records(d.automerge())) {
+                Ok(r) => records.extend(r),
                 Err(RepoError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut ops = operations(docs.iter());
+        let mut ops = summarize(records);
         ops.truncate(limit);
         Ok(ops)
     }

@@ -391,36 +391,42 @@ pub fn index_changes(doc: &Automerge, changes: &[Change]) -> Result<Vec<(Compone
     history_rows(changes, &ObjIndex::drawing(doc, None)?)
 }
 
-/// The operations recorded in a set of documents (one operation may span
-/// several), newest first.
-pub fn operations<'a>(docs: impl IntoIterator<Item = &'a Automerge>) -> Vec<OperationInfo> {
+/// The sitesync commits of one document: each commit's metadata and time.
+/// Cheap (no op decoding); combine several documents' with [`summarize`].
+pub fn operation_records(doc: &Automerge) -> Vec<(OpMeta, Timestamp)> {
+    doc.get_changes_meta(&[])
+        .into_iter()
+        .filter_map(|c| {
+            let meta = c.message.as_deref().and_then(OpMeta::decode)?;
+            Some((meta, Timestamp(c.timestamp)))
+        })
+        .collect()
+}
+
+/// Operations from the commit records of any number of documents (one
+/// operation may span several), newest first.
+pub fn summarize(records: impl IntoIterator<Item = (OpMeta, Timestamp)>) -> Vec<OperationInfo> {
     let mut ops: BTreeMap<OperationId, OperationInfo> = BTreeMap::new();
     let mut undone: Vec<(OperationId, OperationId)> = Vec::new();
-    for doc in docs {
-        for change in doc.get_changes_meta(&[]) {
-            let Some(meta) = change.message.as_deref().and_then(OpMeta::decode) else {
-                continue;
-            };
-            if let Some(target) = meta.undoes {
-                undone.push((target, meta.op));
-            }
-            let at = Timestamp(change.timestamp);
-            ops.entry(meta.op)
-                .and_modify(|o| {
-                    o.count += meta.count;
-                    o.at = o.at.min(at);
-                })
-                .or_insert(OperationInfo {
-                    id: meta.op,
-                    kind: meta.kind,
-                    at,
-                    user: meta.user,
-                    device_id: meta.device,
-                    count: meta.count,
-                    reason: meta.reason,
-                    undone_by: None,
-                });
+    for (meta, at) in records {
+        if let Some(target) = meta.undoes {
+            undone.push((target, meta.op));
         }
+        ops.entry(meta.op)
+            .and_modify(|o| {
+                o.count += meta.count;
+                o.at = o.at.min(at);
+            })
+            .or_insert(OperationInfo {
+                id: meta.op,
+                kind: meta.kind,
+                at,
+                user: meta.user,
+                device_id: meta.device,
+                count: meta.count,
+                reason: meta.reason,
+                undone_by: None,
+            });
     }
     for (target, by) in undone {
         if let Some(o) = ops.get_mut(&target) {
@@ -432,4 +438,9 @@ pub fn operations<'a>(docs: impl IntoIterator<Item = &'a Automerge>) -> Vec<Oper
     let mut out: Vec<_> = ops.into_values().collect();
     out.sort_by_key(|o| std::cmp::Reverse((o.at, o.id)));
     out
+}
+
+/// The operations recorded in a set of documents, newest first.
+pub fn operations<'a>(docs: impl IntoIterator<Item = &'a Automerge>) -> Vec<OperationInfo> {
+    summarize(docs.into_iter().flat_map(operation_records))
 }

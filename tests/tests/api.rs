@@ -320,6 +320,31 @@ fn event_stream_reports_changes_and_resumes() {
     assert_eq!(resumed[0].2["component"]["milestones"][0]["quantity"], json!(7.0));
     assert!(resumed[0].0.as_deref().unwrap().parse::<u64>().unwrap() > last.parse::<u64>().unwrap());
 
+    // Creation and deletion have their own event types.
+    let last = resumed[0].0.clone().unwrap();
+    let new = json!({"tag": "SP-9", "kind": "spool", "template_id": s.discrete});
+    let created = ok(
+        d.call(
+            "POST",
+            &format!("/v1/projects/{p}/drawings/{}/components", s.drawing),
+            Some(&new),
+        ),
+        "create",
+    );
+    let cid = created["id"].as_str().unwrap();
+    assert_eq!(
+        d.call("DELETE", &format!("/v1/projects/{p}/components/{cid}"), None)
+            .0,
+        204
+    );
+    let kinds: Vec<String> = client
+        .events(&query, Some(&last), 5, Duration::from_secs(10))
+        .into_iter()
+        .map(|e| e.1)
+        .filter(|k| k.starts_with("component."))
+        .collect();
+    assert_eq!(kinds, vec!["component.created", "component.deleted"]);
+
     // An id the daemon no longer holds (or never issued) asks for a resync.
     let stale = client.events(&query, Some("1"), 1, Duration::from_secs(10));
     assert_eq!(stale[0].1, "resync.required");

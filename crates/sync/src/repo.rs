@@ -122,28 +122,34 @@ impl Repo {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Reads any document, then trims the cache (reads bound memory too).
+    fn read<T>(&self, id: Uuid, f: impl FnOnce(&Doc) -> T) -> Result<T, RepoError> {
+        let mut cache = self.lock();
+        let out = f(&self.slot(&mut cache, id)?.doc);
+        self.trim(&mut cache);
+        Ok(out)
+    }
+
     /// Reads a project document.
     pub fn read_project<T>(&self, id: ProjectId, f: impl FnOnce(&ProjectDoc) -> T) -> Result<T, RepoError> {
-        let mut cache = self.lock();
-        match &self.slot(&mut cache, id.0)?.doc {
+        self.read(id.0, |doc| match doc {
             Doc::Project(d) => Ok(f(d)),
             Doc::Drawing(_) => Err(RepoError::NotFound {
                 what: "project",
                 id: id.0,
             }),
-        }
+        })?
     }
 
     /// Reads a drawing document.
     pub fn read_drawing<T>(&self, id: DrawingId, f: impl FnOnce(&DrawingDoc) -> T) -> Result<T, RepoError> {
-        let mut cache = self.lock();
-        match &self.slot(&mut cache, id.0)?.doc {
+        self.read(id.0, |doc| match doc {
             Doc::Drawing(d) => Ok(f(d)),
             Doc::Project(_) => Err(RepoError::NotFound {
                 what: "drawing",
                 id: id.0,
             }),
-        }
+        })?
     }
 
     /// Runs `f` over the documents it touches, then makes every new change
@@ -244,7 +250,8 @@ impl Repo {
     }
 
     /// Evicts the least recently used documents beyond the cache size.
-    /// Always safe: every cached change is already durable.
+    /// Safe between operations, when every cached change is durable — never
+    /// call it inside a write, whose touched documents are not yet stored.
     fn trim(&self, cache: &mut Cache) {
         let excess = cache.slots.len().saturating_sub(self.config.max_cached);
         if excess == 0 {
@@ -433,6 +440,34 @@ mod tests {
         assert_eq!(name, "Plant 11");
         rename(&repo, 12);
         assert!(repo.damaged().is_empty());
+    }
+
+    #[test]
+    fn memory_holds_at_most_max_cached_documents() {
+        let config = RepoConfig {
+            compact_at: 64,
+            max_cached: 2,
+        };
+        let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
+        let ids: Vec<ProjectId> = (10..15).map(ProjectId::from_u128).collect();
+        for id in &ids {
+            repo.write(|tx| {
+                let new = NewProject {
+                    name: format!("P{id}"),
+                    code: None,
+                };
+                let doc = ProjectDoc::create(*id, &new, &ctx(1), tx.actor())?;
+                tx.insert(id.0, Doc::Project(doc));
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(repo.loaded(), 2, "least recently used documents were evicted");
+        for id in &ids {
+            let name = repo.read_project(*id, |p| p.info().unwrap().name).unwrap();
+            assert_eq!(name, format!("P{id}"), "evicted documents reload from the store");
+        }
+        assert_eq!(repo.loaded(), 2, "reads are bounded too");
     }
 
     #[test]

@@ -301,8 +301,10 @@ pub struct Tx<'a> {
 impl Tx<'_> {
     /// The project document, for changing.
     pub fn project(&mut self, id: ProjectId) -> Result<&mut ProjectDoc, RepoError> {
+        // Touched only once loaded: a caller may tolerate NotFound and go on.
+        let slot = self.repo.slot(self.cache, id.0)?;
         self.touched.insert(id.0);
-        match &mut self.repo.slot(self.cache, id.0)?.doc {
+        match &mut slot.doc {
             Doc::Project(d) => Ok(d),
             Doc::Drawing(_) => Err(RepoError::NotFound {
                 what: "project",
@@ -313,8 +315,9 @@ impl Tx<'_> {
 
     /// A drawing document, for changing.
     pub fn drawing(&mut self, id: DrawingId) -> Result<&mut DrawingDoc, RepoError> {
+        let slot = self.repo.slot(self.cache, id.0)?;
         self.touched.insert(id.0);
-        match &mut self.repo.slot(self.cache, id.0)?.doc {
+        match &mut slot.doc {
             Doc::Drawing(d) => Ok(d),
             Doc::Project(_) => Err(RepoError::NotFound {
                 what: "drawing",
@@ -468,6 +471,34 @@ mod tests {
             assert_eq!(name, format!("P{id}"), "evicted documents reload from the store");
         }
         assert_eq!(repo.loaded(), 2, "reads are bounded too");
+    }
+
+    #[test]
+    fn a_write_may_tolerate_a_missing_document() {
+        let repo = Repo::new(
+            DocStore::new(MemBackend::default()),
+            ActorId::random(),
+            RepoConfig::default(),
+        );
+        create(&repo);
+        repo.write(|tx| {
+            // A drawing listed before its document arrived, say.
+            assert!(matches!(
+                tx.drawing(DrawingId::from_u128(99)),
+                Err(RepoError::NotFound { .. })
+            ));
+            let patch = ProjectPatch {
+                name: Some("Still written".into()),
+                code: None,
+            };
+            tx.project(P)?.update(&ctx(2), &patch)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            repo.read_project(P, |p| p.info().unwrap().name).unwrap(),
+            "Still written"
+        );
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub fn binary(name: &str) -> PathBuf {
         .to_owned();
     BUILT.get_or_init(|| {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--locked", "-p", "sitesync-daemon", "--bins"]);
+        // Exactly the command .ci/run pre-builds with: the same feature set,
+        // so in CI this is a no-op rather than a rebuild of dependencies.
+        cmd.args(["build", "--locked", "--workspace", "--bins"]);
         if dir.file_name().is_some_and(|p| p == "release") {
             cmd.arg("--release");
         }

@@ -287,6 +287,12 @@ impl Drop for Daemon {
     }
 }
 
+/// The body of a 2xx answer; panics naming the step otherwise.
+pub fn ok((status, body): (u16, Value), what: &str) -> Value {
+    assert!((200..300).contains(&status), "{what}: {status} {body}");
+    body
+}
+
 /// A project with one template of each workflow type, a drawing and a
 /// quantity component; returns their ids.
 pub struct Seeded {
@@ -300,10 +306,6 @@ pub struct Seeded {
 }
 
 pub fn seed(d: &Daemon) -> Seeded {
-    let ok = |(status, body): (u16, Value), what: &str| -> Value {
-        assert!((200..300).contains(&status), "{what}: {status} {body}");
-        body
-    };
     let project = ok(
         d.call(
             "POST",

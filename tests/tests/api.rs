@@ -4,12 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sitesync_tests::{Daemon, seed};
-
-fn ok(r: (u16, Value), what: &str) -> Value {
-    assert!((200..300).contains(&r.0), "{what}: {} {}", r.0, r.1);
-    r.1
-}
+use sitesync_tests::{Daemon, ok, seed};
 
 #[test]
 fn progress_bulk_undo_history_and_listing() {

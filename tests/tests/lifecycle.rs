@@ -2,12 +2,7 @@
 //! seed, against the real daemon.
 
 use serde_json::{Value, json};
-use sitesync_tests::{Daemon, seed};
-
-fn ok(r: (u16, Value), what: &str) -> Value {
-    assert!((200..300).contains(&r.0), "{what}: {} {}", r.0, r.1);
-    r.1
-}
+use sitesync_tests::{Daemon, ok, seed};
 
 #[test]
 fn projects_drawings_and_templates_change_and_soft_delete() {

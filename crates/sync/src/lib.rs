@@ -1,11 +1,13 @@
-//! The sitesync engine: durable storage and the document repository (the
-//! wire protocol and sync sessions land with the replication issue).
+//! The sitesync engine: durable storage, the document repository, and the
+//! wire protocol's messages and framing (the sync session state machine and
+//! credentials land with the rest of the replication issue).
 //!
 //! Data flow: the daemon asks the [`repo::Repo`] for documents; the repo
 //! loads them from the [`store::DocStore`] on demand, runs the model's pure
 //! mutations on them, and appends the new Automerge changes to the store in
 //! one flushed batch before the write is acknowledged.
 
+pub mod protocol;
 pub mod repo;
 pub mod store;
 

@@ -247,6 +247,12 @@ struct PageQuery {
     cursor: Option<String>,
 }
 
+impl PageQuery {
+    fn page(&self) -> ApiResult<Page> {
+        Page::parse(self.limit.as_deref(), self.cursor.as_deref())
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/v1/projects",
@@ -255,7 +261,7 @@ struct PageQuery {
     responses((status = 200, body = Paged<ProjectView>), Refusals)
 )]
 async fn list_projects(State(app): App, QueryParams(q): QueryParams<PageQuery>) -> ApiResult<Response> {
-    let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
+    let page = q.page()?;
     let all = blocking(&app, |s| s.projects()).await?;
     Ok(Json(page.of(all)).into_response())
 }
@@ -355,7 +361,7 @@ async fn list_templates(
     QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
-    let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
+    let page = q.page()?;
     Ok(Json(page.of(blocking(&app, move |s| s.templates(p)).await?)).into_response())
 }
 
@@ -426,7 +432,7 @@ async fn list_drawings(
     QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
-    let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
+    let page = q.page()?;
     Ok(Json(page.of(blocking(&app, move |s| s.drawings(p)).await?)).into_response())
 }
 
@@ -927,7 +933,7 @@ async fn list_operations(
     QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
-    let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
+    let page = q.page()?;
     let ops = blocking(&app, move |s| s.operations(p, usize::MAX)).await?;
     Ok(Json(page.of(ops)).into_response())
 }

@@ -7,8 +7,11 @@
 //! mutations on them, and appends the new Automerge changes to the store in
 //! one flushed batch before the write is acknowledged.
 
+pub mod credentials;
+pub mod host;
 pub mod protocol;
 pub mod repo;
+pub mod session;
 pub mod store;
 
 pub use repo::{Doc, Repo, RepoConfig, RepoError, Tx};

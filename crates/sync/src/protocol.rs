@@ -6,17 +6,19 @@
 //! Conversation (DESIGN.md "Wire protocol"):
 //!
 //! ```text
-//! A ── Hello{version, peer, device name, credentials, nonce} ──▶ B
-//! A ◀── Welcome{projects, nonce, proof} / Error{code, message} ── B
-//! A ── Subscribe{projects} ──▶ B            (and the relay announces new ones)
-//! A ◀─▶ Summary{doc → heads}                only docs that differ go on
+//! A ── Hello{version, peer, device name, certificate, nonce} ──▶ B
+//! A ◀── Welcome{peer, name, certificate, projects, nonce, proof} / Error ── B
+//! A ── Auth{proof} ──▶ B                    (both sides now proven)
+//! A ◀─▶ Summary{project, doc → heads}       the subscription: every shared
+//!                                           project; only docs that differ go on
 //! A ◀─▶ Sync{doc, Automerge sync message}   per document
 //! A ◀── Ack{doc, heads made durable}        "pending" counts what is unacked
 //! A ◀─▶ Presence, Ping/Pong
 //! ```
 //!
-//! This module owns only the shapes and the byte format; the session state
-//! machine that drives them (and the credential checks) builds on it.
+//! The protocol version is the frame's variant ([`Frame::V1`]), so it is on
+//! every frame, the Hello included. This module owns only the shapes and the
+//! byte format; [`crate::session`] drives them.
 
 use bincode::{Decode, Encode};
 
@@ -68,18 +70,24 @@ pub enum Message {
         credentials: Vec<u8>,
         nonce: [u8; 32],
     },
-    /// Accepts a Hello: the projects both sides may share, and this side's
-    /// nonce and proof.
+    /// Accepts a Hello: who this side is, the certificate it presents (empty
+    /// from a relay, which proves itself with the organisation key), the
+    /// shared projects it holds, its nonce and its proof over both nonces.
     Welcome {
+        peer: WireId,
+        device_name: String,
+        credentials: Vec<u8>,
         projects: Vec<WireId>,
         nonce: [u8; 32],
         proof: Vec<u8>,
     },
-    /// Asks for every document of these projects.
-    Subscribe {
-        projects: Vec<WireId>,
+    /// The client's proof over both nonces; nothing else is accepted first.
+    Auth {
+        proof: Vec<u8>,
     },
-    /// Document id → heads, so only documents that differ run Automerge's sync.
+    /// Document id → heads of one shared project, so only documents that
+    /// differ run Automerge's sync. Sent for every shared project after the
+    /// handshake (this is the subscription) and again after a lag.
     Summary {
         project: WireId,
         docs: Vec<(WireId, Vec<Head>)>,
@@ -184,13 +192,14 @@ mod tests {
                 nonce: [9; 32],
             },
             Message::Welcome {
+                peer: id(9),
+                device_name: "relay".into(),
+                credentials: vec![],
                 projects: vec![id(2), id(3)],
                 nonce: [8; 32],
                 proof: vec![4; 64],
             },
-            Message::Subscribe {
-                projects: vec![id(2)],
-            },
+            Message::Auth { proof: vec![5; 64] },
             Message::Summary {
                 project: id(2),
                 docs: vec![(id(4), vec![[1; 32], [2; 32]]), (id(5), vec![])],

@@ -31,10 +31,14 @@ pub enum RepoError {
     NotFound { what: &'static str, id: Uuid },
 }
 
-/// A loaded document of either kind.
+/// A loaded document of either kind, or raw.
 pub enum Doc {
     Project(ProjectDoc),
     Drawing(DrawingDoc),
+    /// Not (yet) readable as either: a relay never interprets documents, and
+    /// a daemon holds a document arriving by sync raw until its first changes
+    /// say what it is.
+    Raw(Automerge),
 }
 
 impl Doc {
@@ -42,16 +46,66 @@ impl Doc {
         match self {
             Self::Project(d) => d.automerge(),
             Self::Drawing(d) => d.automerge(),
+            Self::Raw(d) => d,
         }
     }
 
-    fn from_automerge(doc: Automerge) -> Result<Self, ModelError> {
-        Ok(match kind_of(&doc)? {
-            DocKind::Project => Self::Project(ProjectDoc::from_automerge(doc)?),
-            DocKind::Drawing => Self::Drawing(DrawingDoc::from_automerge(doc)?),
+    fn automerge_mut(&mut self) -> &mut Automerge {
+        match self {
+            Self::Project(d) => d.automerge_mut(),
+            Self::Drawing(d) => d.automerge_mut(),
+            Self::Raw(d) => d,
+        }
+    }
+
+    /// Reads `doc` as its kind says; a document with no kind yet stays raw.
+    fn from_automerge(doc: Automerge, typed: bool) -> Result<Self, ModelError> {
+        if !typed || doc.get_heads().is_empty() {
+            return Ok(Self::Raw(doc));
+        }
+        Ok(match kind_of(&doc) {
+            Ok(DocKind::Project) => Self::Project(ProjectDoc::from_automerge(doc)?),
+            Ok(DocKind::Drawing) => Self::Drawing(DrawingDoc::from_automerge(doc)?),
+            // Partially synced (the kind's change not here yet).
+            Err(_) => Self::Raw(doc),
         })
     }
+
+    /// Re-reads a raw document once sync has brought its kind.
+    fn upgrade(self, typed: bool) -> Result<Self, ModelError> {
+        match self {
+            Self::Raw(doc) => Self::from_automerge(doc, typed),
+            other => Ok(other),
+        }
+    }
 }
+
+/// Metadata record holding a document's durable heads, so summaries need
+/// not load documents.
+fn heads_meta(id: Uuid) -> String {
+    format!("heads/{id}")
+}
+
+/// Encodes change hashes as 32-byte runs.
+pub fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
+    heads.iter().flat_map(|h| h.0).collect()
+}
+
+/// The inverse of [`encode_heads`]; `None` for a damaged record.
+pub fn decode_heads(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
+    if !bytes.len().is_multiple_of(32) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(32)
+            .map(|c| ChangeHash(c.try_into().expect("32 bytes")))
+            .collect(),
+    )
+}
+
+/// Called with the ids of documents whose new changes just became durable.
+pub type PersistHook = Box<dyn Fn(&[Uuid]) + Send + Sync>;
 
 struct Slot {
     doc: Doc,
@@ -76,6 +130,9 @@ pub struct RepoConfig {
     pub compact_at: usize,
     /// Keep at most this many documents in memory.
     pub max_cached: usize,
+    /// Read documents as projects and drawings (a daemon) or keep every
+    /// document raw (a relay, which never interprets them).
+    pub typed: bool,
 }
 
 impl Default for RepoConfig {
@@ -83,6 +140,7 @@ impl Default for RepoConfig {
         Self {
             compact_at: 64,
             max_cached: 256,
+            typed: true,
         }
     }
 }
@@ -93,6 +151,8 @@ pub struct Repo {
     actor: ActorId,
     config: RepoConfig,
     cache: Mutex<Cache>,
+    /// Told which documents changed after every durable batch (sync forwards them).
+    on_persist: std::sync::OnceLock<PersistHook>,
 }
 
 impl Repo {
@@ -104,6 +164,108 @@ impl Repo {
             actor,
             config,
             cache: Mutex::new(Cache::default()),
+            on_persist: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Installs the hook told about every durable change (once; later calls
+    /// are ignored).
+    pub fn set_persist_hook(&self, hook: PersistHook) {
+        let _ = self.on_persist.set(hook);
+    }
+
+    /// A document's durable heads without loading it when possible; `None`
+    /// for a document not held here.
+    pub fn heads(&self, id: Uuid) -> Result<Option<Vec<ChangeHash>>, RepoError> {
+        if let Some(slot) = self.lock().slots.get(&id) {
+            return Ok(Some(slot.saved.clone()));
+        }
+        if let Some(bytes) = self.store.get_meta(&heads_meta(id))?
+            && let Some(heads) = decode_heads(&bytes)
+        {
+            return Ok(Some(heads));
+        }
+        // Stored before heads were recorded, or the record is damaged.
+        let mut cache = self.lock();
+        match self.slot(&mut cache, id) {
+            Ok(slot) => {
+                let heads = slot.saved.clone();
+                self.trim(&mut cache);
+                Ok(Some(heads))
+            }
+            Err(RepoError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `f` over the raw Automerge document `id` (an empty one when not
+    /// held here: sync fills it). When its heads changed, makes the new
+    /// changes and the metadata records `f` returns durable in one batch.
+    /// Returns `f`'s result and the durable heads.
+    pub fn sync_doc<T>(
+        &self,
+        id: Uuid,
+        f: impl FnOnce(&mut Automerge) -> (T, Vec<(String, Vec<u8>)>),
+    ) -> Result<(T, Vec<ChangeHash>), RepoError> {
+        let mut cache = self.lock();
+        match self.slot(&mut cache, id) {
+            Ok(_) => {}
+            Err(RepoError::NotFound { .. }) => {
+                let tick = cache.tick;
+                cache.slots.insert(
+                    id,
+                    Slot {
+                        doc: Doc::Raw(Automerge::new().with_actor(self.actor.clone())),
+                        saved: Vec::new(),
+                        next_seq: 0,
+                        change_records: 0,
+                        last_used: tick,
+                    },
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        let slot = cache.slots.get_mut(&id).expect("just loaded");
+        let (out, metas) = f(slot.doc.automerge_mut());
+        if slot.doc.automerge().get_heads() == slot.saved {
+            let empty = slot.saved.is_empty();
+            if empty {
+                // An empty document sync brought nothing to is not kept.
+                cache.slots.remove(&id);
+            }
+            return Ok((
+                out,
+                if empty {
+                    Vec::new()
+                } else {
+                    cache.slots[&id].saved.clone()
+                },
+            ));
+        }
+        let doc = std::mem::replace(&mut slot.doc, Doc::Raw(Automerge::new()));
+        slot.doc = match doc.upgrade(self.config.typed) {
+            Ok(doc) => doc,
+            Err(e) => {
+                cache.slots.remove(&id);
+                return Err(e.into());
+            }
+        };
+        let touched = HashSet::from([id]);
+        if let Err(e) = self.persist(&mut cache, &touched, &metas) {
+            cache.slots.remove(&id);
+            return Err(e.into());
+        }
+        let heads = cache.slots[&id].saved.clone();
+        self.trim(&mut cache);
+        Ok((out, heads))
+    }
+
+    /// Reads the raw Automerge document, if held here.
+    pub fn read_raw<T>(&self, id: Uuid, f: impl FnOnce(&Automerge) -> T) -> Result<Option<T>, RepoError> {
+        match self.read(id, |d| f(d.automerge())) {
+            Ok(v) => Ok(Some(v)),
+            Err(RepoError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -134,7 +296,7 @@ impl Repo {
     pub fn read_project<T>(&self, id: ProjectId, f: impl FnOnce(&ProjectDoc) -> T) -> Result<T, RepoError> {
         self.read(id.0, |doc| match doc {
             Doc::Project(d) => Ok(f(d)),
-            Doc::Drawing(_) => Err(RepoError::NotFound {
+            _ => Err(RepoError::NotFound {
                 what: "project",
                 id: id.0,
             }),
@@ -145,7 +307,7 @@ impl Repo {
     pub fn read_drawing<T>(&self, id: DrawingId, f: impl FnOnce(&DrawingDoc) -> T) -> Result<T, RepoError> {
         self.read(id.0, |doc| match doc {
             Doc::Drawing(d) => Ok(f(d)),
-            Doc::Project(_) => Err(RepoError::NotFound {
+            _ => Err(RepoError::NotFound {
                 what: "drawing",
                 id: id.0,
             }),
@@ -191,6 +353,7 @@ impl Repo {
         metas: &[(String, Vec<u8>)],
     ) -> Result<(), StoreError> {
         let mut appends = Vec::new();
+        let mut metas = metas.to_vec();
         for id in touched {
             let slot = cache.slots.get(id).expect("touched documents are cached");
             let heads = slot.doc.automerge().get_heads();
@@ -200,9 +363,10 @@ impl Repo {
                     seq: slot.next_seq,
                     bytes: slot.doc.automerge().save_after(&slot.saved),
                 });
+                metas.push((heads_meta(*id), encode_heads(&heads)));
             }
         }
-        self.store.append(&appends, metas)?;
+        self.store.append(&appends, &metas)?;
         for a in &appends {
             let slot = cache.slots.get_mut(&a.id).expect("cached");
             slot.saved = slot.doc.automerge().get_heads();
@@ -219,6 +383,12 @@ impl Repo {
                 }
             }
         }
+        if !appends.is_empty()
+            && let Some(hook) = self.on_persist.get()
+        {
+            let ids: Vec<Uuid> = appends.iter().map(|a| a.id).collect();
+            hook(&ids);
+        }
         Ok(())
     }
 
@@ -232,7 +402,7 @@ impl Repo {
                 .ok_or(RepoError::NotFound { what: "document", id })?;
             cache.damaged.extend(loaded.damaged);
             let saved = loaded.doc.get_heads();
-            let doc = Doc::from_automerge(loaded.doc)?;
+            let doc = Doc::from_automerge(loaded.doc, self.config.typed)?;
             cache.slots.insert(
                 id,
                 Slot {
@@ -306,7 +476,7 @@ impl Tx<'_> {
         self.touched.insert(id.0);
         match &mut slot.doc {
             Doc::Project(d) => Ok(d),
-            Doc::Drawing(_) => Err(RepoError::NotFound {
+            _ => Err(RepoError::NotFound {
                 what: "project",
                 id: id.0,
             }),
@@ -319,7 +489,7 @@ impl Tx<'_> {
         self.touched.insert(id.0);
         match &mut slot.doc {
             Doc::Drawing(d) => Ok(d),
-            Doc::Project(_) => Err(RepoError::NotFound {
+            _ => Err(RepoError::NotFound {
                 what: "drawing",
                 id: id.0,
             }),
@@ -339,7 +509,7 @@ impl Tx<'_> {
             .filter(|(id, _)| wanted.contains(id))
             .filter_map(|(_, s)| match &mut s.doc {
                 Doc::Drawing(d) => Some(d),
-                Doc::Project(_) => None,
+                _ => None,
             })
             .collect())
     }
@@ -422,6 +592,7 @@ mod tests {
         let config = RepoConfig {
             compact_at: 4,
             max_cached: 1,
+            typed: true,
         };
         {
             let repo = Repo::new(
@@ -450,6 +621,7 @@ mod tests {
         let config = RepoConfig {
             compact_at: 64,
             max_cached: 2,
+            typed: true,
         };
         let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
         let ids: Vec<ProjectId> = (10..15).map(ProjectId::from_u128).collect();

@@ -1,0 +1,193 @@
+//! [`RepoHost`]: the session's [`Host`] over the repository, shared by the
+//! relay and the daemon. It owns the sync bookkeeping stored beside the
+//! documents, as metadata records written in the same batch as the changes
+//! they describe:
+//!
+//! | record | value | why |
+//! |---|---|---|
+//! | `proj/<project>` | organisation name (empty: not yet known) | which projects are held, and whose |
+//! | `bind/<doc>` | project id | a document belongs to one project, forever |
+//! | `pdoc/<project>/<doc>` | — | a project's documents, for summaries |
+//! | `sync/<peer>/<doc>` | Automerge's encoded sync state | a reconnect resends only what the peer lacks |
+
+use std::sync::Arc;
+
+use sitesync_model::automerge::Automerge;
+use sitesync_model::automerge::ChangeHash;
+use sitesync_model::automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc as _};
+use uuid::Uuid;
+
+use crate::repo::{Repo, RepoError};
+use crate::session::{Host, HostError, Incoming};
+
+fn project_key(project: Uuid) -> String {
+    format!("proj/{project}")
+}
+
+fn bind_key(doc: Uuid) -> String {
+    format!("bind/{doc}")
+}
+
+fn sync_key(peer: Uuid, doc: Uuid) -> String {
+    format!("sync/{peer}/{doc}")
+}
+
+/// The records that bind a new document to its project (and list the
+/// project, owned by `org` when known). A daemon writes them with every
+/// document it creates.
+pub fn binding_records(project: Uuid, doc: Uuid, org: Option<&str>) -> Vec<(String, Vec<u8>)> {
+    let mut out = vec![
+        (bind_key(doc), project.to_string().into_bytes()),
+        (format!("pdoc/{project}/{doc}"), Vec::new()),
+    ];
+    if doc == project {
+        out.push((project_key(project), org.unwrap_or("").as_bytes().to_vec()));
+    }
+    out
+}
+
+fn storage(e: RepoError) -> HostError {
+    HostError::Storage {
+        detail: e.to_string(),
+    }
+}
+
+/// The session host over a repository.
+#[derive(Clone)]
+pub struct RepoHost {
+    repo: Arc<Repo>,
+}
+
+impl RepoHost {
+    pub fn new(repo: Arc<Repo>) -> Self {
+        Self { repo }
+    }
+
+    pub fn repo(&self) -> &Arc<Repo> {
+        &self.repo
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        self.repo.store().get_meta(name).map_err(|e| storage(e.into()))
+    }
+
+    /// The organisation a held project belongs to (`Some("")` when held but
+    /// not yet claimed by one).
+    pub fn project_org(&self, project: Uuid) -> Result<Option<String>, HostError> {
+        Ok(self
+            .meta(&project_key(project))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// How many documents are held.
+    pub fn documents(&self) -> Result<usize, HostError> {
+        Ok(self
+            .repo
+            .store()
+            .meta_names("bind/")
+            .map_err(|e| storage(e.into()))?
+            .len())
+    }
+}
+
+impl Host for RepoHost {
+    fn projects(&self) -> Result<Vec<Uuid>, HostError> {
+        Ok(self
+            .repo
+            .store()
+            .meta_names("proj/")
+            .map_err(|e| storage(e.into()))?
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect())
+    }
+
+    fn may_share(&self, org: &str, project: Uuid) -> Result<bool, HostError> {
+        Ok(match self.project_org(project)? {
+            None => true,
+            Some(owner) => owner.is_empty() || owner == org,
+        })
+    }
+
+    fn summary(&self, project: Uuid) -> Result<Vec<(Uuid, Vec<ChangeHash>)>, HostError> {
+        let names = self
+            .repo
+            .store()
+            .meta_names(&format!("pdoc/{project}/"))
+            .map_err(|e| storage(e.into()))?;
+        let mut out = Vec::with_capacity(names.len());
+        for doc in names.iter().filter_map(|n| n.parse::<Uuid>().ok()) {
+            if let Some(heads) = self.repo.heads(doc).map_err(storage)? {
+                out.push((doc, heads));
+            }
+        }
+        Ok(out)
+    }
+
+    fn project_of(&self, doc: Uuid) -> Result<Option<Uuid>, HostError> {
+        Ok(self
+            .meta(&bind_key(doc))?
+            .and_then(|v| String::from_utf8_lossy(&v).parse().ok()))
+    }
+
+    fn heads(&self, doc: Uuid) -> Result<Vec<ChangeHash>, HostError> {
+        Ok(self.repo.heads(doc).map_err(storage)?.unwrap_or_default())
+    }
+
+    fn generate(&self, doc: Uuid, state: &mut SyncState) -> Result<Option<SyncMessage>, HostError> {
+        match self
+            .repo
+            .read_raw(doc, |am| am.generate_sync_message(state))
+            .map_err(storage)?
+        {
+            Some(m) => Ok(m),
+            None => Ok(Automerge::new().generate_sync_message(state)),
+        }
+    }
+
+    fn receive(
+        &self,
+        ctx: &Incoming<'_>,
+        state: &mut SyncState,
+        message: SyncMessage,
+    ) -> Result<Option<Vec<ChangeHash>>, HostError> {
+        let bound = self.project_of(ctx.doc)?;
+        if let Some(bound) = bound
+            && bound != ctx.project
+        {
+            return Err(HostError::WrongProject {
+                doc: ctx.doc,
+                bound,
+                claimed: ctx.project,
+            });
+        }
+        let mut records = Vec::new();
+        if bound.is_none() {
+            records.extend(binding_records(ctx.project, ctx.doc, None));
+            records.retain(|(k, _)| !k.starts_with("proj/"));
+        }
+        match self.project_org(ctx.project)? {
+            Some(org) if !org.is_empty() => {}
+            // The first organisation to bring a project owns it.
+            _ => records.push((project_key(ctx.project), ctx.org.as_bytes().to_vec())),
+        }
+        let ((applied, before), heads) = self
+            .repo
+            .sync_doc(ctx.doc, |am| {
+                let before = am.get_heads();
+                let applied = am.receive_sync_message(state, message);
+                records.push((sync_key(ctx.peer, ctx.doc), state.encode()));
+                ((applied, before), records)
+            })
+            .map_err(storage)?;
+        applied.map_err(|e| HostError::BadChanges {
+            doc: ctx.doc,
+            detail: e.to_string(),
+        })?;
+        Ok((heads != before).then_some(heads))
+    }
+
+    fn load_state(&self, peer: Uuid, doc: Uuid) -> Result<Option<Vec<u8>>, HostError> {
+        self.meta(&sync_key(peer, doc))
+    }
+}

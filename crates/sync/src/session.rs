@@ -1,0 +1,691 @@
+//! One connection's sync session, sans IO: frames in, frames and events out.
+//! It never touches sockets, tasks, clocks or randomness — the caller passes
+//! the time and the nonce — and reaches documents only through [`Host`],
+//! which the edges implement over the repository (and tests over plain
+//! in-memory documents).
+//!
+//! Flow. The client sends Hello with its certificate and a nonce; the server
+//! admits it through its [`Authority`] and answers Welcome with its own
+//! proof; the client proves itself with Auth. From then on both sides hold
+//! the *shared scope* (the intersection of both credentials), send a Summary
+//! (document → heads) of every shared project they hold, and run Automerge's
+//! sync protocol only for documents whose heads differ. A received change is
+//! made durable by the host before it is acknowledged with Ack.
+//!
+//! Invariants:
+//! - Nothing of a project outside the shared scope is sent, and a message
+//!   naming one closes the connection with `out_of_scope`, storing nothing.
+//! - A malformed frame closes this connection with a reason; nothing else.
+//! - In-memory Automerge sync states start from the persisted ones on every
+//!   connection (the protocol assumes a reliable, in-order stream, which a
+//!   reconnect breaks).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use ed25519_dalek::Signer as _;
+use sitesync_model::automerge::ChangeHash;
+use sitesync_model::automerge::sync::{Message as SyncMessage, State as SyncState};
+use uuid::Uuid;
+
+use crate::credentials::{Authority, Certificate, CredentialError, Scope, Token, check_server, transcript};
+use crate::protocol::{self, Head, Message, PresenceEntry, WireId};
+
+/// Why the host could not do what a session asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("document {doc} belongs to project {bound}, not {claimed}")]
+    WrongProject { doc: Uuid, bound: Uuid, claimed: Uuid },
+    #[error("document {doc}: the peer's changes do not apply: {detail}")]
+    BadChanges { doc: Uuid, detail: String },
+    #[error("storage failed: {detail}")]
+    Storage { detail: String },
+}
+
+/// What a session needs of the documents on this side.
+pub trait Host {
+    /// Projects held here.
+    fn projects(&self) -> Result<Vec<Uuid>, HostError>;
+    /// Whether `project` may be shared with a peer of organisation `org`
+    /// (false when it is bound to another organisation).
+    fn may_share(&self, org: &str, project: Uuid) -> Result<bool, HostError>;
+    /// The documents of `project` held here, with their durable heads.
+    fn summary(&self, project: Uuid) -> Result<Vec<(Uuid, Vec<ChangeHash>)>, HostError>;
+    /// The project `doc` is bound to, if held here.
+    fn project_of(&self, doc: Uuid) -> Result<Option<Uuid>, HostError>;
+    /// Durable heads of `doc`; empty when not held here.
+    fn heads(&self, doc: Uuid) -> Result<Vec<ChangeHash>, HostError>;
+    /// The next Automerge sync message for `doc` (from an empty document
+    /// when not held here).
+    fn generate(&self, doc: Uuid, state: &mut SyncState) -> Result<Option<SyncMessage>, HostError>;
+    /// Applies a sync message from `peer` (organisation `org`) to `doc` of
+    /// `project`, making what it brought durable together with the doc's
+    /// binding to `project` and `state`. Returns the new heads when they
+    /// changed. Refuses a document bound to another project.
+    fn receive(
+        &self,
+        ctx: &Incoming<'_>,
+        state: &mut SyncState,
+        message: SyncMessage,
+    ) -> Result<Option<Vec<ChangeHash>>, HostError>;
+    /// The persisted sync state for (`peer`, `doc`), if any.
+    fn load_state(&self, peer: Uuid, doc: Uuid) -> Result<Option<Vec<u8>>, HostError>;
+}
+
+/// Who a received sync message is from and what it claims.
+pub struct Incoming<'a> {
+    pub org: &'a str,
+    pub peer: Uuid,
+    pub project: Uuid,
+    pub doc: Uuid,
+}
+
+/// The other side, once the handshake is done.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerInfo {
+    pub device: Uuid,
+    pub name: String,
+    pub org: String,
+    /// What both sides may share.
+    pub scope: Scope,
+    /// The peer is a relay (it proved itself with the organisation key).
+    pub relay: bool,
+}
+
+/// Something the driver should know about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Ready(PeerInfo),
+    /// The peer's changes to `doc` are durable here; `heads` are new.
+    Applied {
+        project: Uuid,
+        doc: Uuid,
+        heads: Vec<ChangeHash>,
+    },
+    /// The peer has made these heads of `doc` durable.
+    Acked {
+        doc: Uuid,
+        heads: Vec<ChangeHash>,
+    },
+    Presence(PresenceEntry),
+    /// Round trip of a ping, in the caller's time unit (ms).
+    Latency(i64),
+    /// A non-fatal error the peer reported.
+    PeerError {
+        code: String,
+        message: String,
+    },
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Send(Message),
+    Event(Event),
+    /// Close the connection (after sending what came before).
+    Close {
+        reason: String,
+    },
+}
+
+enum Side {
+    Client(Box<Token>),
+    Server(Arc<dyn Authority>),
+}
+
+enum Phase {
+    AwaitWelcome,
+    AwaitHello,
+    AwaitAuth {
+        cert: Box<Certificate>,
+        client_nonce: [u8; 32],
+        peer: PeerInfo,
+    },
+    Ready(PeerInfo),
+    Closed,
+}
+
+/// One connection's protocol state.
+pub struct Session {
+    device: Uuid,
+    name: String,
+    side: Side,
+    /// This side's fresh nonce for the handshake.
+    nonce: [u8; 32],
+    phase: Phase,
+    /// In-memory Automerge sync state per document, rebuilt from the
+    /// persisted one on first use in this connection.
+    states: HashMap<Uuid, SyncState>,
+    /// Outstanding pings: nonce → time sent.
+    pings: HashMap<u64, i64>,
+    next_ping: u64,
+}
+
+fn heads_to_wire(heads: &[ChangeHash]) -> Vec<Head> {
+    heads.iter().map(|h| h.0).collect()
+}
+
+fn heads_from_wire(heads: &[Head]) -> Vec<ChangeHash> {
+    heads.iter().map(|h| ChangeHash(*h)).collect()
+}
+
+fn fatal(code: &str, message: impl Into<String>) -> Vec<Output> {
+    let message = message.into();
+    vec![
+        Output::Send(Message::Error {
+            code: code.into(),
+            message: message.clone(),
+            fatal: true,
+        }),
+        Output::Close {
+            reason: format!("{code}: {message}"),
+        },
+    ]
+}
+
+fn host_failure(e: HostError) -> Vec<Output> {
+    match e {
+        HostError::WrongProject { .. } => fatal("out_of_scope", e.to_string()),
+        HostError::BadChanges { .. } => fatal("bad_changes", e.to_string()),
+        HostError::Storage { .. } => fatal("unavailable", e.to_string()),
+    }
+}
+
+fn credential_failure(e: CredentialError) -> Vec<Output> {
+    fatal("unauthorized", e.to_string())
+}
+
+impl Session {
+    /// The side that connects, presenting `token`.
+    pub fn client(device: Uuid, name: &str, token: Token, nonce: [u8; 32]) -> Self {
+        Self::new(
+            device,
+            name,
+            Side::Client(Box::new(token)),
+            nonce,
+            Phase::AwaitWelcome,
+        )
+    }
+
+    /// The side that accepts, admitting peers through `authority`.
+    pub fn server(device: Uuid, name: &str, authority: Arc<dyn Authority>, nonce: [u8; 32]) -> Self {
+        Self::new(device, name, Side::Server(authority), nonce, Phase::AwaitHello)
+    }
+
+    fn new(device: Uuid, name: &str, side: Side, nonce: [u8; 32], phase: Phase) -> Self {
+        Self {
+            device,
+            name: name.to_owned(),
+            side,
+            nonce,
+            phase,
+            states: HashMap::new(),
+            pings: HashMap::new(),
+            next_ping: 0,
+        }
+    }
+
+    /// The peer, once the handshake is done.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        match &self.phase {
+            Phase::Ready(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// What to send first: a client's Hello (a server waits).
+    pub fn start(&mut self) -> Vec<Output> {
+        match &self.side {
+            Side::Client(token) => vec![Output::Send(Message::Hello {
+                peer: self.device.into(),
+                device_name: self.name.clone(),
+                credentials: token.cert().encode(),
+                nonce: self.nonce,
+            })],
+            Side::Server(_) => Vec::new(),
+        }
+    }
+
+    /// Handles one received frame at time `now_ms`.
+    pub fn handle(&mut self, frame: &[u8], now_ms: i64, host: &dyn Host) -> Vec<Output> {
+        if self.is_closed() {
+            return Vec::new();
+        }
+        let out = match protocol::decode(frame) {
+            Ok(message) => self.handle_message(message, now_ms, host),
+            Err(protocol::FrameError::UnsupportedVersion) => fatal(
+                "unsupported_version",
+                format!(
+                    "this side speaks sitesync protocol version {}; upgrade the older side",
+                    protocol::PROTOCOL_VERSION
+                ),
+            ),
+            Err(e) => fatal("malformed_frame", e.to_string()),
+        };
+        if out.iter().any(|o| matches!(o, Output::Close { .. })) {
+            self.phase = Phase::Closed;
+        }
+        out
+    }
+
+    fn handle_message(&mut self, message: Message, now_ms: i64, host: &dyn Host) -> Vec<Output> {
+        let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+        match (phase, message) {
+            (
+                Phase::AwaitHello,
+                Message::Hello {
+                    peer,
+                    device_name,
+                    credentials,
+                    nonce,
+                },
+            ) => self.on_hello(peer, device_name, &credentials, nonce, now_ms, host),
+            (
+                Phase::AwaitWelcome,
+                Message::Welcome {
+                    peer,
+                    device_name,
+                    credentials,
+                    nonce,
+                    proof,
+                    ..
+                },
+            ) => self.on_welcome(peer, device_name, &credentials, nonce, &proof, now_ms, host),
+            (
+                Phase::AwaitAuth {
+                    cert,
+                    client_nonce,
+                    peer,
+                },
+                Message::Auth { proof },
+            ) => {
+                if let Err(e) = cert.check_proof(&transcript("client", &client_nonce, &self.nonce), &proof) {
+                    return credential_failure(e);
+                }
+                self.ready(peer, host)
+            }
+            (
+                _,
+                Message::Error {
+                    code,
+                    message,
+                    fatal: true,
+                },
+            ) => vec![Output::Close {
+                reason: format!("peer refused: {code}: {message}"),
+            }],
+            (Phase::Ready(peer), message) => {
+                self.phase = Phase::Ready(peer.clone());
+                self.on_ready_message(&peer, message, now_ms, host)
+            }
+            (_, other) => fatal(
+                "protocol",
+                format!("unexpected {} before the handshake finished", name_of(&other)),
+            ),
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        peer: WireId,
+        device_name: String,
+        credentials: &[u8],
+        client_nonce: [u8; 32],
+        now_ms: i64,
+        host: &dyn Host,
+    ) -> Vec<Output> {
+        let Side::Server(authority) = &self.side else {
+            unreachable!("only servers await a Hello")
+        };
+        let cert = match Certificate::decode(credentials) {
+            Ok(c) => c,
+            Err(e) => return credential_failure(e),
+        };
+        let admission = match authority.admit(&cert, now_ms) {
+            Ok(a) => a,
+            Err(e) => return credential_failure(e),
+        };
+        let info = PeerInfo {
+            device: peer.into(),
+            name: device_name,
+            org: cert.org().to_owned(),
+            scope: admission.scope.intersect(&cert.scope()),
+            relay: false,
+        };
+        let proof = admission
+            .signer
+            .sign(&transcript("server", &client_nonce, &self.nonce))
+            .to_bytes()
+            .to_vec();
+        let projects = match self.shared_projects(&info, host) {
+            Ok(p) => p,
+            Err(e) => return host_failure(e),
+        };
+        let welcome = Message::Welcome {
+            peer: self.device.into(),
+            device_name: self.name.clone(),
+            credentials: admission.presented,
+            projects: projects.into_iter().map(WireId::from).collect(),
+            nonce: self.nonce,
+            proof,
+        };
+        self.phase = Phase::AwaitAuth {
+            cert: Box::new(cert),
+            client_nonce,
+            peer: info,
+        };
+        vec![Output::Send(welcome)]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_welcome(
+        &mut self,
+        peer: WireId,
+        device_name: String,
+        credentials: &[u8],
+        server_nonce: [u8; 32],
+        proof: &[u8],
+        now_ms: i64,
+        host: &dyn Host,
+    ) -> Vec<Output> {
+        let Side::Client(token) = &self.side else {
+            unreachable!("only clients await a Welcome")
+        };
+        let server_scope = match check_server(
+            token,
+            credentials,
+            &transcript("server", &self.nonce, &server_nonce),
+            proof,
+            now_ms,
+        ) {
+            Ok(s) => s,
+            Err(e) => return credential_failure(e),
+        };
+        let info = PeerInfo {
+            device: peer.into(),
+            name: device_name,
+            org: token.cert().org().to_owned(),
+            scope: token.cert().scope().intersect(&server_scope),
+            relay: credentials.is_empty(),
+        };
+        let auth = Message::Auth {
+            proof: token.sign(&transcript("client", &self.nonce, &server_nonce)),
+        };
+        let mut out = vec![Output::Send(auth)];
+        out.extend(self.ready(info, host));
+        out
+    }
+
+    /// Handshake done: announce, then summarise every shared project held.
+    fn ready(&mut self, peer: PeerInfo, host: &dyn Host) -> Vec<Output> {
+        self.phase = Phase::Ready(peer.clone());
+        let mut out = vec![Output::Event(Event::Ready(peer))];
+        out.extend(self.resync(host));
+        out
+    }
+
+    fn shared_projects(&self, peer: &PeerInfo, host: &dyn Host) -> Result<Vec<Uuid>, HostError> {
+        let mut out = Vec::new();
+        for p in host.projects()? {
+            if self.allowed(peer, p, host)? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    fn allowed(&self, peer: &PeerInfo, project: Uuid, host: &dyn Host) -> Result<bool, HostError> {
+        Ok(peer.scope.contains(project) && host.may_share(&peer.org, project)?)
+    }
+
+    /// Sends a Summary of every shared project held (after the handshake,
+    /// and whenever the driver fell behind on change notifications).
+    pub fn resync(&mut self, host: &dyn Host) -> Vec<Output> {
+        let Some(peer) = self.peer().cloned() else {
+            return Vec::new();
+        };
+        let result = (|| {
+            let mut out = Vec::new();
+            for project in self.shared_projects(&peer, host)? {
+                let docs = host
+                    .summary(project)?
+                    .into_iter()
+                    .map(|(d, h)| (WireId::from(d), heads_to_wire(&h)))
+                    .collect();
+                out.push(Output::Send(Message::Summary {
+                    project: project.into(),
+                    docs,
+                }));
+            }
+            Ok(out)
+        })();
+        result.unwrap_or_else(|e| self.fail(host_failure(e)))
+    }
+
+    fn fail(&mut self, out: Vec<Output>) -> Vec<Output> {
+        self.phase = Phase::Closed;
+        out
+    }
+
+    fn state(&mut self, peer: Uuid, doc: Uuid, host: &dyn Host) -> Result<&mut SyncState, HostError> {
+        Ok(match self.states.entry(doc) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                host.load_state(peer, doc)?
+                    .and_then(|bytes| SyncState::decode(&bytes).ok())
+                    .unwrap_or_default(),
+            ),
+        })
+    }
+
+    /// The next sync message of `doc` to the peer, if any.
+    fn step(
+        &mut self,
+        peer: &PeerInfo,
+        project: Uuid,
+        doc: Uuid,
+        host: &dyn Host,
+    ) -> Result<Vec<Output>, HostError> {
+        let state = self.state(peer.device, doc, host)?;
+        Ok(match host.generate(doc, state)? {
+            Some(m) => vec![Output::Send(Message::Sync {
+                project: project.into(),
+                doc: doc.into(),
+                message: m.encode(),
+            })],
+            None => Vec::new(),
+        })
+    }
+
+    /// A local document changed (a local write, or another peer's changes
+    /// made durable): offer it to this peer if it may have it.
+    pub fn doc_changed(&mut self, doc: Uuid, host: &dyn Host) -> Vec<Output> {
+        let Some(peer) = self.peer().cloned() else {
+            return Vec::new();
+        };
+        let result = (|| {
+            let Some(project) = host.project_of(doc)? else {
+                return Ok(Vec::new());
+            };
+            if !self.allowed(&peer, project, host)? {
+                return Ok(Vec::new());
+            }
+            self.step(&peer, project, doc, host)
+        })();
+        result.unwrap_or_else(|e| self.fail(host_failure(e)))
+    }
+
+    /// Relays a presence entry if its project is shared with this peer.
+    pub fn presence(&mut self, entry: PresenceEntry, host: &dyn Host) -> Vec<Output> {
+        let Some(peer) = self.peer() else {
+            return Vec::new();
+        };
+        match self.allowed(peer, entry.project.into(), host) {
+            Ok(true) => vec![Output::Send(Message::Presence(entry))],
+            Ok(false) => Vec::new(),
+            Err(e) => self.fail(host_failure(e)),
+        }
+    }
+
+    /// A ping to measure latency; the matching Pong yields [`Event::Latency`].
+    pub fn ping(&mut self, now_ms: i64) -> Vec<Output> {
+        if self.peer().is_none() {
+            return Vec::new();
+        }
+        self.next_ping += 1;
+        // Forget pings never answered, so the map stays small.
+        self.pings.retain(|n, _| *n + 8 > self.next_ping);
+        self.pings.insert(self.next_ping, now_ms);
+        vec![Output::Send(Message::Ping {
+            nonce: self.next_ping,
+        })]
+    }
+
+    fn on_ready_message(
+        &mut self,
+        peer: &PeerInfo,
+        message: Message,
+        now_ms: i64,
+        host: &dyn Host,
+    ) -> Vec<Output> {
+        let result = match message {
+            Message::Summary { project, docs } => self.on_summary(peer, project.into(), docs, host),
+            Message::Sync {
+                project,
+                doc,
+                message,
+            } => self.on_sync(peer, project.into(), doc.into(), &message, host),
+            Message::Ack { doc, heads } => Ok(vec![Output::Event(Event::Acked {
+                doc: doc.into(),
+                heads: heads_from_wire(&heads),
+            })]),
+            Message::Presence(entry) => match self.allowed(peer, entry.project.into(), host) {
+                Ok(true) => Ok(vec![Output::Event(Event::Presence(entry))]),
+                Ok(false) => return fatal("out_of_scope", "presence for a project outside the shared scope"),
+                Err(e) => Err(e),
+            },
+            Message::Ping { nonce } => Ok(vec![Output::Send(Message::Pong { nonce })]),
+            Message::Pong { nonce } => Ok(self
+                .pings
+                .remove(&nonce)
+                .map(|sent| Output::Event(Event::Latency(now_ms - sent)))
+                .into_iter()
+                .collect()),
+            Message::Error { code, message, .. } => {
+                Ok(vec![Output::Event(Event::PeerError { code, message })])
+            }
+            other @ (Message::Hello { .. } | Message::Welcome { .. } | Message::Auth { .. }) => {
+                return fatal(
+                    "protocol",
+                    format!("unexpected {} after the handshake", name_of(&other)),
+                );
+            }
+        };
+        result.unwrap_or_else(host_failure)
+    }
+
+    fn on_summary(
+        &mut self,
+        peer: &PeerInfo,
+        project: Uuid,
+        docs: Vec<(WireId, Vec<Head>)>,
+        host: &dyn Host,
+    ) -> Result<Vec<Output>, HostError> {
+        if !self.allowed(peer, project, host)? {
+            return Ok(fatal(
+                "out_of_scope",
+                format!("project {project} is outside the shared scope"),
+            ));
+        }
+        let mut out = Vec::new();
+        let mut listed = HashSet::new();
+        for (doc, heads) in docs {
+            let doc = Uuid::from(doc);
+            listed.insert(doc);
+            match host.project_of(doc)? {
+                Some(bound) if bound != project => {
+                    return Ok(host_failure(HostError::WrongProject {
+                        doc,
+                        bound,
+                        claimed: project,
+                    }));
+                }
+                _ => {}
+            }
+            let mut theirs = heads_from_wire(&heads);
+            let mut mine = host.heads(doc)?;
+            theirs.sort_unstable();
+            mine.sort_unstable();
+            if theirs != mine {
+                out.extend(self.step(peer, project, doc, host)?);
+            }
+        }
+        for (doc, _) in host.summary(project)? {
+            if !listed.contains(&doc) {
+                out.extend(self.step(peer, project, doc, host)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn on_sync(
+        &mut self,
+        peer: &PeerInfo,
+        project: Uuid,
+        doc: Uuid,
+        bytes: &[u8],
+        host: &dyn Host,
+    ) -> Result<Vec<Output>, HostError> {
+        if !self.allowed(peer, project, host)? {
+            return Ok(fatal(
+                "out_of_scope",
+                format!("project {project} is outside the shared scope"),
+            ));
+        }
+        let message = match SyncMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                return Ok(fatal(
+                    "malformed_frame",
+                    format!("bad sync message for {doc}: {e}"),
+                ));
+            }
+        };
+        let incoming = Incoming {
+            org: &peer.org,
+            peer: peer.device,
+            project,
+            doc,
+        };
+        let state = self.state(peer.device, doc, host)?;
+        let mut out = Vec::new();
+        if let Some(heads) = host.receive(&incoming, state, message)? {
+            out.push(Output::Send(Message::Ack {
+                doc: doc.into(),
+                heads: heads_to_wire(&heads),
+            }));
+            out.push(Output::Event(Event::Applied { project, doc, heads }));
+        }
+        out.extend(self.step(peer, project, doc, host)?);
+        Ok(out)
+    }
+}
+
+fn name_of(m: &Message) -> &'static str {
+    match m {
+        Message::Hello { .. } => "Hello",
+        Message::Welcome { .. } => "Welcome",
+        Message::Auth { .. } => "Auth",
+        Message::Summary { .. } => "Summary",
+        Message::Sync { .. } => "Sync",
+        Message::Ack { .. } => "Ack",
+        Message::Presence(_) => "Presence",
+        Message::Ping { .. } => "Ping",
+        Message::Pong { .. } => "Pong",
+        Message::Error { .. } => "Error",
+    }
+}

@@ -1,0 +1,438 @@
+//! The sync session state machine driven without sockets: two sessions over
+//! in-memory repositories, frames passed by hand.
+
+use std::sync::Arc;
+
+use sitesync_model::automerge::ActorId;
+use sitesync_model::{
+    DeviceId, DrawingDoc, DrawingId, NewDrawing, NewProject, OperationId, OperationKind, ProjectDoc,
+    ProjectId, ProjectPatch, Timestamp, WriteCtx,
+};
+use sitesync_sync::credentials::{Admission, Authority, Certificate, CredentialError, OrgKey, Token};
+use sitesync_sync::host::{RepoHost, binding_records};
+use sitesync_sync::protocol::{self, Message};
+use sitesync_sync::session::{Event, Host, Output, Session};
+use sitesync_sync::{Doc, DocStore, MemBackend, Repo, RepoConfig};
+use uuid::Uuid;
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn acme() -> OrgKey {
+    OrgKey::from_secret("acme", [1; 32])
+}
+
+fn token(org: &OrgKey, n: u8, projects: &[Uuid]) -> Token {
+    org.issue(Uuid::from_u128(n as u128), projects, NOW + 86_400_000, [n; 32])
+}
+
+fn host() -> RepoHost {
+    RepoHost::new(Arc::new(Repo::new(
+        DocStore::new(MemBackend::default()),
+        ActorId::random(),
+        RepoConfig::default(),
+    )))
+}
+
+fn ctx(n: u128) -> WriteCtx {
+    WriteCtx::new(
+        "ana",
+        DeviceId::from_u128(1),
+        OperationId(Uuid::new_v4()),
+        OperationKind::ProjectUpdate,
+        Timestamp(NOW + n as i64),
+    )
+}
+
+/// Creates a project with `drawings` drawing documents, bound as a daemon does.
+fn project(host: &RepoHost, pid: ProjectId, drawings: u128) -> Vec<DrawingId> {
+    let dids: Vec<DrawingId> = (0..drawings)
+        .map(|n| DrawingId(Uuid::from_u128(pid.0.as_u128() * 1000 + n + 1)))
+        .collect();
+    host.repo()
+        .write(|tx| {
+            let new = NewProject {
+                name: "Plant".into(),
+                code: None,
+            };
+            let mut doc = ProjectDoc::create(pid, &new, &ctx(0), tx.actor())?;
+            for did in &dids {
+                let nd = NewDrawing {
+                    number: format!("D-{did}"),
+                    ..NewDrawing::default()
+                };
+                doc.add_drawing(&ctx(1), *did, &nd)?;
+                let d = DrawingDoc::create(pid, *did, &ctx(1), tx.actor())?;
+                tx.insert(did.0, Doc::Drawing(d));
+                for (k, v) in binding_records(pid.0, did.0, Some("acme")) {
+                    tx.put_meta(&k, &v);
+                }
+            }
+            tx.insert(pid.0, Doc::Project(doc));
+            for (k, v) in binding_records(pid.0, pid.0, Some("acme")) {
+                tx.put_meta(&k, &v);
+            }
+            Ok(())
+        })
+        .unwrap();
+    dids
+}
+
+fn rename(host: &RepoHost, pid: ProjectId, name: &str) {
+    host.repo()
+        .write(|tx| {
+            let patch = ProjectPatch {
+                name: Some(name.into()),
+                code: None,
+            };
+            tx.project(pid)?.update(&ctx(5), &patch)?;
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// A raw change to a document (sync does not care what it means).
+fn touch(host: &RepoHost, doc: Uuid) {
+    use sitesync_model::automerge::transaction::Transactable as _;
+    host.repo()
+        .sync_doc(doc, |am| {
+            am.transact::<_, _, sitesync_model::automerge::AutomergeError>(|tx| {
+                tx.put(sitesync_model::automerge::ROOT, "touched", 1)?;
+                Ok(())
+            })
+            .unwrap();
+            ((), Vec::new())
+        })
+        .unwrap();
+}
+
+fn name(host: &RepoHost, pid: ProjectId) -> Option<String> {
+    host.repo().read_project(pid, |p| p.info().unwrap().name).ok()
+}
+
+/// What happened on a connection, as the driver saw it.
+#[derive(Default)]
+struct Trace {
+    /// Sync messages, by the document they carried (both directions).
+    synced_docs: Vec<Uuid>,
+    events_a: Vec<Event>,
+    events_b: Vec<Event>,
+    closed: Vec<String>,
+}
+
+/// Runs two sessions against each other until neither has anything to say.
+fn pump(a: &mut Session, ha: &dyn Host, b: &mut Session, hb: &dyn Host) -> Trace {
+    let mut trace = Trace::default();
+    let mut to_b: Vec<Vec<u8>> = Vec::new();
+    let mut to_a: Vec<Vec<u8>> = Vec::new();
+    let route = |outs: Vec<Output>,
+                 to: &mut Vec<Vec<u8>>,
+                 events: &mut Vec<Event>,
+                 trace_docs: &mut Vec<Uuid>,
+                 closed: &mut Vec<String>| {
+        for o in outs {
+            match o {
+                Output::Send(m) => {
+                    if let Message::Sync { doc, .. } = &m {
+                        trace_docs.push((*doc).into());
+                    }
+                    to.push(protocol::encode(&m));
+                }
+                Output::Event(e) => events.push(e),
+                Output::Close { reason } => closed.push(reason),
+            }
+        }
+    };
+    route(
+        a.start(),
+        &mut to_b,
+        &mut trace.events_a,
+        &mut trace.synced_docs,
+        &mut trace.closed,
+    );
+    route(
+        b.start(),
+        &mut to_a,
+        &mut trace.events_b,
+        &mut trace.synced_docs,
+        &mut trace.closed,
+    );
+    for _ in 0..10_000 {
+        if to_a.is_empty() && to_b.is_empty() {
+            return trace;
+        }
+        for frame in std::mem::take(&mut to_b) {
+            let outs = b.handle(&frame, NOW, hb);
+            route(
+                outs,
+                &mut to_a,
+                &mut trace.events_b,
+                &mut trace.synced_docs,
+                &mut trace.closed,
+            );
+        }
+        for frame in std::mem::take(&mut to_a) {
+            let outs = a.handle(&frame, NOW, ha);
+            route(
+                outs,
+                &mut to_b,
+                &mut trace.events_a,
+                &mut trace.synced_docs,
+                &mut trace.closed,
+            );
+        }
+    }
+    panic!("sessions never went quiet");
+}
+
+fn lan_pair(ta: Token, tb: Token) -> (Session, Session) {
+    (
+        Session::client(Uuid::from_u128(0xA), "a", ta, [1; 32]),
+        Session::server(Uuid::from_u128(0xB), "b", Arc::new(tb), [2; 32]),
+    )
+}
+
+const P1: ProjectId = ProjectId::from_u128(1);
+const P2: ProjectId = ProjectId::from_u128(2);
+
+#[test]
+fn two_peers_of_one_organisation_converge() {
+    let (ha, hb) = (host(), host());
+    project(&ha, P1, 3);
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    assert!(matches!(&t.events_a[0], Event::Ready(p) if p.device == Uuid::from_u128(0xB) && !p.relay));
+    assert_eq!(ha.summary(P1.0).unwrap().len(), 4);
+    let mut sa = ha.summary(P1.0).unwrap();
+    let mut sb = hb.summary(P1.0).unwrap();
+    sa.sort();
+    sb.sort();
+    assert_eq!(sa, sb, "every document arrived with the same heads");
+    assert_eq!(name(&hb, P1).as_deref(), Some("Plant"));
+    assert_eq!(hb.project_org(P1.0).unwrap().as_deref(), Some("acme"));
+    // The receiver acknowledged what it made durable.
+    assert!(t.events_a.iter().any(|e| matches!(e, Event::Acked { .. })));
+    assert!(t.events_b.iter().any(|e| matches!(e, Event::Applied { .. })));
+
+    // A live change on either side reaches the other.
+    rename(&hb, P1, "Renamed on B");
+    let outs = b.doc_changed(P1.0, &hb);
+    assert!(!outs.is_empty());
+    let mut pending: Vec<Vec<u8>> = outs
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send(m) => Some(protocol::encode(&m)),
+            _ => None,
+        })
+        .collect();
+    // Deliver back and forth by hand until quiet.
+    let mut toward_a = true;
+    while !pending.is_empty() {
+        let mut next = Vec::new();
+        for f in pending {
+            let outs = if toward_a {
+                a.handle(&f, NOW, &ha)
+            } else {
+                b.handle(&f, NOW, &hb)
+            };
+            next.extend(outs.into_iter().filter_map(|o| match o {
+                Output::Send(m) => Some(protocol::encode(&m)),
+                _ => None,
+            }));
+        }
+        pending = next;
+        toward_a = !toward_a;
+    }
+    assert_eq!(name(&ha, P1).as_deref(), Some("Renamed on B"));
+}
+
+#[test]
+fn a_reconnect_syncs_only_the_documents_that_differ() {
+    let (ha, hb) = (host(), host());
+    let dids = project(&ha, P1, 40);
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    pump(&mut a, &ha, &mut b, &hb);
+
+    // Offline edits to 3 of the 41 documents on A.
+    rename(&ha, P1, "Offline");
+    for did in &dids[..2] {
+        touch(&ha, did.0);
+    }
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    let mut docs = t.synced_docs.clone();
+    docs.sort();
+    docs.dedup();
+    let mut changed = vec![P1.0, dids[0].0, dids[1].0];
+    changed.sort();
+    assert_eq!(docs, changed, "only the changed documents ran the sync protocol");
+    assert_eq!(name(&hb, P1).as_deref(), Some("Offline"));
+
+    // Nothing changed: a reconnect sends summaries and no sync at all.
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(t.synced_docs.is_empty(), "{:?}", t.synced_docs);
+}
+
+#[test]
+fn another_organisation_is_refused_and_learns_nothing() {
+    let (ha, hb) = (host(), host());
+    project(&hb, P1, 1);
+    let evil = OrgKey::from_secret("evil", [7; 32]);
+    let (mut a, mut b) = lan_pair(token(&evil, 1, &[]), token(&acme(), 2, &[]));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert_eq!(t.closed.len(), 2, "both sides close: {:?}", t.closed);
+    assert!(t.closed[0].contains("unauthorized"), "{:?}", t.closed);
+    assert!(t.synced_docs.is_empty());
+    assert!(ha.projects().unwrap().is_empty());
+    assert!(a.peer().is_none() && b.peer().is_none());
+
+    // A forged organisation of the same name fares no better.
+    let forged = OrgKey::from_secret("acme", [8; 32]);
+    let (mut a, mut b) = lan_pair(token(&forged, 1, &[]), token(&acme(), 2, &[]));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(
+        t.closed.iter().any(|r| r.contains("unauthorized")),
+        "{:?}",
+        t.closed
+    );
+    assert!(ha.projects().unwrap().is_empty());
+}
+
+#[test]
+fn a_limited_token_never_sees_other_projects() {
+    let (ha, hb) = (host(), host());
+    project(&hb, P1, 2);
+    project(&hb, P2, 2);
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[P1.0]), token(&acme(), 2, &[]));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    assert_eq!(ha.projects().unwrap(), vec![P1.0]);
+    assert!(ha.summary(P2.0).unwrap().is_empty());
+    assert!(name(&ha, P2).is_none());
+
+    // A's peer pushes a P2 document anyway: refused, nothing stored.
+    let hc = host();
+    project(&hc, P2, 0);
+    let (mut c, mut b) = lan_pair(token(&acme(), 3, &[P1.0]), token(&acme(), 2, &[]));
+    for o in c.start() {
+        if let Output::Send(m) = o {
+            for o in b.handle(&protocol::encode(&m), NOW, &hb) {
+                if let Output::Send(m) = o {
+                    // Only C's Auth goes back to B; the rest is dropped.
+                    for o in c.handle(&protocol::encode(&m), NOW, &hc) {
+                        if let Output::Send(m @ Message::Auth { .. }) = o {
+                            b.handle(&protocol::encode(&m), NOW, &hb);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(c.peer().is_some() && b.peer().is_some());
+    let mut state = Default::default();
+    let message = hc.generate(P2.0, &mut state).unwrap().unwrap();
+    let push = Message::Sync {
+        project: P2.0.into(),
+        doc: P2.0.into(),
+        message: message.encode(),
+    };
+    let before = hb.heads(P2.0).unwrap();
+    let outs = b.handle(&protocol::encode(&push), NOW, &hb);
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Close { reason } if reason.contains("out_of_scope")))
+    );
+    assert_eq!(hb.heads(P2.0).unwrap(), before);
+}
+
+#[test]
+fn a_document_cannot_change_project() {
+    let (ha, hb) = (host(), host());
+    let dids = project(&hb, P1, 1);
+    project(&ha, P2, 0);
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    pump(&mut a, &ha, &mut b, &hb);
+    // Claim B's P1 drawing under P2.
+    let summary = Message::Summary {
+        project: P2.0.into(),
+        docs: vec![(dids[0].0.into(), vec![])],
+    };
+    let outs = b.handle(&protocol::encode(&summary), NOW, &hb);
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Close { reason } if reason.contains("out_of_scope"))),
+        "{outs:?}"
+    );
+    assert_eq!(hb.project_of(dids[0].0).unwrap(), Some(P1.0));
+}
+
+#[test]
+fn bad_frames_close_only_their_connection_with_a_reason() {
+    let hb = host();
+    let (_, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let outs = b.handle(&[0, 250, 1], NOW, &hb);
+    assert!(
+        matches!(&outs[0], Output::Send(Message::Error { code, fatal: true, .. }) if code == "malformed_frame")
+    );
+    assert!(b.is_closed());
+
+    let (_, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let outs = b.handle(&[1, 0, 0], NOW, &hb);
+    assert!(
+        matches!(&outs[0], Output::Send(Message::Error { code, message, .. })
+            if code == "unsupported_version" && message.contains("version 1"))
+    );
+
+    // Anything but a Hello first is a protocol error.
+    let (_, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let outs = b.handle(&protocol::encode(&Message::Ping { nonce: 1 }), NOW, &hb);
+    assert!(matches!(&outs[0], Output::Send(Message::Error { code, .. }) if code == "protocol"));
+}
+
+/// A relay-like authority: the organisation key, presenting no certificate.
+struct Relay(OrgKey);
+
+impl Authority for Relay {
+    fn admit(&self, cert: &Certificate, now_ms: i64) -> Result<Admission, CredentialError> {
+        self.0.admit(cert, now_ms)
+    }
+}
+
+#[test]
+fn a_relay_proves_itself_with_the_organisation_key() {
+    let (ha, hr) = (host(), host());
+    project(&ha, P1, 1);
+    let mut a = Session::client(Uuid::from_u128(0xA), "a", token(&acme(), 1, &[]), [1; 32]);
+    let mut r = Session::server(Uuid::from_u128(0xF), "relay", Arc::new(Relay(acme())), [2; 32]);
+    let t = pump(&mut a, &ha, &mut r, &hr);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    assert!(a.peer().unwrap().relay);
+    assert_eq!(hr.heads(P1.0).unwrap(), ha.heads(P1.0).unwrap());
+
+    // A relay of another organisation cannot impersonate ours.
+    let mut a = Session::client(Uuid::from_u128(0xA), "a", token(&acme(), 1, &[]), [3; 32]);
+    let fake = OrgKey::from_secret("acme", [9; 32]);
+    let mut r = Session::server(Uuid::from_u128(0xF), "relay", Arc::new(Relay(fake)), [4; 32]);
+    let t = pump(&mut a, &ha, &mut r, &hr);
+    assert!(
+        t.closed.iter().any(|c| c.contains("unauthorized")),
+        "{:?}",
+        t.closed
+    );
+}
+
+#[test]
+fn ping_measures_latency() {
+    let (ha, hb) = (host(), host());
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    pump(&mut a, &ha, &mut b, &hb);
+    let Output::Send(ping) = a.ping(NOW).remove(0) else {
+        panic!()
+    };
+    let Output::Send(pong) = b.handle(&protocol::encode(&ping), NOW, &hb).remove(0) else {
+        panic!()
+    };
+    let outs = a.handle(&protocol::encode(&pong), NOW + 42, &ha);
+    assert_eq!(outs, vec![Output::Event(Event::Latency(42))]);
+}

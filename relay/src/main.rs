@@ -1,12 +1,239 @@
-//! `sitesync-relay`: the store-and-forward relay in the cloud.
-//!
-//! Not built yet (the replication issue builds it). The binary exists so the
-//! workspace layout is final and scripts can already name it.
+//! `sitesync-relay`: the cloud relay, and the organisation/token tool that
+//! manages its credentials. `sitesync-relay --help` explains every command.
 
-fn main() {
-    eprintln!(
-        "sitesync-relay {}: the relay is not built yet (see the replication issue)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use sitesync_relay::orgs::Orgs;
+use sitesync_relay::{Relay, RelayConfig, run};
+use sitesync_sync::link::{LinkTiming, shutdown_signal};
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+/// The sitesync relay: stores and forwards every project's documents between
+/// devices that are never online at the same time, and issues the tokens
+/// devices present.
+///
+/// Typical first run:
+///   sitesync-relay org create acme --data-dir ./relay
+///   sitesync-relay token create --org acme --data-dir ./relay   (once per device)
+///   sitesync-relay serve --listen 127.0.0.1:7800 --data-dir ./relay
+#[derive(Parser, Debug)]
+#[command(name = "sitesync-relay", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug)]
+struct DataDir {
+    /// The relay's data directory: `store/` (documents) and `orgs/`
+    /// (organisation keys and revocations, mode 0600).
+    #[arg(long, env = "SITESYNC_RELAY_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve devices: WebSocket at `/`, `GET /healthz`, `GET /metrics`.
+    Serve {
+        /// Address to listen on. Port 0 picks a free port (printed at start).
+        #[arg(long, env = "SITESYNC_RELAY_LISTEN", default_value = "127.0.0.1:7800")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        data: DataDir,
+        /// Connections beyond this are refused (503) until others close.
+        #[arg(long, default_value_t = 10_000)]
+        max_connections: usize,
+        /// How often to ping each device (latency, liveness, revocation).
+        #[arg(long, default_value_t = 5000, value_name = "MS")]
+        ping_interval_ms: u64,
+    },
+    /// Manage organisations.
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+    /// Issue and revoke device tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OrgCommand {
+    /// Create an organisation and its ed25519 signing key.
+    Create {
+        /// Letters, digits, '-' and '_'.
+        name: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Issue a token for one device; the token is the last line of output.
+    Create {
+        #[arg(long)]
+        org: String,
+        /// A project the token covers (repeatable). None: every project of
+        /// the organisation, including ones created later.
+        #[arg(long = "project", value_name = "ID")]
+        projects: Vec<Uuid>,
+        /// Lifetime (`90d`, `12h`, `30m`) or an RFC 3339 expiry time.
+        #[arg(long, default_value = "90d")]
+        expires: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Revoke a token by its id: it is refused from now on, and connections
+    /// using it are dropped.
+    Revoke {
+        /// The token id `token create` printed.
+        id: Uuid,
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Parses `--expires` into an absolute time (ms since the epoch).
+fn expiry(spec: &str, now_ms: i64) -> anyhow::Result<i64> {
+    let spec = spec.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(spec) {
+        return Ok(t.timestamp_millis());
+    }
+    let (n, unit) = spec.split_at(spec.find(|c: char| !c.is_ascii_digit()).unwrap_or(spec.len()));
+    let n: i64 =
+        n.parse().ok().filter(|n| *n > 0).with_context(|| {
+            format!("--expires {spec:?}: expected e.g. 90d, 12h, 30m or an RFC 3339 time")
+        })?;
+    let unit_ms = match unit {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        _ => bail!("--expires {spec:?}: the unit must be d, h or m"),
+    };
+    Ok(now_ms + n * unit_ms)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SITESYNC_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Org {
+            command: OrgCommand::Create { name, data },
+        } => {
+            let org = Orgs::new(&data.data_dir).create(&name, rand::random())?;
+            println!(
+                "created organization {name:?} in {}",
+                data.data_dir.join("orgs").display()
+            );
+            println!("  public key: {}", hex(&org.public()));
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    org,
+                    projects,
+                    expires,
+                    data,
+                },
+        } => {
+            let key = Orgs::new(&data.data_dir).load(&org)?;
+            let expires_at = expiry(&expires, now_ms())?;
+            if expires_at <= now_ms() {
+                bail!("--expires {expires:?} is in the past");
+            }
+            let id = Uuid::new_v4();
+            let token = key.issue(id, &projects, expires_at, rand::random());
+            println!("token {id} for organization {org:?}");
+            match projects.as_slice() {
+                [] => println!("  projects: all of the organization's"),
+                ps => println!(
+                    "  projects: {}",
+                    ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            }
+            let at = chrono::DateTime::from_timestamp_millis(expires_at).unwrap_or_default();
+            println!(
+                "  expires: {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            println!("  pass it to a daemon as --token (or SITESYNC_TOKEN); keep it secret:");
+            println!("{}", token.encode());
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { id, org, data },
+        } => {
+            Orgs::new(&data.data_dir).revoke(&org, id)?;
+            println!("revoked token {id} of organization {org:?}");
+        }
+        Command::Serve {
+            listen,
+            data,
+            max_connections,
+            ping_interval_ms,
+        } => {
+            std::fs::create_dir_all(&data.data_dir)
+                .with_context(|| format!("creating {}", data.data_dir.display()))?;
+            let ping_every = Duration::from_millis(ping_interval_ms.max(10));
+            let config = RelayConfig {
+                max_connections,
+                timing: LinkTiming {
+                    ping_every,
+                    idle_timeout: (ping_every * 6).max(Duration::from_secs(2)),
+                },
+            };
+            let relay = Relay::open(&data.data_dir, config)?;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let addr = listener.local_addr()?;
+            println!(
+                "sitesync-relay {} listening on ws://{addr}",
+                env!("CARGO_PKG_VERSION")
+            );
+            println!("  data directory: {}", data.data_dir.display());
+            run(listener, relay, shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_accepts_durations_and_times() {
+        assert_eq!(expiry("2d", 0).unwrap(), 2 * 86_400_000);
+        assert_eq!(expiry("30m", 5).unwrap(), 5 + 30 * 60_000);
+        assert_eq!(expiry("1970-01-01T00:00:01Z", 0).unwrap(), 1000);
+        for bad in ["", "d", "0d", "5y", "-3d", "soon"] {
+            assert!(expiry(bad, 0).is_err(), "{bad}");
+        }
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod credentials;
 pub mod host;
+pub mod link;
 pub mod protocol;
 pub mod repo;
 pub mod session;

@@ -90,6 +90,9 @@ pub struct PeerInfo {
     pub scope: Scope,
     /// The peer is a relay (it proved itself with the organisation key).
     pub relay: bool,
+    /// The id of the token the peer presented (none from a relay), so a
+    /// revocation can drop the connection.
+    pub token_id: Option<Uuid>,
 }
 
 /// Something the driver should know about.
@@ -355,6 +358,7 @@ impl Session {
             org: cert.org().to_owned(),
             scope: admission.scope.intersect(&cert.scope()),
             relay: false,
+            token_id: Some(cert.id()),
         };
         let proof = admission
             .signer
@@ -411,6 +415,7 @@ impl Session {
             org: token.cert().org().to_owned(),
             scope: token.cert().scope().intersect(&server_scope),
             relay: credentials.is_empty(),
+            token_id: Certificate::decode(credentials).ok().map(|c| c.id()),
         };
         let auth = Message::Auth {
             proof: token.sign(&transcript("client", &self.nonce, &server_nonce)),

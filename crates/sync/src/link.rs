@@ -1,0 +1,295 @@
+//! The thin async layer: drives one [`Session`] over one WebSocket. All
+//! protocol decisions are the session's; this module only moves frames,
+//! forwards local change notifications and presence into the session, pings
+//! on a timer, and reports what happened to an [`Observer`].
+//!
+//! Each connection runs in its own task and reads change notifications from
+//! a broadcast channel, so a slow peer only slows itself: if it falls behind
+//! the channel, it re-summarises instead of stalling the senders.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt as _};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::protocol::{self, MAX_FRAME, PresenceEntry};
+use crate::session::{Event, Host, Output, PeerInfo, Session};
+
+/// A bidirectional stream of binary frames (a WebSocket, either side).
+pub trait FrameSocket: Send {
+    /// The next binary frame; `None` when the connection closed.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Vec<u8>, String>>> + Send;
+    fn send(&mut self, frame: Vec<u8>) -> impl Future<Output = Result<(), String>> + Send;
+    /// Closes with a reason the other side can log.
+    fn close(&mut self, reason: String) -> impl Future<Output = ()> + Send;
+}
+
+/// A WebSocket this side opened (to a relay or a LAN peer).
+pub type ClientSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The WebSocket limits both sides use: one frame is one message.
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME))
+}
+
+/// Opens a WebSocket to `url` (`ws://`; `wss://` needs a TLS-enabled build).
+pub async fn connect(url: &str, timeout: Duration) -> Result<ClientSocket, String> {
+    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true);
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}")),
+        Err(_) => Err(format!("cannot connect to {url}: timed out after {timeout:?}")),
+    }
+}
+
+impl FrameSocket for ClientSocket {
+    async fn recv(&mut self) -> Option<Result<Vec<u8>, String>> {
+        use tokio_tungstenite::tungstenite::Message as M;
+        loop {
+            return match self.next().await? {
+                Ok(M::Binary(b)) => Some(Ok(b.to_vec())),
+                // A text frame is not a protocol frame: let the session say so.
+                Ok(M::Text(t)) => Some(Ok(t.as_bytes().to_vec())),
+                Ok(M::Close(_)) => None,
+                Ok(_) => continue,
+                Err(e) => Some(Err(e.to_string())),
+            };
+        }
+    }
+
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        SinkExt::send(
+            self,
+            tokio_tungstenite::tungstenite::Message::Binary(frame.into()),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    async fn close(&mut self, reason: String) {
+        use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+        let frame = CloseFrame {
+            code: CloseCode::Policy,
+            reason: truncate(reason).into(),
+        };
+        let _ = tokio_tungstenite::WebSocketStream::close(self, Some(frame)).await;
+    }
+}
+
+impl FrameSocket for axum::extract::ws::WebSocket {
+    async fn recv(&mut self) -> Option<Result<Vec<u8>, String>> {
+        use axum::extract::ws::Message as M;
+        loop {
+            return match self.next().await? {
+                Ok(M::Binary(b)) => Some(Ok(b.to_vec())),
+                Ok(M::Text(t)) => Some(Ok(t.as_bytes().to_vec())),
+                Ok(M::Close(_)) => None,
+                Ok(_) => continue,
+                Err(e) => Some(Err(e.to_string())),
+            };
+        }
+    }
+
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        SinkExt::send(self, axum::extract::ws::Message::Binary(frame.into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn close(&mut self, reason: String) {
+        use axum::extract::ws::{CloseFrame, Message, close_code};
+        let frame = CloseFrame {
+            code: close_code::POLICY,
+            reason: truncate(reason).into(),
+        };
+        let _ = SinkExt::send(self, Message::Close(Some(frame))).await;
+    }
+}
+
+/// A WebSocket close reason is limited to 123 bytes.
+fn truncate(mut reason: String) -> String {
+    if reason.len() > 120 {
+        let mut cut = 120;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    reason
+}
+
+/// What a driver reports; every method has a no-op default.
+pub trait Observer: Send + Sync {
+    fn frame_in(&self, _bytes: usize) {}
+    fn frame_out(&self, _bytes: usize) {}
+    /// How long the session took to handle one frame.
+    fn handled(&self, _took: Duration) {}
+    fn event(&self, _event: &Event) {}
+    /// Checked on every ping tick: `Err(reason)` drops the connection
+    /// (e.g. its token was revoked meanwhile).
+    fn still_admitted(&self, _peer: &PeerInfo) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A presence entry on its way to other connections, with the connection it
+/// came from (so it is not echoed back).
+#[derive(Clone, Debug)]
+pub struct PresenceNote {
+    pub from: u64,
+    pub entry: PresenceEntry,
+}
+
+/// What a connection listens to besides its socket.
+pub struct Feeds {
+    /// Ids of documents whose changes just became durable here.
+    pub changes: broadcast::Receiver<Uuid>,
+    pub presence: broadcast::Receiver<PresenceNote>,
+    /// This connection's id in [`PresenceNote::from`].
+    pub id: u64,
+}
+
+/// Timing of a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkTiming {
+    pub ping_every: Duration,
+    /// No frame for this long (pings included) and the peer is gone.
+    pub idle_timeout: Duration,
+}
+
+impl Default for LinkTiming {
+    fn default() -> Self {
+        Self {
+            ping_every: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs `session` over `socket` until either side closes; returns why.
+pub async fn drive<S: FrameSocket>(
+    mut socket: S,
+    mut session: Session,
+    host: Arc<dyn Host + Send + Sync>,
+    mut feeds: Feeds,
+    observer: Arc<dyn Observer>,
+    presence_out: broadcast::Sender<PresenceNote>,
+    timing: LinkTiming,
+) -> String {
+    // Session steps do storage and Automerge work: keep them off the
+    // async worker's hot path.
+    let step = |session: &mut Session, f: &mut dyn FnMut(&mut Session) -> Vec<Output>| {
+        tokio::task::block_in_place(|| f(session))
+    };
+    let mut pending = step(&mut session, &mut |s| s.start());
+    let mut ticker = tokio::time::interval(timing.ping_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        for output in std::mem::take(&mut pending) {
+            match output {
+                Output::Send(m) => {
+                    let frame = protocol::encode(&m);
+                    observer.frame_out(frame.len());
+                    if let Err(e) = socket.send(frame).await {
+                        return format!("send failed: {e}");
+                    }
+                }
+                Output::Event(e) => {
+                    if let Event::Presence(entry) = &e {
+                        let _ = presence_out.send(PresenceNote {
+                            from: feeds.id,
+                            entry: entry.clone(),
+                        });
+                    }
+                    observer.event(&e);
+                }
+                Output::Close { reason } => {
+                    socket.close(reason.clone()).await;
+                    return reason;
+                }
+            }
+        }
+        tokio::select! {
+            frame = socket.recv() => match frame {
+                None => return "closed by the peer".into(),
+                Some(Err(e)) => return format!("connection failed: {e}"),
+                Some(Ok(bytes)) => {
+                    last_heard = Instant::now();
+                    observer.frame_in(bytes.len());
+                    let started = Instant::now();
+                    pending = step(&mut session, &mut |s| s.handle(&bytes, now_ms(), host.as_ref()));
+                    observer.handled(started.elapsed());
+                }
+            },
+            changed = feeds.changes.recv() => match changed {
+                Ok(doc) => pending = step(&mut session, &mut |s| s.doc_changed(doc, host.as_ref())),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    pending = step(&mut session, &mut |s| s.resync(host.as_ref()));
+                }
+                Err(broadcast::error::RecvError::Closed) => return "shutting down".into(),
+            },
+            note = feeds.presence.recv() => match note {
+                Ok(note) if note.from != feeds.id => {
+                    pending = step(&mut session, &mut |s| s.presence(note.entry.clone(), host.as_ref()));
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return "shutting down".into(),
+            },
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > timing.idle_timeout {
+                    socket.close("idle timeout".into()).await;
+                    return format!("no frame for {:?}", timing.idle_timeout);
+                }
+                if let Some(peer) = session.peer()
+                    && let Err(reason) = observer.still_admitted(peer)
+                {
+                    pending = vec![
+                        Output::Send(protocol::Message::Error {
+                            code: "unauthorized".into(),
+                            message: reason.clone(),
+                            fatal: true,
+                        }),
+                        Output::Close { reason },
+                    ];
+                    continue;
+                }
+                pending = session.ping(now_ms());
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM: both binaries finish in-flight work and
+/// flush their store on either.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight work and flushing the store");
+}

@@ -1,0 +1,311 @@
+//! The sitesync relay: accepts device connections over WebSocket, stores
+//! every document it may hold (store-and-forward: two laptops never online
+//! at the same time still converge through it), forwards changes and
+//! presence to every connected device of the project, and enforces who may
+//! see what.
+//!
+//! Data flow: a connection's [`Session`] (sans IO, in `sitesync-sync`)
+//! applies a device's changes through the [`RepoHost`]; the repository makes
+//! them durable and its persist hook broadcasts the document id; every other
+//! connection's task hears it and offers the document to its device. Each
+//! connection is its own task reading a broadcast channel, so a slow device
+//! only slows itself (a lagging one re-summarises).
+
+pub mod orgs;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sitesync_sync::host::RepoHost;
+use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceNote};
+use sitesync_sync::protocol::MAX_FRAME;
+use sitesync_sync::session::{Event, PeerInfo, Session};
+use sitesync_sync::{DocStore, Repo, RepoConfig, SledBackend, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, broadcast};
+use uuid::Uuid;
+
+use crate::orgs::Orgs;
+
+/// Relay settings.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Connections beyond this are refused with 503.
+    pub max_connections: usize,
+    pub timing: LinkTiming,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            timing: LinkTiming::default(),
+        }
+    }
+}
+
+/// The relay's metrics (Prometheus text at `/metrics`).
+pub struct Metrics {
+    registry: Registry,
+    connections: Gauge<i64, AtomicI64>,
+    messages_in: Counter,
+    messages_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    sync_latency: Histogram,
+    auth_failures: Counter,
+    documents: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sitesync_relay");
+        let m = Self {
+            registry: Registry::default(),
+            connections: Gauge::default(),
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            // 50 µs .. ~1.6 s.
+            sync_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            auth_failures: Counter::default(),
+            documents: Gauge::default(),
+        };
+        registry.register("connections", "Connected devices", m.connections.clone());
+        registry.register("messages_in", "Frames received", m.messages_in.clone());
+        registry.register("messages_out", "Frames sent", m.messages_out.clone());
+        registry.register("bytes_in", "Bytes received", m.bytes_in.clone());
+        registry.register("bytes_out", "Bytes sent", m.bytes_out.clone());
+        registry.register(
+            "sync_latency_seconds",
+            "Time to handle one received frame (apply, make durable, answer)",
+            m.sync_latency.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Connections refused or dropped for their credentials",
+            m.auth_failures.clone(),
+        );
+        registry.register("documents_held", "Documents stored", m.documents.clone());
+        Self { registry, ..m }
+    }
+}
+
+/// Everything the relay's tasks share.
+pub struct Relay {
+    host: RepoHost,
+    orgs: Arc<Orgs>,
+    device: Uuid,
+    changes: broadcast::Sender<Uuid>,
+    presence: broadcast::Sender<PresenceNote>,
+    metrics: Metrics,
+    slots: Arc<Semaphore>,
+    next_connection: AtomicU64,
+    config: RelayConfig,
+}
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store in {dir}: {source}")]
+    Store { dir: String, source: StoreError },
+}
+
+/// Capacity of the change notification channel; a connection further behind
+/// than this re-summarises instead of holding the others up.
+const CHANGE_BACKLOG: usize = 4096;
+
+impl Relay {
+    /// Opens the relay's store in `<data_dir>/store`; organisations live in
+    /// `<data_dir>/orgs`.
+    pub fn open(data_dir: &Path, config: RelayConfig) -> Result<Arc<Self>, StartError> {
+        let store_dir = data_dir.join("store");
+        let store_err = |source| StartError::Store {
+            dir: store_dir.display().to_string(),
+            source,
+        };
+        let store = DocStore::new(SledBackend::open(&store_dir).map_err(store_err)?);
+        let device = match store.get_meta("device_id").map_err(store_err)? {
+            Some(bytes) => String::from_utf8_lossy(&bytes)
+                .parse()
+                .unwrap_or_else(|_| Uuid::new_v4()),
+            None => {
+                let id = Uuid::new_v4();
+                store
+                    .put_meta("device_id", id.to_string().as_bytes())
+                    .map_err(store_err)?;
+                id
+            }
+        };
+        let repo = Arc::new(Repo::new(
+            store,
+            sitesync_sync::model::automerge::ActorId::random(),
+            RepoConfig {
+                typed: false,
+                ..RepoConfig::default()
+            },
+        ));
+        let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
+        let (presence, _) = broadcast::channel(1024);
+        let notify = changes.clone();
+        repo.set_persist_hook(Box::new(move |ids| {
+            for id in ids {
+                let _ = notify.send(*id);
+            }
+        }));
+        Ok(Arc::new(Self {
+            host: RepoHost::new(repo),
+            orgs: Arc::new(Orgs::new(data_dir)),
+            device,
+            changes,
+            presence,
+            metrics: Metrics::default(),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            next_connection: AtomicU64::new(1),
+            config,
+        }))
+    }
+
+    pub fn host(&self) -> &RepoHost {
+        &self.host
+    }
+}
+
+/// Serves the relay on `listener` until `shutdown` resolves, then flushes.
+pub async fn run(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/", get(upgrade))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(relay.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    if let Err(e) = relay.host.repo().flush() {
+        tracing::error!(error = %e, "flush at shutdown failed");
+    }
+    Ok(())
+}
+
+async fn healthz(State(relay): State<Arc<Relay>>) -> Response {
+    let body = serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "device_id": relay.device,
+        "connections": relay.metrics.connections.get(),
+    });
+    axum::Json(body).into_response()
+}
+
+async fn metrics(State(relay): State<Arc<Relay>>) -> Response {
+    let host = relay.host.clone();
+    let documents = tokio::task::spawn_blocking(move || host.documents().unwrap_or(0))
+        .await
+        .unwrap_or(0);
+    relay.metrics.documents.set(documents as i64);
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &relay.metrics.registry) {
+        return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Reports a connection's traffic to the metrics and re-checks its token.
+struct ConnectionObserver {
+    relay: Arc<Relay>,
+}
+
+impl Observer for ConnectionObserver {
+    fn frame_in(&self, bytes: usize) {
+        self.relay.metrics.messages_in.inc();
+        self.relay.metrics.bytes_in.inc_by(bytes as u64);
+    }
+
+    fn frame_out(&self, bytes: usize) {
+        self.relay.metrics.messages_out.inc();
+        self.relay.metrics.bytes_out.inc_by(bytes as u64);
+    }
+
+    fn handled(&self, took: Duration) {
+        self.relay.metrics.sync_latency.observe(took.as_secs_f64());
+    }
+
+    fn event(&self, event: &Event) {
+        if let Event::Ready(peer) = event {
+            tracing::info!(device = %peer.device, name = %peer.name, org = %peer.org, "device connected");
+        }
+    }
+
+    fn still_admitted(&self, peer: &PeerInfo) -> Result<(), String> {
+        let Some(token) = peer.token_id else { return Ok(()) };
+        match self.relay.orgs.is_revoked(&peer.org, token) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(format!("token {token} was revoked")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+async fn upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Response {
+    let Ok(permit) = relay.slots.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the relay is at its connection limit; retry later",
+        )
+            .into_response();
+    };
+    ws.max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| async move {
+            let id = relay.next_connection.fetch_add(1, Ordering::Relaxed);
+            relay.metrics.connections.inc();
+            let session = Session::server(relay.device, "relay", relay.orgs.clone(), rand::random());
+            let feeds = Feeds {
+                changes: relay.changes.subscribe(),
+                presence: relay.presence.subscribe(),
+                id,
+            };
+            let observer = Arc::new(ConnectionObserver { relay: relay.clone() });
+            let reason = link::drive(
+                socket,
+                session,
+                Arc::new(relay.host.clone()),
+                feeds,
+                observer,
+                relay.presence.clone(),
+                relay.config.timing,
+            )
+            .await;
+            if reason.contains("unauthorized") || reason.contains("revoked") {
+                relay.metrics.auth_failures.inc();
+            }
+            tracing::info!(connection = id, %reason, "connection closed");
+            relay.metrics.connections.dec();
+            drop(permit);
+        })
+}

@@ -1,0 +1,215 @@
+//! Organisations on disk: `<data-dir>/orgs/<name>/key` (the ed25519 signing
+//! key, mode 0600) and `<data-dir>/orgs/<name>/revoked` (one revoked token id
+//! per line). Plain files, not sled, so `org create`, `token create` and
+//! `token revoke` work while `serve` runs; `serve` re-reads them at every
+//! handshake and on every ping tick of a live connection.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sitesync_sync::credentials::{Admission, Authority, Certificate, CredentialError, OrgKey};
+use uuid::Uuid;
+
+/// Why an organisation file operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrgError {
+    #[error("organization name {name:?} is invalid: use 1-64 letters, digits, '-' or '_'")]
+    BadName { name: String },
+    #[error("organization {name:?} already exists in {dir}")]
+    Exists { name: String, dir: String },
+    #[error("organization {name:?} does not exist in {dir} (create it with `sitesync-relay org create`)")]
+    Unknown { name: String, dir: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is damaged: {detail}")]
+    Corrupt { path: String, detail: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OrgError + '_ {
+    move |source| OrgError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The organisations of one relay data directory.
+pub struct Orgs {
+    dir: PathBuf,
+}
+
+impl Orgs {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("orgs"),
+        }
+    }
+
+    fn org_dir(&self, name: &str) -> Result<PathBuf, OrgError> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return Err(OrgError::BadName { name: name.into() });
+        }
+        Ok(self.dir.join(name))
+    }
+
+    /// Creates an organisation with the signing key `secret` (32 random
+    /// bytes). Refuses to overwrite one.
+    pub fn create(&self, name: &str, secret: [u8; 32]) -> Result<OrgKey, OrgError> {
+        let dir = self.org_dir(name)?;
+        if dir.join("key").exists() {
+            return Err(OrgError::Exists {
+                name: name.into(),
+                dir: self.dir.display().to_string(),
+            });
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        restrict(&self.dir, 0o700)?;
+        restrict(&dir, 0o700)?;
+        // Write then rename, so a reader never sees half a key.
+        let tmp = dir.join("key.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+            restrict(&tmp, 0o600)?;
+            writeln!(f, "{}", URL_SAFE_NO_PAD.encode(secret)).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        let key = dir.join("key");
+        std::fs::rename(&tmp, &key).map_err(io(&key))?;
+        Ok(OrgKey::from_secret(name, secret))
+    }
+
+    /// Loads an organisation's signing key.
+    pub fn load(&self, name: &str) -> Result<OrgKey, OrgError> {
+        let path = self.org_dir(name)?.join("key");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OrgError::Unknown {
+                    name: name.into(),
+                    dir: self.dir.display().to_string(),
+                });
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let corrupt = |detail: String| OrgError::Corrupt {
+            path: path.display().to_string(),
+            detail,
+        };
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|e| corrupt(e.to_string()))?;
+        let secret: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| corrupt(format!("{} bytes, expected 32", b.len())))?;
+        Ok(OrgKey::from_secret(name, secret))
+    }
+
+    /// Revokes a token of `org`: connections using it are dropped and it is
+    /// refused from now on.
+    pub fn revoke(&self, org: &str, token: Uuid) -> Result<(), OrgError> {
+        self.load(org)?;
+        let path = self.org_dir(org)?.join("revoked");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        writeln!(f, "{token}").map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))
+    }
+
+    pub fn is_revoked(&self, org: &str, token: Uuid) -> Result<bool, OrgError> {
+        let path = self.org_dir(org)?.join("revoked");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().any(|l| l.trim().parse() == Ok(token))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+}
+
+fn restrict(path: &Path, mode: u32) -> Result<(), OrgError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))?;
+    }
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// The relay admits a device whose certificate its organisation signed,
+/// unless the token was revoked.
+impl Authority for Orgs {
+    fn admit(&self, cert: &Certificate, now_ms: i64) -> Result<Admission, CredentialError> {
+        let org = self.load(cert.org()).map_err(|e| match e {
+            OrgError::Unknown { name, .. } | OrgError::BadName { name } => {
+                CredentialError::UnknownOrganization { org: name }
+            }
+            other => {
+                tracing::error!(error = %other, "cannot read organization key");
+                CredentialError::UnknownOrganization {
+                    org: cert.org().to_owned(),
+                }
+            }
+        })?;
+        if self.is_revoked(cert.org(), cert.id()).unwrap_or(true) {
+            return Err(CredentialError::Revoked { id: cert.id() });
+        }
+        org.admit(cert, now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_load_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let orgs = Orgs::new(dir.path());
+        let org = orgs.create("acme", [5; 32]).unwrap();
+        assert!(matches!(
+            orgs.create("acme", [6; 32]),
+            Err(OrgError::Exists { .. })
+        ));
+        assert!(matches!(
+            orgs.create("../x", [6; 32]),
+            Err(OrgError::BadName { .. })
+        ));
+        assert!(matches!(orgs.load("nope"), Err(OrgError::Unknown { .. })));
+        assert_eq!(orgs.load("acme").unwrap().public(), org.public());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path().join("orgs/acme/key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let now = 1_800_000_000_000;
+        let token = org.issue(Uuid::from_u128(3), &[], now + 1000, [7; 32]);
+        assert!(orgs.admit(token.cert(), now).is_ok());
+        orgs.revoke("acme", Uuid::from_u128(3)).unwrap();
+        assert!(orgs.is_revoked("acme", Uuid::from_u128(3)).unwrap());
+        assert_eq!(
+            orgs.admit(token.cert(), now).err(),
+            Some(CredentialError::Revoked {
+                id: Uuid::from_u128(3)
+            })
+        );
+        let stranger =
+            OrgKey::from_secret("stranger", [1; 32]).issue(Uuid::from_u128(4), &[], now + 1000, [7; 32]);
+        assert!(matches!(
+            orgs.admit(stranger.cert(), now),
+            Err(CredentialError::UnknownOrganization { .. })
+        ));
+    }
+}

@@ -140,6 +140,11 @@ pub fn routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(undo))
         .routes(routes!(progress))
         .routes(routes!(events))
+        .routes(routes!(sync_status))
+        .routes(routes!(add_peer))
+        .routes(routes!(remove_peer))
+        .routes(routes!(put_presence))
+        .routes(routes!(get_presence))
         .split_for_parts()
 }
 
@@ -1045,14 +1050,176 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+// ---- sync and presence ----
+
+#[utoipa::path(
+    get,
+    path = "/v1/sync/status",
+    tag = "sync",
+    responses((status = 200, description = "device_id, peers (state, latency, quality, reconnects, last error), pending changes per project, last_synced_at"), Refusals)
+)]
+async fn sync_status(State(app): App) -> ApiResult<Json<serde_json::Value>> {
+    let repl = app.replication.clone();
+    let status = tokio::task::spawn_blocking(move || repl.status())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("worker failed: {e}"),
+            )
+        })?;
+    Ok(Json(status))
+}
+
+#[derive(utoipa::ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerBody {
+    /// `ws://` or `wss://` URL of a relay or of another daemon's --peer-listen.
+    url: String,
+    /// The token to present (default: the daemon's own --token).
+    #[serde(default)]
+    token: Option<String>,
+    /// "relay" (default) or "lan"; the handshake corrects it.
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/sync/peers",
+    tag = "sync",
+    request_body = PeerBody,
+    responses((status = 201, body = crate::replication::PeerView), (status = 422, body = ErrorResponse), Refusals)
+)]
+async fn add_peer(State(app): App, JsonBody(b): JsonBody<PeerBody>) -> ApiResult<Response> {
+    let invalid = ApiError::invalid;
+    let token = match b.token.as_deref().map(sitesync_sync::credentials::Token::parse) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => return Err(invalid("token", e.to_string())),
+    };
+    let kind = match b.kind.as_deref() {
+        None | Some("relay") => "relay",
+        Some("lan") => "lan",
+        Some(other) => {
+            return Err(invalid(
+                "kind",
+                format!("kind {other:?} is not \"relay\" or \"lan\""),
+            ));
+        }
+    };
+    let view = app.replication.add_peer(&b.url, token, kind).map_err(|e| {
+        let field = match e {
+            crate::replication::PeerError::BadUrl { .. } => "url",
+            crate::replication::PeerError::NoToken => "token",
+        };
+        invalid(field, e.to_string())
+    })?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/sync/peers/{peer_id}",
+    tag = "sync",
+    params(("peer_id" = String, Path, description = "peer id from /v1/sync/status")),
+    responses((status = 204, description = "removed and disconnected"), Refusals)
+)]
+async fn remove_peer(State(app): App, PathParams(peer_id): PathParams<String>) -> ApiResult<StatusCode> {
+    let id: uuid::Uuid = peer_id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("peer id {peer_id:?} is not a UUID"),
+        )
+    })?;
+    if app.replication.remove_peer(id) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("peer {id} not found"),
+        ))
+    }
+}
+
+#[derive(utoipa::ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceBody {
+    project_id: String,
+    #[serde(default)]
+    component_id: Option<String>,
+    /// "viewing" or "editing".
+    activity: String,
+    /// Default: the X-User header, else the daemon's --user.
+    #[serde(default)]
+    user: Option<String>,
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/presence",
+    tag = "presence",
+    request_body = PresenceBody,
+    responses((status = 204, description = "heartbeat recorded and relayed; expires 30 s after the last one"), (status = 422, body = ErrorResponse), Refusals)
+)]
+async fn put_presence(
+    State(app): App,
+    User(user): User,
+    JsonBody(b): JsonBody<PresenceBody>,
+) -> ApiResult<StatusCode> {
+    let uuid = |field: &str, raw: &str| {
+        raw.parse::<uuid::Uuid>()
+            .map_err(|_| ApiError::invalid(field, format!("{field} {raw:?} is not a UUID")))
+    };
+    let project = ProjectId(uuid("project_id", &b.project_id)?);
+    let component = b
+        .component_id
+        .as_deref()
+        .map(|raw| uuid("component_id", raw))
+        .transpose()?;
+    let activity = match b.activity.as_str() {
+        "viewing" => 0,
+        "editing" => 1,
+        other => {
+            return Err(ApiError::invalid(
+                "activity",
+                format!("activity {other:?} is not \"viewing\" or \"editing\""),
+            ));
+        }
+    };
+    let user = b.user.filter(|u| !u.trim().is_empty()).unwrap_or(user);
+    blocking(&app, move |s| s.project(project).map(|_| ())).await?;
+    app.replication.heartbeat(project, component, activity, &user);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/projects/{pid}/presence",
+    tag = "presence",
+    params(("pid" = String, Path)),
+    responses((status = 200, description = "{items: [{user, device_id, component_id, activity, last_seen}]} from this and every connected device"), Refusals)
+)]
+async fn get_presence(
+    State(app): App,
+    PathParams(raw): PathParams<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let project = pid(&raw)?;
+    blocking(&app, move |s| s.project(project).map(|_| ())).await?;
+    Ok(Json(json!({"items": app.replication.presence(project)})))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
     use super::routes;
 
-    /// HTTP_API.md's routes this daemon serves (sync, presence, jobs, import
-    /// and export come with later issues). Routing is registered from the
+    /// HTTP_API.md's routes this daemon serves (jobs, import and export
+    /// come with a later issue). Routing is registered from the
     /// same annotations as the document, so this also pins the router.
     const CONTRACT: &[(&str, &str)] = &[
         ("GET", "/v1/health"),
@@ -1082,6 +1249,11 @@ mod tests {
         ("POST", "/v1/projects/{pid}/operations/{oid}/undo"),
         ("GET", "/v1/projects/{pid}/progress"),
         ("GET", "/v1/events"),
+        ("GET", "/v1/sync/status"),
+        ("POST", "/v1/sync/peers"),
+        ("DELETE", "/v1/sync/peers/{peer_id}"),
+        ("PUT", "/v1/presence"),
+        ("GET", "/v1/projects/{pid}/presence"),
     ];
 
     #[test]

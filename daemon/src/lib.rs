@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod metrics;
+pub mod replication;
 pub mod seed;
 pub mod service;
 
@@ -45,6 +46,8 @@ pub struct AppState {
     pub device_name: String,
     /// Request counts and latencies for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// Peers, sync status, pending and presence.
+    pub replication: Arc<replication::Replication>,
 }
 
 /// Failures while starting.

@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use sitesync_daemon::replication::{Replication, SyncTiming, listen_for_peers};
 use sitesync_daemon::{AppState, auth, open_service, run, seed};
-use sitesync_sync::link::shutdown_signal;
+use sitesync_sync::credentials::Token;
+use sitesync_sync::link::{LinkTiming, shutdown_signal};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The sitesync daemon: keeps this laptop's copy of every project and serves
@@ -58,6 +61,63 @@ struct Cli {
     #[arg(long, env = "SITESYNC_DEVICE_NAME", value_name = "NAME")]
     device_name: Option<String>,
 
+    /// This device's sync token (from `sitesync-relay token create`). Needed
+    /// for --relay, --peer and --peer-listen; it names the organisation this
+    /// daemon trusts. Prefer --token-file so it never shows in `ps`.
+    #[arg(long, env = "SITESYNC_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Read the sync token from this file instead.
+    #[arg(
+        long,
+        env = "SITESYNC_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
+
+    /// A relay to sync through, e.g. ws://relay.example:7800 (repeatable).
+    #[arg(
+        long = "relay",
+        env = "SITESYNC_RELAY",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    relays: Vec<String>,
+
+    /// Another daemon's --peer-listen address to sync with directly on the
+    /// LAN, e.g. ws://10.0.0.7:7701 (repeatable).
+    #[arg(
+        long = "peer",
+        env = "SITESYNC_PEER",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    peers: Vec<String>,
+
+    /// Accept LAN peers (other daemons of the same organisation) on this
+    /// address, e.g. 0.0.0.0:7701. Off by default.
+    #[arg(long, env = "SITESYNC_PEER_LISTEN", value_name = "ADDR")]
+    peer_listen: Option<SocketAddr>,
+
+    /// How often to ping each peer (latency, liveness).
+    #[arg(
+        long,
+        env = "SITESYNC_SYNC_PING_MS",
+        default_value_t = 5000,
+        value_name = "MS"
+    )]
+    sync_ping_ms: u64,
+
+    /// First reconnect delay; it doubles per failed attempt, capped at 30 s.
+    #[arg(
+        long,
+        env = "SITESYNC_RECONNECT_MIN_MS",
+        default_value_t = 1000,
+        value_name = "MS"
+    )]
+    reconnect_min_ms: u64,
+
     /// Seed, once, a realistic demo project (6 drawings, 150 components,
     /// real rules of credit, some progress).
     #[arg(long, env = "SITESYNC_DEMO")]
@@ -104,7 +164,38 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("restricting {}", data_dir.display()))?;
     }
 
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(Token::parse(t).context("--token")?),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            Some(Token::parse(&text).with_context(|| format!("the token in {}", f.display()))?)
+        }
+        (None, None) => None,
+    };
+    if token.is_none() && (!cli.relays.is_empty() || !cli.peers.is_empty() || cli.peer_listen.is_some()) {
+        bail!(
+            "--relay, --peer and --peer-listen need this device's sync token: pass --token or --token-file \
+             (issue one with `sitesync-relay token create --org NAME --data-dir DIR`)"
+        );
+    }
     let service = Arc::new(open_service(&data_dir)?);
+    let ping_every = Duration::from_millis(cli.sync_ping_ms.max(10));
+    let timing = SyncTiming {
+        link: LinkTiming {
+            ping_every,
+            idle_timeout: (ping_every * 6).max(Duration::from_secs(2)),
+        },
+        reconnect_min: Duration::from_millis(cli.reconnect_min_ms.max(10)),
+        reconnect_max: Duration::from_secs(30),
+    };
+    let device_name = cli.device_name.clone().unwrap_or_else(hostname);
+    let replication = Replication::new(service.clone(), token, device_name.clone(), timing);
+    {
+        let svc = service.clone();
+        tokio::task::spawn_blocking(move || svc.backfill_bindings())
+            .await?
+            .map_err(|e| anyhow::anyhow!("preparing documents for sync: {}", e.message))?;
+    }
     if cli.demo {
         let svc = service.clone();
         let seeded = tokio::task::spawn_blocking(move || seed::seed_demo(&svc))
@@ -130,8 +221,9 @@ async fn main() -> anyhow::Result<()> {
             .user
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "unknown".into()),
-        device_name: cli.device_name.unwrap_or_else(hostname),
+        device_name,
         metrics: Default::default(),
+        replication: replication.clone(),
     });
     println!(
         "sitesync-daemon {} listening on http://{addr}",
@@ -139,6 +231,22 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  data directory: {}", data_dir.display());
     println!("  API token file: {}", token_path.display());
+    if let Some(addr) = cli.peer_listen {
+        let bound = listen_for_peers(replication.clone(), addr)
+            .await
+            .with_context(|| format!("binding --peer-listen {addr}"))?;
+        println!("  LAN peers: ws://{bound}");
+    }
+    for url in &cli.relays {
+        replication
+            .add_peer(url, None, "relay")
+            .with_context(|| format!("--relay {url}"))?;
+    }
+    for url in &cli.peers {
+        replication
+            .add_peer(url, None, "lan")
+            .with_context(|| format!("--peer {url}"))?;
+    }
     run(listener, state, shutdown_signal()).await?;
     Ok(())
 }

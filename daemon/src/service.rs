@@ -7,11 +7,12 @@
 //! index updates, so the index always matches what is durable.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::json;
+use sitesync_model::OpMeta;
 use sitesync_model::automerge::ChangeHash;
 use sitesync_model::bulk::BulkOutcome;
 use sitesync_model::history::{index_changes, operation_records, sort_newest_first, summarize};
@@ -21,6 +22,8 @@ use sitesync_model::{
     NewTemplate, OperationId, OperationInfo, OperationKind, Progress, ProjectDoc, ProjectId, ProjectPatch,
     Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk, rollup,
 };
+use sitesync_sync::host::{RepoHost, binding_records};
+use sitesync_sync::session::{Host as _, HostError};
 use sitesync_sync::{Doc, Repo, RepoError};
 use uuid::Uuid;
 
@@ -54,6 +57,12 @@ impl Clock {
             last: AtomicI64::new(0),
             wall,
         }
+    }
+
+    /// Moves the clock past a time seen in another device's change, so this
+    /// device's next write orders after everything it has seen.
+    pub fn observe(&self, seen: Timestamp) {
+        self.last.fetch_max(seen.0, Ordering::SeqCst);
     }
 
     pub fn now(&self) -> Timestamp {
@@ -219,11 +228,19 @@ struct State {
 
 /// The daemon's domain service.
 pub struct Service {
-    repo: Repo,
+    repo: Arc<Repo>,
     device: DeviceId,
+    /// The organisation new projects belong to (the sync token's), once known.
+    org: std::sync::OnceLock<String>,
     clock: Clock,
     state: Mutex<State>,
     pub events: EventBus,
+}
+
+fn storage(e: RepoError) -> HostError {
+    HostError::Storage {
+        detail: e.to_string(),
+    }
 }
 
 fn new_id() -> Uuid {
@@ -233,8 +250,9 @@ fn new_id() -> Uuid {
 impl Service {
     pub fn new(repo: Repo, device: DeviceId, clock: Clock, events: EventBus) -> Self {
         Self {
-            repo,
+            repo: Arc::new(repo),
             device,
+            org: std::sync::OnceLock::new(),
             clock,
             state: Mutex::new(State::default()),
             events,
@@ -245,8 +263,136 @@ impl Service {
         self.device
     }
 
-    pub fn repo(&self) -> &Repo {
+    pub fn repo(&self) -> &Arc<Repo> {
         &self.repo
+    }
+
+    /// Sets the organisation new projects belong to (once, at start).
+    pub fn set_org(&self, org: &str) {
+        let _ = self.org.set(org.to_owned());
+    }
+
+    /// The sync bookkeeping records binding a new document to its project.
+    fn bind(&self, tx: &mut sitesync_sync::Tx<'_>, pid: ProjectId, doc: Uuid) {
+        for (k, v) in binding_records(pid.0, doc, self.org.get().map(String::as_str)) {
+            tx.put_meta(&k, &v);
+        }
+    }
+
+    /// Writes the sync binding records of documents created before sync
+    /// existed (stores from older versions), so peers can be offered them.
+    pub fn backfill_bindings(&self) -> ApiResult<()> {
+        let _state = self.lock();
+        for pid in self.project_ids()? {
+            let host = RepoHost::new(self.repo.clone());
+            if host
+                .project_of(pid.0)
+                .map_err(|e| {
+                    ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        e.to_string(),
+                    )
+                })?
+                .is_some()
+            {
+                continue;
+            }
+            let drawings = self.repo.read_project(pid, |p| p.drawings())??;
+            let mut records = binding_records(pid.0, pid.0, self.org.get().map(String::as_str));
+            for d in drawings {
+                records.extend(binding_records(pid.0, d.id.0, None));
+            }
+            for (k, v) in records {
+                self.repo.store().put_meta(&k, &v).map_err(RepoError::from)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies another device's changes through `apply` (which makes them
+    /// durable), then brings the index up to date and publishes the events
+    /// with the device the changes came from as their origin.
+    pub fn apply_remote<T>(
+        &self,
+        project: Uuid,
+        doc: Uuid,
+        apply: impl FnOnce() -> Result<Option<T>, HostError>,
+    ) -> Result<Option<T>, HostError> {
+        let mut state = self.lock();
+        let before = self.repo.heads(doc).map_err(storage)?.unwrap_or_default();
+        let Some(out) = apply()? else { return Ok(None) };
+        let pid = ProjectId(project);
+        // Who made the new changes, and when: the origin of the events, and
+        // the clock must order this device's next write after them.
+        let newest = self
+            .repo
+            .read_raw(doc, |am| {
+                am.get_changes(&before)
+                    .iter()
+                    .filter_map(|c| {
+                        let meta = OpMeta::decode(c.message()?)?;
+                        Some((c.timestamp(), meta.device))
+                    })
+                    .max()
+            })
+            .map_err(storage)?
+            .flatten();
+        if let Some((ts, _)) = newest {
+            self.clock.observe(Timestamp(ts));
+        }
+        let origin = newest.map_or_else(|| "remote".to_owned(), |(_, d)| d.to_string());
+        if doc == project {
+            let meta = format!("{PROJECT_META}{pid}");
+            if self
+                .repo
+                .store()
+                .get_meta(&meta)
+                .map_err(|e| storage(e.into()))?
+                .is_none()
+            {
+                self.repo
+                    .store()
+                    .put_meta(&meta, b"")
+                    .map_err(|e| storage(e.into()))?;
+            }
+        }
+        if let Err(e) = self.refresh_remote(&mut state, pid, DrawingId(doc), &origin) {
+            tracing::warn!(%project, %doc, error = %e.message, "index refresh after sync failed; rebuilding on next use");
+            state.index.remove(&pid);
+        }
+        Ok(Some(out))
+    }
+
+    fn refresh_remote(
+        &self,
+        state: &mut State,
+        pid: ProjectId,
+        doc: DrawingId,
+        origin: &str,
+    ) -> ApiResult<()> {
+        if !state.index.contains_key(&pid) {
+            // Built from the documents on first use; a project whose
+            // document has not arrived yet has nothing to index.
+            return match self.index(state, pid) {
+                Ok(_) => Ok(()),
+                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        if doc.0 == pid.0 {
+            let known: Vec<DrawingId> = state.index[&pid].drawings.keys().copied().collect();
+            let listed: Vec<DrawingId> = self
+                .repo
+                .read_project(pid, |p| p.drawings())??
+                .into_iter()
+                .map(|d| d.id)
+                .filter(|d| !known.contains(d))
+                .collect();
+            self.refresh_from(state, pid, &listed, true, origin)
+        } else {
+            self.refresh_from(state, pid, &[doc], false, origin)
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -280,6 +426,18 @@ impl Service {
         drawings: &[DrawingId],
         project_changed: bool,
     ) -> ApiResult<()> {
+        self.refresh_from(state, pid, drawings, project_changed, "local")
+    }
+
+    /// [`Self::refresh`] for changes from `origin` (a device id, or "local").
+    fn refresh_from(
+        &self,
+        state: &mut State,
+        pid: ProjectId,
+        drawings: &[DrawingId],
+        project_changed: bool,
+        origin: &str,
+    ) -> ApiResult<()> {
         let index = self.index(state, pid)?;
         if project_changed {
             index.drawings = self
@@ -291,7 +449,12 @@ impl Service {
         }
         let mut changed = false;
         for did in drawings {
-            let fresh = self.repo.read_drawing(*did, |d| d.components())??;
+            let fresh = match self.repo.read_drawing(*did, |d| d.components()) {
+                Ok(list) => list?,
+                // Listed before its document arrived by sync (or still raw).
+                Err(RepoError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
             for c in fresh {
                 let kind = match index.components.get(&c.id) {
                     None => "component.created",
@@ -301,7 +464,7 @@ impl Service {
                 };
                 changed = true;
                 self.events
-                    .publish(kind, Some(pid), json!({"component": &c, "origin": "local"}));
+                    .publish(kind, Some(pid), json!({"component": &c, "origin": origin}));
                 index.components.insert(c.id, c);
             }
         }
@@ -327,6 +490,7 @@ impl Service {
             let doc = ProjectDoc::create(pid, &new, &ctx, tx.actor())?;
             tx.insert(pid.0, Doc::Project(doc));
             tx.put_meta(&format!("{PROJECT_META}{pid}"), b"");
+            self.bind(tx, pid, pid.0);
             Ok(())
         })?;
         self.index(&mut state, pid)?;
@@ -444,6 +608,7 @@ impl Service {
             tx.project(pid)?.add_drawing(&ctx, did, &new)?;
             let doc = DrawingDoc::create(pid, did, &ctx, tx.actor())?;
             tx.insert(did.0, Doc::Drawing(doc));
+            self.bind(tx, pid, did.0);
             Ok(())
         })?;
         self.refresh(&mut state, pid, &[], true)?;

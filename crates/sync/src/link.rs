@@ -293,3 +293,31 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down: finishing in-flight work and flushing the store");
 }
+
+/// The delay before reconnect attempt `attempt` (1-based): `min` doubling
+/// per attempt, capped at `max`, plus up to a quarter more of jitter
+/// (`jitter` in [0, 1), from the caller's RNG) so devices cut off together
+/// do not all return at the same instant.
+pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
+    let doubling = 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
+    let base = (min.as_secs_f64() * doubling).min(max.as_secs_f64());
+    let with_jitter = base * (1.0 + 0.25 * jitter.clamp(0.0, 1.0));
+    Duration::from_secs_f64(with_jitter.min(max.as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_a_thirty_second_cap() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(30));
+        let secs = |a, j| backoff(a, min, max, j).as_secs_f64();
+        assert_eq!(secs(1, 0.0), 1.0);
+        assert_eq!(secs(2, 0.0), 2.0);
+        assert_eq!(secs(5, 0.0), 16.0);
+        assert_eq!(secs(6, 0.0), 30.0);
+        assert_eq!(secs(1000, 0.99), 30.0);
+        assert!((secs(3, 0.5) - 4.5).abs() < 1e-9, "jitter adds up to a quarter");
+    }
+}

@@ -1,0 +1,707 @@
+//! The daemon's side of replication: connections to relays and LAN peers
+//! (outbound with reconnect and backoff, inbound on `--peer-listen`), what
+//! `GET /v1/sync/status` reports, `pending` per project, and presence.
+//!
+//! Data flow: every connection runs the `sitesync-sync` session over a
+//! WebSocket in its own task. Documents are reached through [`DaemonHost`],
+//! which applies another device's changes via
+//! [`Service::apply_remote`] so the index and the events (with their origin)
+//! stay current. The repository's persist hook broadcasts every durable
+//! change, so local writes and other peers' changes are offered to every
+//! connection as they land.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::response::Response;
+use axum::routing::get;
+use serde::Serialize;
+use serde_json::json;
+use sitesync_model::automerge::ChangeHash;
+use sitesync_model::automerge::sync::{Message as SyncMessage, State as SyncState};
+use sitesync_model::{OpMeta, ProjectId, Timestamp};
+use sitesync_sync::credentials::Token;
+use sitesync_sync::host::RepoHost;
+use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceNote};
+use sitesync_sync::protocol::{MAX_FRAME, PresenceEntry};
+use sitesync_sync::repo::{decode_heads, encode_heads};
+use sitesync_sync::session::{Event, Host, HostError, Incoming, PeerInfo, Session};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::service::Service;
+
+/// Presence expires this long after the last heartbeat.
+pub const PRESENCE_TTL_MS: i64 = 30_000;
+
+/// The session host of a daemon: the repository host, with another device's
+/// changes applied through the service.
+pub struct DaemonHost {
+    inner: RepoHost,
+    service: Arc<Service>,
+}
+
+impl Host for DaemonHost {
+    fn projects(&self) -> Result<Vec<Uuid>, HostError> {
+        self.inner.projects()
+    }
+    fn may_share(&self, org: &str, project: Uuid) -> Result<bool, HostError> {
+        self.inner.may_share(org, project)
+    }
+    fn summary(&self, project: Uuid) -> Result<Vec<(Uuid, Vec<ChangeHash>)>, HostError> {
+        self.inner.summary(project)
+    }
+    fn project_of(&self, doc: Uuid) -> Result<Option<Uuid>, HostError> {
+        self.inner.project_of(doc)
+    }
+    fn heads(&self, doc: Uuid) -> Result<Vec<ChangeHash>, HostError> {
+        self.inner.heads(doc)
+    }
+    fn generate(&self, doc: Uuid, state: &mut SyncState) -> Result<Option<SyncMessage>, HostError> {
+        self.inner.generate(doc, state)
+    }
+    fn receive(
+        &self,
+        ctx: &Incoming<'_>,
+        state: &mut SyncState,
+        message: SyncMessage,
+    ) -> Result<Option<Vec<ChangeHash>>, HostError> {
+        self.service
+            .apply_remote(ctx.project, ctx.doc, || self.inner.receive(ctx, state, message))
+    }
+    fn load_state(&self, peer: Uuid, doc: Uuid) -> Result<Option<Vec<u8>>, HostError> {
+        self.inner.load_state(peer, doc)
+    }
+}
+
+/// Timing of connections; tests shorten it.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncTiming {
+    pub link: LinkTiming,
+    /// First reconnect delay; doubles per failed attempt up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Default for SyncTiming {
+    fn default() -> Self {
+        Self {
+            link: LinkTiming::default(),
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One peer as `GET /v1/sync/status` shows it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PeerView {
+    pub peer_id: Uuid,
+    /// The peer's device name once connected.
+    pub name: Option<String>,
+    /// Its URL (none for a LAN peer that connected to us).
+    pub url: Option<String>,
+    /// "relay" or "lan".
+    pub kind: &'static str,
+    /// "connected", "connecting", "disconnected" or "error".
+    pub state: &'static str,
+    pub latency_ms: Option<i64>,
+    /// "excellent" (< 100 ms), "good" (< 300 ms), "fair" (< 1 s), "poor".
+    pub quality: Option<&'static str>,
+    pub reconnect_attempts: u32,
+    pub next_retry_at: Option<Timestamp>,
+    pub last_connected_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+    /// The peer's device id once connected.
+    pub device_id: Option<Uuid>,
+    /// Whether we dialled it (false: it connected to our --peer-listen).
+    pub outbound: bool,
+}
+
+fn quality(latency_ms: i64) -> &'static str {
+    match latency_ms {
+        ..100 => "excellent",
+        100..300 => "good",
+        300..1000 => "fair",
+        _ => "poor",
+    }
+}
+
+struct PeerSlot {
+    view: PeerView,
+    /// Stops the peer's connection task.
+    task: Option<tokio::task::AbortHandle>,
+}
+
+/// A presence heartbeat as stored (never persisted).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PresenceView {
+    pub user: String,
+    pub device_id: Uuid,
+    pub component_id: Option<Uuid>,
+    /// "viewing" or "editing".
+    pub activity: &'static str,
+    pub last_seen: Timestamp,
+}
+
+fn activity_name(a: u8) -> &'static str {
+    if a == 1 { "editing" } else { "viewing" }
+}
+
+/// (project, device, user) → (component, activity, last seen).
+type PresenceTable = HashMap<(Uuid, Uuid, String), (Option<Uuid>, u8, Timestamp)>;
+
+/// Local changes not yet covered by a relay's acknowledgement, counted per
+/// document and recomputed only for documents that changed or were acked.
+#[derive(Default)]
+struct Pending {
+    counts: Mutex<HashMap<Uuid, (Uuid, usize)>>,
+    /// Documents to recount; `None` until the first count (then: all).
+    dirty: Mutex<Option<HashSet<Uuid>>>,
+}
+
+fn acked_key(doc: Uuid) -> String {
+    format!("acked/{doc}")
+}
+
+/// Replication state shared by the API and the connection tasks.
+pub struct Replication {
+    service: Arc<Service>,
+    host: Arc<DaemonHost>,
+    /// This daemon's own token: offered to peers and the default for relays.
+    token: Option<Token>,
+    device_name: String,
+    changes: broadcast::Sender<Uuid>,
+    presence_out: broadcast::Sender<PresenceNote>,
+    peers: Mutex<BTreeMap<Uuid, PeerSlot>>,
+    presence: Mutex<PresenceTable>,
+    pending: Pending,
+    last_synced_at: Mutex<Option<Timestamp>>,
+    timing: SyncTiming,
+    next_connection: AtomicU64,
+}
+
+/// Why a peer could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("url {url:?} is not a ws:// or wss:// URL")]
+    BadUrl { url: String },
+    #[error("no token: pass one with the peer, or start the daemon with --token")]
+    NoToken,
+}
+
+fn now() -> Timestamp {
+    Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    )
+}
+
+impl Replication {
+    /// Wires replication to the service's repository. `token` is this
+    /// daemon's own (needed to accept LAN peers and as the default for
+    /// relays and peers added without one).
+    pub fn new(
+        service: Arc<Service>,
+        token: Option<Token>,
+        device_name: String,
+        timing: SyncTiming,
+    ) -> Arc<Self> {
+        let (changes, _) = broadcast::channel(4096);
+        let (presence_out, _) = broadcast::channel(1024);
+        if let Some(t) = &token {
+            service.set_org(t.cert().org());
+        }
+        let repl = Arc::new(Self {
+            host: Arc::new(DaemonHost {
+                inner: RepoHost::new(service.repo().clone()),
+                service: service.clone(),
+            }),
+            service,
+            token,
+            device_name,
+            changes,
+            presence_out,
+            peers: Mutex::new(BTreeMap::new()),
+            presence: Mutex::new(HashMap::new()),
+            pending: Pending::default(),
+            last_synced_at: Mutex::new(None),
+            timing,
+            next_connection: AtomicU64::new(1),
+        });
+        let weak = Arc::downgrade(&repl);
+        repl.service.repo().set_persist_hook(Box::new(move |ids| {
+            if let Some(repl) = weak.upgrade() {
+                repl.pending.mark(ids);
+                for id in ids {
+                    let _ = repl.changes.send(*id);
+                }
+            }
+        }));
+        repl
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, BTreeMap<Uuid, PeerSlot>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, peer_id: Uuid, f: impl FnOnce(&mut PeerView)) {
+        let view = {
+            let mut peers = self.peers();
+            let Some(slot) = peers.get_mut(&peer_id) else {
+                return;
+            };
+            let before = (slot.view.state, slot.view.last_error.clone());
+            f(&mut slot.view);
+            // Publish state changes, not every latency sample.
+            ((slot.view.state, slot.view.last_error.clone()) != before).then(|| slot.view.clone())
+        };
+        if let Some(view) = view {
+            self.service
+                .events
+                .publish("sync.status", None, json!({"peer": view}));
+        }
+    }
+
+    /// Adds a relay or LAN peer and starts connecting to it.
+    pub fn add_peer(
+        self: &Arc<Self>,
+        url: &str,
+        token: Option<Token>,
+        kind: &'static str,
+    ) -> Result<PeerView, PeerError> {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.len() < 8 {
+            return Err(PeerError::BadUrl { url: url.into() });
+        }
+        let token = token.or_else(|| self.token.clone()).ok_or(PeerError::NoToken)?;
+        if self.token.is_none() {
+            // The first token this daemon sees names its organisation.
+            self.service.set_org(token.cert().org());
+        }
+        let peer_id = Uuid::new_v4();
+        let view = PeerView {
+            peer_id,
+            name: None,
+            url: Some(url.to_owned()),
+            kind,
+            state: "connecting",
+            latency_ms: None,
+            quality: None,
+            reconnect_attempts: 0,
+            next_retry_at: None,
+            last_connected_at: None,
+            last_error: None,
+            device_id: None,
+            outbound: true,
+        };
+        self.peers().insert(
+            peer_id,
+            PeerSlot {
+                view: view.clone(),
+                task: None,
+            },
+        );
+        let task = tokio::spawn(self.clone().dial(peer_id, url.to_owned(), token));
+        if let Some(slot) = self.peers().get_mut(&peer_id) {
+            slot.task = Some(task.abort_handle());
+        }
+        Ok(view)
+    }
+
+    /// Stops and forgets a peer; false when there is no such peer.
+    pub fn remove_peer(&self, peer_id: Uuid) -> bool {
+        match self.peers().remove(&peer_id) {
+            Some(slot) => {
+                if let Some(t) = slot.task {
+                    t.abort();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connects, runs the session, and reconnects with exponential backoff
+    /// and jitter until removed.
+    async fn dial(self: Arc<Self>, peer_id: Uuid, url: String, token: Token) {
+        let mut attempt: u32 = 0;
+        loop {
+            self.update(peer_id, |v| {
+                v.state = "connecting";
+                v.next_retry_at = None;
+            });
+            let (state, error) = match link::connect(&url, Duration::from_secs(10)).await {
+                Ok(socket) => {
+                    let session = Session::client(
+                        self.service.device().0,
+                        &self.device_name,
+                        token.clone(),
+                        rand::random(),
+                    );
+                    let observer = Arc::new(PeerObserver {
+                        repl: self.clone(),
+                        peer_id: Mutex::new(Some(peer_id)),
+                        connected: Default::default(),
+                    });
+                    let reason = self.run_session(socket, session, observer.clone()).await;
+                    if observer.connected.load(Ordering::Relaxed) {
+                        attempt = 0;
+                    }
+                    let refused = reason.contains("unauthorized")
+                        || reason.contains("out_of_scope")
+                        || reason.contains("unsupported_version")
+                        || reason.contains("protocol");
+                    (if refused { "error" } else { "disconnected" }, reason)
+                }
+                Err(e) => ("disconnected", e),
+            };
+            attempt = attempt.saturating_add(1);
+            let delay = link::backoff(
+                attempt,
+                self.timing.reconnect_min,
+                self.timing.reconnect_max,
+                rand::random(),
+            );
+            let retry_at = Timestamp(now().0 + delay.as_millis() as i64);
+            self.update(peer_id, |v| {
+                v.state = state;
+                v.last_error = Some(error);
+                v.latency_ms = None;
+                v.quality = None;
+                v.reconnect_attempts = attempt;
+                v.next_retry_at = Some(retry_at);
+            });
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn run_session<S: link::FrameSocket>(
+        self: &Arc<Self>,
+        socket: S,
+        session: Session,
+        observer: Arc<PeerObserver>,
+    ) -> String {
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let feeds = Feeds {
+            changes: self.changes.subscribe(),
+            presence: self.presence_out.subscribe(),
+            id,
+        };
+        link::drive(
+            socket,
+            session,
+            self.host.clone(),
+            feeds,
+            observer,
+            self.presence_out.clone(),
+            self.timing.link,
+        )
+        .await
+    }
+
+    /// Accepts LAN peers on `listener` (WebSocket at `/`), admitting only
+    /// devices of this daemon's own organisation.
+    pub async fn serve_peers(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let app = Router::new().route("/", get(accept_peer)).with_state(self);
+        axum::serve(listener, app).await
+    }
+
+    /// `GET /v1/sync/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let peers: Vec<PeerView> = self.peers().values().map(|s| s.view.clone()).collect();
+        let pending = self.pending_counts();
+        json!({
+            "device_id": self.service.device(),
+            "peers": peers,
+            "pending": pending,
+            "last_synced_at": *self.last_synced_at.lock().unwrap_or_else(|p| p.into_inner()),
+        })
+    }
+
+    fn synced_now(&self) {
+        *self.last_synced_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now());
+    }
+
+    /// A relay made `heads` of `doc` durable: this device's changes they
+    /// cover are no longer pending.
+    fn acked(&self, doc: Uuid, heads: &[ChangeHash]) {
+        let repo = self.service.repo();
+        // Keep only heads this side knows; unknown ones cover nothing yet.
+        let known: Vec<ChangeHash> = repo
+            .read_raw(doc, |am| {
+                heads
+                    .iter()
+                    .filter(|h| am.get_change_meta_by_hash(h).is_some())
+                    .copied()
+                    .collect()
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if known.is_empty() {
+            return;
+        }
+        if let Err(e) = repo.store().put_meta(&acked_key(doc), &encode_heads(&known)) {
+            tracing::warn!(%doc, error = %e, "cannot record an acknowledgement");
+        }
+        self.pending.mark(&[doc]);
+    }
+
+    fn pending_counts(&self) -> BTreeMap<Uuid, usize> {
+        let host = &self.host.inner;
+        let dirty = {
+            let mut dirty = self.pending.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            match dirty.take() {
+                Some(set) => {
+                    *dirty = Some(HashSet::new());
+                    set
+                }
+                None => {
+                    *dirty = Some(HashSet::new());
+                    // First count: every document held.
+                    let mut all = HashSet::new();
+                    for p in host.projects().unwrap_or_default() {
+                        all.extend(host.summary(p).unwrap_or_default().into_iter().map(|(d, _)| d));
+                    }
+                    all
+                }
+            }
+        };
+        let me = self.service.device();
+        let repo = self.service.repo();
+        let mut fresh = Vec::new();
+        for doc in dirty {
+            let Ok(Some(project)) = host.project_of(doc) else {
+                continue;
+            };
+            let acked = repo
+                .store()
+                .get_meta(&acked_key(doc))
+                .ok()
+                .flatten()
+                .and_then(|b| decode_heads(&b))
+                .unwrap_or_default();
+            let count = repo
+                .read_raw(doc, |am| {
+                    am.get_changes(&acked)
+                        .iter()
+                        .filter(|c| {
+                            c.message()
+                                .and_then(OpMeta::decode)
+                                .is_some_and(|m| m.device == me)
+                        })
+                        .count()
+                })
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            fresh.push((doc, project, count));
+        }
+        let mut counts = self.pending.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for (doc, project, count) in fresh {
+            counts.insert(doc, (project, count));
+        }
+        let mut out = BTreeMap::new();
+        for (project, count) in counts.values() {
+            *out.entry(*project).or_insert(0) += count;
+        }
+        out
+    }
+
+    /// `PUT /v1/presence`: a local heartbeat, relayed to every peer.
+    pub fn heartbeat(&self, project: ProjectId, component: Option<Uuid>, activity: u8, user: &str) {
+        let entry = PresenceEntry {
+            project: project.0.into(),
+            component: component.map(Into::into),
+            user: user.to_owned(),
+            device: self.service.device().0.into(),
+            activity,
+        };
+        self.record_presence(&entry);
+        let _ = self.presence_out.send(PresenceNote { from: 0, entry });
+    }
+
+    fn record_presence(&self, entry: &PresenceEntry) {
+        let project = Uuid::from(entry.project);
+        let device = Uuid::from(entry.device);
+        let component = entry.component.map(Uuid::from);
+        let seen = now();
+        self.presence.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            (project, device, entry.user.clone()),
+            (component, entry.activity, seen),
+        );
+        self.service.events.publish(
+            "presence.updated",
+            Some(ProjectId(project)),
+            json!({"project_id": project, "user": entry.user, "device_id": device,
+                   "component_id": component, "activity": activity_name(entry.activity), "last_seen": seen}),
+        );
+    }
+
+    /// Who is viewing or editing what in `project` (expired entries dropped).
+    pub fn presence(&self, project: ProjectId) -> Vec<PresenceView> {
+        let cutoff = now().0 - PRESENCE_TTL_MS;
+        let mut table = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        table.retain(|_, (_, _, seen)| seen.0 > cutoff);
+        let mut out: Vec<PresenceView> = table
+            .iter()
+            .filter(|((p, _, _), _)| *p == project.0)
+            .map(|((_, device, user), (component, activity, seen))| PresenceView {
+                user: user.clone(),
+                device_id: *device,
+                component_id: *component,
+                activity: activity_name(*activity),
+                last_seen: *seen,
+            })
+            .collect();
+        out.sort_by(|a, b| a.user.cmp(&b.user).then(a.device_id.cmp(&b.device_id)));
+        out
+    }
+}
+
+impl Pending {
+    fn mark(&self, docs: &[Uuid]) {
+        if let Some(set) = self.dirty.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            set.extend(docs.iter().copied());
+        }
+    }
+}
+
+/// Turns one connection's events into peer status, pending and presence.
+struct PeerObserver {
+    repl: Arc<Replication>,
+    /// The status entry (an inbound peer gets one when it is admitted).
+    peer_id: Mutex<Option<Uuid>>,
+    connected: std::sync::atomic::AtomicBool,
+}
+
+impl Observer for PeerObserver {
+    fn event(&self, event: &Event) {
+        let repl = &self.repl;
+        let slot = *self.peer_id.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Event::Ready(peer) => {
+                self.connected.store(true, Ordering::Relaxed);
+                let id = match slot {
+                    Some(id) => id,
+                    None => {
+                        // An inbound LAN peer: one entry per device.
+                        let id = peer.device;
+                        repl.peers().entry(id).or_insert_with(|| PeerSlot {
+                            view: inbound_view(id),
+                            task: None,
+                        });
+                        *self.peer_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                        id
+                    }
+                };
+                repl.update(id, |v| connected(v, peer));
+                repl.synced_now();
+            }
+            Event::Applied { .. } => repl.synced_now(),
+            Event::Acked { doc, heads } => {
+                let from_relay = slot
+                    .and_then(|id| repl.peers().get(&id).map(|s| s.view.kind == "relay"))
+                    .unwrap_or(false);
+                if from_relay {
+                    repl.acked(*doc, heads);
+                }
+                repl.synced_now();
+            }
+            Event::Presence(entry) => repl.record_presence(entry),
+            Event::Latency(ms) => {
+                if let Some(id) = slot {
+                    repl.update(id, |v| {
+                        v.latency_ms = Some(*ms);
+                        v.quality = Some(quality(*ms));
+                    });
+                }
+            }
+            Event::PeerError { code, message } => {
+                if let Some(id) = slot {
+                    repl.update(id, |v| v.last_error = Some(format!("{code}: {message}")));
+                }
+            }
+        }
+    }
+}
+
+fn inbound_view(id: Uuid) -> PeerView {
+    PeerView {
+        peer_id: id,
+        name: None,
+        url: None,
+        kind: "lan",
+        state: "connecting",
+        latency_ms: None,
+        quality: None,
+        reconnect_attempts: 0,
+        next_retry_at: None,
+        last_connected_at: None,
+        last_error: None,
+        device_id: None,
+        outbound: false,
+    }
+}
+
+fn connected(v: &mut PeerView, peer: &PeerInfo) {
+    v.state = "connected";
+    v.name = Some(peer.name.clone());
+    v.device_id = Some(peer.device);
+    v.kind = if peer.relay { "relay" } else { "lan" };
+    v.last_connected_at = Some(now());
+    v.reconnect_attempts = 0;
+    v.next_retry_at = None;
+    v.last_error = None;
+}
+
+async fn accept_peer(State(repl): State<Arc<Replication>>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| async move {
+            let Some(token) = repl.token.clone() else { return };
+            let session = Session::server(
+                repl.service.device().0,
+                &repl.device_name,
+                Arc::new(token),
+                rand::random(),
+            );
+            let observer = Arc::new(PeerObserver {
+                repl: repl.clone(),
+                peer_id: Mutex::new(None),
+                connected: Default::default(),
+            });
+            let reason = repl.run_session(socket, session, observer.clone()).await;
+            let id = *observer.peer_id.lock().unwrap_or_else(|p| p.into_inner());
+            match id {
+                Some(id) => repl.update(id, |v| {
+                    v.state = "disconnected";
+                    v.latency_ms = None;
+                    v.quality = None;
+                    v.last_error = Some(reason);
+                }),
+                None => tracing::info!(%reason, "LAN peer refused"),
+            }
+        })
+}
+
+/// Binds `--peer-listen` and serves LAN peers in the background.
+pub async fn listen_for_peers(repl: Arc<Replication>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = repl.serve_peers(listener).await {
+            tracing::error!(error = %e, "LAN peer listener failed");
+        }
+    });
+    Ok(bound)
+}

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod proxy;
+
 /// The path of a workspace binary, freshly built.
 ///
 /// A dev-dependency only builds a package's library, and Cargo gives
@@ -47,6 +49,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub data_dir: PathBuf,
     client: Client,
+    /// `ws://` address of its `--peer-listen`, when given.
+    pub peer_url: Option<String>,
 }
 
 impl std::ops::Deref for Daemon {
@@ -89,9 +93,14 @@ impl Daemon {
                 if let Some(url) = line.split("listening on http://").nth(1) {
                     let _ = tx.send(url.trim().to_owned());
                 }
+                if let Some(url) = line.split("LAN peers: ").nth(1) {
+                    let _ = tx.send(url.trim().to_owned());
+                }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        let wait = |rx: &mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(30));
+        let wants_peer_url = extra.contains(&"--peer-listen");
+        let addr = match wait(&rx) {
             Ok(a) => a.parse().expect("address"),
             Err(_) => {
                 let _ = child.kill();
@@ -101,6 +110,7 @@ impl Daemon {
                 );
             }
         };
+        let peer_url = wants_peer_url.then(|| wait(&rx).expect("the daemon reports its LAN peer address"));
         let token = std::fs::read_to_string(data_dir.join("api-token")).expect("token file");
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -110,6 +120,7 @@ impl Daemon {
         Self {
             child: Some(child),
             data_dir: data_dir.to_owned(),
+            peer_url,
             client: Client {
                 addr,
                 token: token.trim().to_owned(),
@@ -278,6 +289,146 @@ impl Client {
             }
         }
         out
+    }
+}
+
+/// A running `sitesync-relay serve`. Killed (SIGKILL) when dropped.
+pub struct Relay {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+}
+
+/// Runs a `sitesync-relay` subcommand to completion; returns stdout.
+pub fn relay_cmd(args: &[&str]) -> String {
+    let out = Command::new(binary("sitesync-relay"))
+        .args(args)
+        .output()
+        .expect("running sitesync-relay");
+    assert!(
+        out.status.success(),
+        "sitesync-relay {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+impl Relay {
+    /// Creates an organisation in the relay data directory `dir`.
+    pub fn create_org(dir: &Path, org: &str) {
+        relay_cmd(&["org", "create", org, "--data-dir", dir.to_str().unwrap()]);
+    }
+
+    /// Issues a token (the last line of `token create`).
+    pub fn token(dir: &Path, org: &str, projects: &[&str]) -> String {
+        let mut args = vec![
+            "token",
+            "create",
+            "--org",
+            org,
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ];
+        for p in projects {
+            args.extend(["--project", p]);
+        }
+        relay_cmd(&args)
+            .lines()
+            .last()
+            .expect("a token line")
+            .trim()
+            .to_owned()
+    }
+
+    /// Serves on a free loopback port with a short ping interval.
+    pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, "127.0.0.1:0")
+    }
+
+    pub fn start_on(dir: &Path, listen: &str) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .expect("log file");
+        let mut child = Command::new(binary("sitesync-relay"))
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--ping-interval-ms",
+                "200",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting sitesync-relay");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.split("listening on ws://").nth(1) {
+                    let _ = tx.send(a.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("relay did not start; see {}", dir.with_extension("log").display()))
+            .parse()
+            .expect("address");
+        Self {
+            child: Some(child),
+            data_dir: dir.to_owned(),
+            addr,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sync flags for a daemon: its token, short ping and reconnect intervals.
+pub fn sync_args(token: &str) -> Vec<String> {
+    vec![
+        "--token".into(),
+        token.into(),
+        "--sync-ping-ms".into(),
+        "200".into(),
+        "--reconnect-min-ms".into(),
+        "100".into(),
+    ]
+}
+
+/// Polls `check` until it returns `Some`, for at most `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

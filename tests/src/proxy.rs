@@ -1,0 +1,144 @@
+//! A fault-injecting TCP proxy for end-to-end tests: it sits between a
+//! daemon and a relay (or two daemons) and can cut every connection,
+//! refuse new ones (a partition), blackhole traffic (connections stay open,
+//! nothing arrives), delay it, or be pointed at a new target (a restarted
+//! relay on another port). Reconnecting after a cut is how the tests
+//! reorder: what was in flight is lost and the peers resynchronise.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the proxy does with traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Pass,
+    /// Refuse new connections (existing ones are cut when entering it).
+    Down,
+    /// Accept and keep connections, forward nothing.
+    Blackhole,
+    /// Forward every chunk after this delay.
+    Delay(Duration),
+}
+
+struct Shared {
+    mode: Mutex<Mode>,
+    target: Mutex<SocketAddr>,
+    conns: Mutex<Vec<TcpStream>>,
+    stop: AtomicBool,
+}
+
+/// A running proxy; stops (and cuts everything) when dropped.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Listens on a free loopback port and forwards to `target`.
+    pub fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared {
+            mode: Mutex::new(Mode::Pass),
+            target: Mutex::new(target),
+            conns: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            for incoming in listener.incoming() {
+                if s.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = incoming else { continue };
+                if *s.mode.lock().unwrap() == Mode::Down {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let target = *s.target.lock().unwrap();
+                let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                {
+                    let mut conns = s.conns.lock().unwrap();
+                    conns.push(client.try_clone().expect("clone"));
+                    conns.push(server.try_clone().expect("clone"));
+                }
+                pump(
+                    s.clone(),
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                pump(s.clone(), server, client);
+            }
+        });
+        Self { addr, shared }
+    }
+
+    /// `ws://` URL of the proxy.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        if mode == Mode::Down {
+            *self.shared.mode.lock().unwrap() = mode;
+            self.cut();
+        } else {
+            *self.shared.mode.lock().unwrap() = mode;
+        }
+    }
+
+    /// Closes every current connection (the peers will reconnect).
+    pub fn cut(&self) {
+        for c in self.shared.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Forwards new connections to `target` (e.g. a restarted relay).
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.shared.target.lock().unwrap() = target;
+        self.cut();
+    }
+}
+
+fn pump(shared: Arc<Shared>, mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mode = *shared.mode.lock().unwrap();
+            match mode {
+                Mode::Pass => {}
+                Mode::Down => break,
+                Mode::Blackhole => continue,
+                Mode::Delay(d) => std::thread::sleep(d),
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        *self.shared.mode.lock().unwrap() = Mode::Down;
+        self.cut();
+        // Wake the accept loop so it sees `stop`.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}

@@ -321,6 +321,11 @@ impl Relay {
 
     /// Issues a token (the last line of `token create`).
     pub fn token(dir: &Path, org: &str, projects: &[&str]) -> String {
+        Self::issue(dir, org, projects).1
+    }
+
+    /// Issues a token; returns its id (from the first line) and the token.
+    pub fn issue(dir: &Path, org: &str, projects: &[&str]) -> (String, String) {
         let mut args = vec![
             "token",
             "create",
@@ -332,12 +337,28 @@ impl Relay {
         for p in projects {
             args.extend(["--project", p]);
         }
-        relay_cmd(&args)
-            .lines()
-            .last()
-            .expect("a token line")
-            .trim()
-            .to_owned()
+        let out = relay_cmd(&args);
+        let id = out
+            .split_whitespace()
+            .nth(1)
+            .expect("`token <id> for organization ...`")
+            .to_owned();
+        (id, out.lines().last().expect("a token line").trim().to_owned())
+    }
+
+    /// GET on the relay's HTTP side (`/healthz`, `/metrics`): status and body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut resp = agent
+            .get(format!("http://{}{path}", self.addr))
+            .call()
+            .expect("relay HTTP");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
     }
 
     /// Serves on a free loopback port with a short ping interval.

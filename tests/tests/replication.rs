@@ -510,3 +510,172 @@ fn random_edits_and_cuts_converge_and_keep_the_sum() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_revoked_token_is_dropped_and_refused_and_the_relay_reports_it() {
+    let root = tempfile::tempdir().unwrap();
+    let rdir = org(root.path());
+    let relay = Relay::start(&rdir);
+    let (id, token) = Relay::issue(&rdir, "acme", &[]);
+    let a = start(&root.path().join("a"), &token, &["--relay", &relay.ws_url()]);
+    let s = seed(&a);
+    wait_connected(&a, 1);
+    let (status, health) = relay.http_get("/healthz");
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["connections"], 1);
+    eventually("documents held by the relay", WAIT, || {
+        let (_, metrics) = relay.http_get("/metrics");
+        let held = metrics
+            .lines()
+            .find(|l| l.starts_with("sitesync_relay_documents_held "))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()?;
+        (held >= 2).then_some(())
+    });
+
+    sitesync_tests::relay_cmd(&[
+        "token",
+        "revoke",
+        &id,
+        "--org",
+        "acme",
+        "--data-dir",
+        rdir.to_str().unwrap(),
+    ]);
+    let err = eventually("A dropped and refused", WAIT, || {
+        let st = get(&a, "/v1/sync/status")?;
+        let peer = &st["peers"][0];
+        let err = peer["last_error"].as_str()?.to_owned();
+        (peer["state"] == "error" && err.contains("revoked")).then_some(err)
+    });
+    assert!(err.contains(&id), "{err}");
+    // Nothing A writes now reaches the relay.
+    put(&a, &s, &s.spool, "erect", json!({"completed": true}));
+    let (_, metrics) = relay.http_get("/metrics");
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("sitesync_relay_auth_failures_total "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(failures >= 1, "{metrics}");
+    for name in [
+        "sitesync_relay_bytes_in_total",
+        "sitesync_relay_messages_out_total",
+        "sitesync_relay_sync_latency_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+}
+
+/// Plays a device whose token covers P1 only, sending changes to a P2
+/// document: the relay refuses with `out_of_scope` and stores nothing.
+#[test]
+fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored() {
+    use sitesync_sync::link::{self, FrameSocket as _};
+    use sitesync_sync::model::automerge::sync::{State as SyncState, SyncDoc as _};
+    use sitesync_sync::model::automerge::transaction::Transactable as _;
+    use sitesync_sync::model::automerge::{ActorId, Automerge, AutomergeError, ROOT};
+    use sitesync_sync::protocol::{self, Message};
+    use sitesync_sync::session::{Output, Session};
+    use sitesync_sync::{DocStore, MemBackend, Repo, RepoConfig, SledBackend, host::RepoHost};
+    use std::sync::Arc;
+
+    let root = tempfile::tempdir().unwrap();
+    let rdir = org(root.path());
+    let mut relay = Relay::start(&rdir);
+    let a = start(
+        &root.path().join("a"),
+        &Relay::token(&rdir, "acme", &[]),
+        &["--relay", &relay.ws_url()],
+    );
+    let p1 = seed(&a);
+    let p2 = seed(&a);
+    eventually("both projects on the relay", WAIT, || {
+        let st = get(&a, "/v1/sync/status")?;
+        (st["pending"][&p1.project] == 0 && st["pending"][&p2.project] == 0).then_some(())
+    });
+    let token =
+        sitesync_sync::credentials::Token::parse(&Relay::token(&rdir, "acme", &[&p1.project])).unwrap();
+    let p2_id: uuid::Uuid = p2.project.parse().unwrap();
+
+    // A change of our own making, dressed as an update of P2's document.
+    let mut doc = Automerge::new();
+    doc.transact::<_, _, AutomergeError>(|tx| {
+        tx.put(ROOT, "intruder", true)?;
+        Ok(())
+    })
+    .unwrap();
+    let intruder = doc.get_heads()[0];
+    let mut message = doc.generate_sync_message(&mut SyncState::new()).unwrap();
+    message.changes = vec![doc.save()].into();
+
+    let url = relay.ws_url();
+    let refusal = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let host = RepoHost::new(Arc::new(Repo::new(
+                DocStore::new(MemBackend::default()),
+                ActorId::random(),
+                RepoConfig::default(),
+            )));
+            let mut socket = link::connect(&url, Duration::from_secs(5)).await.unwrap();
+            let mut session = Session::client(uuid::Uuid::new_v4(), "intruder", token, [3; 32]);
+            let mut outs = session.start();
+            while session.peer().is_none() {
+                for o in outs.drain(..) {
+                    if let Output::Send(m) = o {
+                        socket.send(protocol::encode(&m)).await.unwrap();
+                    }
+                }
+                let frame = socket.recv().await.expect("open").expect("frame");
+                outs = session.handle(&frame, 0, &host);
+            }
+            // The Auth that completes the handshake (and our empty summaries).
+            for o in outs {
+                if let Output::Send(m) = o {
+                    socket.send(protocol::encode(&m)).await.unwrap();
+                }
+            }
+            let push = Message::Sync {
+                project: p2_id.into(),
+                doc: p2_id.into(),
+                message: message.encode(),
+            };
+            socket.send(protocol::encode(&push)).await.unwrap();
+            // Read until the relay's refusal (summaries may come first).
+            loop {
+                match socket.recv().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(Message::Error { code, fatal, .. }) = protocol::decode(&frame) {
+                            return Some((code, fatal));
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+        });
+    assert_eq!(refusal, Some(("out_of_scope".to_owned(), true)));
+
+    // Nothing of it is in the relay's store.
+    relay.kill();
+    let store = Repo::new(
+        DocStore::new(SledBackend::open(&rdir.join("store")).unwrap()),
+        ActorId::random(),
+        RepoConfig {
+            typed: false,
+            ..RepoConfig::default()
+        },
+    );
+    let has = store
+        .read_raw(p2_id, |am| am.get_change_meta_by_hash(&intruder).is_some())
+        .unwrap()
+        .expect("the relay holds P2");
+    assert!(!has, "the out-of-scope change was stored");
+}

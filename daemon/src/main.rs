@@ -85,6 +85,16 @@ struct Cli {
     )]
     relays: Vec<String>,
 
+    /// An extra CA certificate (PEM) to trust for wss:// relays, besides the
+    /// platform's roots — for a relay whose certificate a private CA signed.
+    #[arg(
+        long = "relay-ca",
+        env = "SITESYNC_RELAY_CA",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    relay_ca: Vec<PathBuf>,
+
     /// Another daemon's --peer-listen address to sync with directly on the
     /// LAN, e.g. ws://10.0.0.7:7701 (repeatable).
     #[arg(
@@ -189,7 +199,9 @@ async fn main() -> anyhow::Result<()> {
         reconnect_max: Duration::from_secs(30),
     };
     let device_name = cli.device_name.clone().unwrap_or_else(hostname);
-    let replication = Replication::new(service.clone(), token, device_name.clone(), timing);
+    let tls =
+        sitesync_sync::link::client_tls(&cli.relay_ca).map_err(|e| anyhow::anyhow!("--relay-ca: {e}"))?;
+    let replication = Replication::new(service.clone(), token, device_name.clone(), timing, tls);
     {
         let svc = service.clone();
         tokio::task::spawn_blocking(move || svc.backfill_bindings())

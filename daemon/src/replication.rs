@@ -185,6 +185,8 @@ pub struct Replication {
     pending: Pending,
     last_synced_at: Mutex<Option<Timestamp>>,
     timing: SyncTiming,
+    /// Trusted roots for wss:// relays.
+    tls: Arc<rustls::ClientConfig>,
     next_connection: AtomicU64,
 }
 
@@ -215,6 +217,7 @@ impl Replication {
         token: Option<Token>,
         device_name: String,
         timing: SyncTiming,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Arc<Self> {
         let (changes, _) = broadcast::channel(4096);
         let (presence_out, _) = broadcast::channel(1024);
@@ -236,6 +239,7 @@ impl Replication {
             pending: Pending::default(),
             last_synced_at: Mutex::new(None),
             timing,
+            tls,
             next_connection: AtomicU64::new(1),
         });
         let weak = Arc::downgrade(&repl);
@@ -339,7 +343,7 @@ impl Replication {
                 v.state = "connecting";
                 v.next_retry_at = None;
             });
-            let (state, error) = match link::connect(&url, Duration::from_secs(10)).await {
+            let (state, error) = match link::connect(&url, Duration::from_secs(10), &self.tls).await {
                 Ok(socket) => {
                     let session = Session::client(
                         self.service.device().0,

@@ -12,6 +12,7 @@
 //! only slows itself (a lagging one re-summarises).
 
 pub mod orgs;
+pub mod tls;
 
 use std::future::Future;
 use std::path::Path;
@@ -34,7 +35,6 @@ use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceNote};
 use sitesync_sync::protocol::MAX_FRAME;
 use sitesync_sync::session::{Event, PeerInfo, Session};
 use sitesync_sync::{DocStore, Repo, RepoConfig, SledBackend, StoreError};
-use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast};
 use uuid::Uuid;
 
@@ -185,12 +185,17 @@ impl Relay {
     }
 }
 
-/// Serves the relay on `listener` until `shutdown` resolves, then flushes.
-pub async fn run(
-    listener: TcpListener,
+/// Serves the relay on `listener` (plain TCP, or [`tls::TlsListener`])
+/// until `shutdown` resolves, then flushes.
+pub async fn run<L>(
+    listener: L,
     relay: Arc<Relay>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let app = Router::new()
         .route("/", get(upgrade))
         .route("/healthz", get(healthz))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use sitesync_relay::orgs::Orgs;
-use sitesync_relay::{Relay, RelayConfig, run};
+use sitesync_relay::{Relay, RelayConfig, run, tls};
 use sitesync_sync::link::{LinkTiming, shutdown_signal};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -48,6 +48,23 @@ enum Command {
         /// Connections beyond this are refused (503) until others close.
         #[arg(long, default_value_t = 10_000)]
         max_connections: usize,
+        /// PEM certificate chain: serve wss:// (needs --tls-key). Without
+        /// it the relay speaks plain ws://, for loopback and tests only.
+        #[arg(
+            long,
+            env = "SITESYNC_RELAY_TLS_CERT",
+            value_name = "FILE",
+            requires = "tls_key"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(
+            long,
+            env = "SITESYNC_RELAY_TLS_KEY",
+            value_name = "FILE",
+            requires = "tls_cert"
+        )]
+        tls_key: Option<PathBuf>,
         /// How often to ping each device (latency, liveness, revocation).
         #[arg(long, default_value_t = 5000, value_name = "MS")]
         ping_interval_ms: u64,
@@ -192,6 +209,8 @@ async fn main() -> anyhow::Result<()> {
             data,
             max_connections,
             ping_interval_ms,
+            tls_cert,
+            tls_key,
         } => {
             std::fs::create_dir_all(&data.data_dir)
                 .with_context(|| format!("creating {}", data.data_dir.display()))?;
@@ -208,12 +227,25 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             let addr = listener.local_addr()?;
-            println!(
-                "sitesync-relay {} listening on ws://{addr}",
-                env!("CARGO_PKG_VERSION")
-            );
-            println!("  data directory: {}", data.data_dir.display());
-            run(listener, relay, shutdown_signal()).await?;
+            let version = env!("CARGO_PKG_VERSION");
+            match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => {
+                    let config = tls::server_config(&cert, &key)?;
+                    println!("sitesync-relay {version} listening on wss://{addr}");
+                    println!("  data directory: {}", data.data_dir.display());
+                    run(tls::TlsListener::new(listener, config)?, relay, shutdown_signal()).await?;
+                }
+                _ => {
+                    if !addr.ip().is_loopback() {
+                        tracing::warn!(
+                            "serving plain ws:// on a non-loopback address; use --tls-cert/--tls-key"
+                        );
+                    }
+                    println!("sitesync-relay {version} listening on ws://{addr}");
+                    println!("  data directory: {}", data.data_dir.display());
+                    run(listener, relay, shutdown_signal()).await?;
+                }
+            }
         }
     }
     Ok(())

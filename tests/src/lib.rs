@@ -367,6 +367,27 @@ impl Relay {
     }
 
     pub fn start_on(dir: &Path, listen: &str) -> Self {
+        Self::start_with(dir, listen, &[])
+    }
+
+    /// Serves wss:// with the test certificate in `tests/fixtures/tls`
+    /// (`localhost`, signed by `ca.pem`).
+    pub fn start_tls(dir: &Path) -> Self {
+        let cert = fixture("tls/relay.pem");
+        let key = fixture("tls/relay.key");
+        Self::start_with(
+            dir,
+            "127.0.0.1:0",
+            &[
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+        )
+    }
+
+    fn start_with(dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -382,6 +403,7 @@ impl Relay {
                 "--data-dir",
             ])
             .arg(dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -391,6 +413,9 @@ impl Relay {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(a) = line.split("listening on ws://").nth(1) {
+                    let _ = tx.send(a.trim().to_owned());
+                }
+                if let Some(a) = line.split("listening on wss://").nth(1) {
                     let _ = tx.send(a.trim().to_owned());
                 }
             }
@@ -424,6 +449,11 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A file under `tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }
 
 /// Sync flags for a daemon: its token, short ping and reconnect intervals.

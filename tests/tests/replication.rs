@@ -470,7 +470,11 @@ fn random_edits_and_cuts_converge_and_keep_the_sum() {
     }
     let s = seed(&daemons[0]);
     for d in &daemons {
-        eventually("everyone has the project", WAIT, || component(d, &s, &s.pipe));
+        // Both components: a drawing's changes may arrive over several rounds.
+        eventually("everyone has the project", WAIT, || {
+            component(d, &s, &s.pipe)?;
+            component(d, &s, &s.spool)
+        });
     }
     let mut sum = 0i64;
     let deadline = std::time::Instant::now() + Duration::from_secs(6);
@@ -625,7 +629,9 @@ fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored()
                 ActorId::random(),
                 RepoConfig::default(),
             )));
-            let mut socket = link::connect(&url, Duration::from_secs(5)).await.unwrap();
+            let mut socket = link::connect(&url, Duration::from_secs(5), &link::client_tls(&[]).unwrap())
+                .await
+                .unwrap();
             let mut session = Session::client(uuid::Uuid::new_v4(), "intruder", token, [3; 32]);
             let mut outs = session.start();
             while session.peer().is_none() {
@@ -678,4 +684,41 @@ fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored()
         .unwrap()
         .expect("the relay holds P2");
     assert!(!has, "the out-of-scope change was stored");
+}
+
+#[test]
+fn daemons_sync_through_a_tls_relay_and_refuse_an_untrusted_certificate() {
+    let root = tempfile::tempdir().unwrap();
+    let rdir = org(root.path());
+    let relay = Relay::start_tls(&rdir);
+    let url = format!("wss://localhost:{}", relay.addr.port());
+    let ca = sitesync_tests::fixture("tls/ca.pem");
+    let ca = ca.to_str().unwrap();
+    let a = start(
+        &root.path().join("a"),
+        &Relay::token(&rdir, "acme", &[]),
+        &["--relay", &url, "--relay-ca", ca],
+    );
+    let b = start(
+        &root.path().join("b"),
+        &Relay::token(&rdir, "acme", &[]),
+        &["--relay", &url, "--relay-ca", ca],
+    );
+    let s = seed(&a);
+    put(&a, &s, &s.spool, "erect", json!({"completed": true}));
+    eventually("A's edit on B over wss://", WAIT, || {
+        component(&b, &s, &s.spool).filter(|c| milestone(c, "erect")["completed"] == true)
+    });
+    // Without the CA the relay's certificate is not trusted: no connection.
+    let c = start(
+        &root.path().join("c"),
+        &Relay::token(&rdir, "acme", &[]),
+        &["--relay", &url],
+    );
+    let err = eventually("C's TLS failure reported", WAIT, || {
+        let st = get(&c, "/v1/sync/status")?;
+        st["peers"][0]["last_error"].as_str().map(str::to_owned)
+    });
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert_eq!(ok(c.call("GET", "/v1/projects", None), "projects")["total"], 0);
 }

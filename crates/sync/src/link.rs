@@ -38,9 +38,18 @@ pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
         .max_frame_size(Some(MAX_FRAME))
 }
 
-/// Opens a WebSocket to `url` (`ws://`; `wss://` needs a TLS-enabled build).
-pub async fn connect(url: &str, timeout: Duration) -> Result<ClientSocket, String> {
-    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true);
+/// Opens a WebSocket to `url` (`ws://`, or `wss://` checked against `tls`).
+pub async fn connect(
+    url: &str,
+    timeout: Duration,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<ClientSocket, String> {
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        Some(ws_config()),
+        true,
+        Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+    );
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok((socket, _))) => Ok(socket),
         Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}")),
@@ -303,6 +312,40 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Durat
     let base = (min.as_secs_f64() * doubling).min(max.as_secs_f64());
     let with_jitter = base * (1.0 + 0.25 * jitter.clamp(0.0, 1.0));
     Duration::from_secs_f64(with_jitter.min(max.as_secs_f64()))
+}
+
+/// The TLS settings a device dials `wss://` relays with: the platform's
+/// trusted roots plus any extra CA certificates (PEM files) given, for a
+/// relay whose certificate a private CA signed.
+pub fn client_tls(extra_roots: &[std::path::PathBuf]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    // Platform roots are best effort: a machine without any still reaches a
+    // relay whose CA is given explicitly.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    for path in extra_roots {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("reading CA certificates from {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("CA certificate in {}: {e}", path.display()))?;
+        }
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -55,8 +55,6 @@ pub struct AppState {
 pub enum StartError {
     #[error("cannot open the store in {dir}: {source}")]
     Store { dir: String, source: StoreError },
-    #[error("the stored device id is damaged: {0}")]
-    DeviceId(String),
 }
 
 /// How many events the stream keeps for `Last-Event-ID` resumption.
@@ -71,18 +69,7 @@ pub fn open_service(data_dir: &Path) -> Result<Service, StartError> {
         source,
     };
     let store = DocStore::new(SledBackend::open(&store_dir).map_err(store_err)?);
-    let device = match store.get_meta("device_id").map_err(store_err)? {
-        Some(bytes) => String::from_utf8_lossy(&bytes)
-            .parse::<DeviceId>()
-            .map_err(|e| StartError::DeviceId(e.to_string()))?,
-        None => {
-            let id = DeviceId(uuid::Uuid::new_v4());
-            store
-                .put_meta("device_id", id.to_string().as_bytes())
-                .map_err(store_err)?;
-            id
-        }
-    };
+    let device = DeviceId(store.device_id().map_err(store_err)?);
     let repo = Repo::new(store, ActorId::random(), RepoConfig::default());
     let clock = Clock::system();
     // Event ids start from the clock (µs), so they keep increasing across

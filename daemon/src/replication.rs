@@ -125,6 +125,27 @@ pub struct PeerView {
     pub outbound: bool,
 }
 
+impl PeerView {
+    /// A peer not connected yet.
+    fn new(peer_id: Uuid, url: Option<String>, kind: &'static str, outbound: bool) -> Self {
+        Self {
+            peer_id,
+            name: None,
+            url,
+            kind,
+            state: "connecting",
+            latency_ms: None,
+            quality: None,
+            reconnect_attempts: 0,
+            next_retry_at: None,
+            last_connected_at: None,
+            last_error: None,
+            device_id: None,
+            outbound,
+        }
+    }
+}
+
 fn quality(latency_ms: i64) -> &'static str {
     match latency_ms {
         ..100 => "excellent",
@@ -292,21 +313,7 @@ impl Replication {
             self.service.set_org(token.cert().org());
         }
         let peer_id = Uuid::new_v4();
-        let view = PeerView {
-            peer_id,
-            name: None,
-            url: Some(url.to_owned()),
-            kind,
-            state: "connecting",
-            latency_ms: None,
-            quality: None,
-            reconnect_attempts: 0,
-            next_retry_at: None,
-            last_connected_at: None,
-            last_error: None,
-            device_id: None,
-            outbound: true,
-        };
+        let view = PeerView::new(peer_id, Some(url.to_owned()), kind, true);
         self.peers().insert(
             peer_id,
             PeerSlot {
@@ -601,7 +608,7 @@ impl Observer for PeerObserver {
                         // An inbound LAN peer: one entry per device.
                         let id = peer.device;
                         repl.peers().entry(id).or_insert_with(|| PeerSlot {
-                            view: inbound_view(id),
+                            view: PeerView::new(id, None, "lan", false),
                             task: None,
                         });
                         *self.peer_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
@@ -636,24 +643,6 @@ impl Observer for PeerObserver {
                 }
             }
         }
-    }
-}
-
-fn inbound_view(id: Uuid) -> PeerView {
-    PeerView {
-        peer_id: id,
-        name: None,
-        url: None,
-        kind: "lan",
-        state: "connecting",
-        latency_ms: None,
-        quality: None,
-        reconnect_attempts: 0,
-        next_retry_at: None,
-        last_connected_at: None,
-        last_error: None,
-        device_id: None,
-        outbound: false,
     }
 }
 

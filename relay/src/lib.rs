@@ -139,18 +139,7 @@ impl Relay {
             source,
         };
         let store = DocStore::new(SledBackend::open(&store_dir).map_err(store_err)?);
-        let device = match store.get_meta("device_id").map_err(store_err)? {
-            Some(bytes) => String::from_utf8_lossy(&bytes)
-                .parse()
-                .unwrap_or_else(|_| Uuid::new_v4()),
-            None => {
-                let id = Uuid::new_v4();
-                store
-                    .put_meta("device_id", id.to_string().as_bytes())
-                    .map_err(store_err)?;
-                id
-            }
-        };
+        let device = store.device_id().map_err(store_err)?;
         let repo = Arc::new(Repo::new(
             store,
             sitesync_sync::model::automerge::ActorId::random(),

@@ -18,6 +18,12 @@ fn start(dir: &Path, token: &str, extra: &[&str]) -> Daemon {
     Daemon::start(dir, &args)
 }
 
+/// A daemon named `name` under `root` with a new all-projects token of the
+/// organisation in `rdir`.
+fn device(root: &Path, rdir: &Path, name: &str, extra: &[&str]) -> Daemon {
+    start(&root.join(name), &Relay::token(rdir, "acme", &[]), extra)
+}
+
 fn org(root: &Path) -> std::path::PathBuf {
     let dir = root.join("relay");
     Relay::create_org(&dir, "acme");
@@ -94,16 +100,8 @@ fn a_change_on_one_daemon_reaches_the_other_through_the_relay() {
     let rdir = org(root.path());
     let relay = Relay::start(&rdir);
     let url = relay.ws_url();
-    let a = start(
-        &root.path().join("a"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &url],
-    );
-    let b = start(
-        &root.path().join("b"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &url],
-    );
+    let a = device(root.path(), &rdir, "a", &["--relay", &url]);
+    let b = device(root.path(), &rdir, "b", &["--relay", &url]);
     let s = seed(&a);
     let seen = eventually("the project on B", WAIT, || component(&b, &s, &s.spool));
     assert_eq!(seen["tag"], "SP-1");
@@ -195,16 +193,8 @@ fn partitioned_edits_merge_with_nothing_lost_after_healing() {
     let relay = Relay::start(&rdir);
     let pa = Proxy::start(relay.addr);
     let pb = Proxy::start(relay.addr);
-    let a = start(
-        &root.path().join("a"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &pa.ws_url()],
-    );
-    let b = start(
-        &root.path().join("b"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &pb.ws_url()],
-    );
+    let a = device(root.path(), &rdir, "a", &["--relay", &pa.ws_url()]);
+    let b = device(root.path(), &rdir, "b", &["--relay", &pb.ws_url()]);
     let s = seed(&a);
     let comps = format!("/v1/projects/{}/drawings/{}/components", s.project, s.drawing);
     let coat = ok(
@@ -306,11 +296,7 @@ fn the_relay_stores_and_forwards_between_devices_never_online_together() {
     let rdir = org(root.path());
     let relay = Relay::start(&rdir);
     let url = relay.ws_url();
-    let mut a = start(
-        &root.path().join("a"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &url],
-    );
+    let mut a = device(root.path(), &rdir, "a", &["--relay", &url]);
     let s = seed(&a);
     put(&a, &s, &s.pipe, "install", json!({"quantity_delta": 3}));
     eventually("A's changes acknowledged by the relay", WAIT, || {
@@ -318,11 +304,7 @@ fn the_relay_stores_and_forwards_between_devices_never_online_together() {
         (st["pending"][&s.project] == 0).then_some(())
     });
     a.stop();
-    let b = start(
-        &root.path().join("b"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &url],
-    );
+    let b = device(root.path(), &rdir, "b", &["--relay", &url]);
     let pipe = eventually("A's edit on B", WAIT, || {
         component(&b, &s, &s.pipe).filter(|c| milestone(c, "install")["quantity"] == json!(3.0))
     });
@@ -333,17 +315,9 @@ fn the_relay_stores_and_forwards_between_devices_never_online_together() {
 fn lan_peers_sync_without_a_relay_and_refuse_another_organisation() {
     let root = tempfile::tempdir().unwrap();
     let rdir = org(root.path());
-    let a = start(
-        &root.path().join("a"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--peer-listen", "127.0.0.1:0"],
-    );
+    let a = device(root.path(), &rdir, "a", &["--peer-listen", "127.0.0.1:0"]);
     let lan = a.peer_url.clone().unwrap();
-    let b = start(
-        &root.path().join("b"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--peer", &lan],
-    );
+    let b = device(root.path(), &rdir, "b", &["--peer", &lan]);
     let s = seed(&a);
     eventually("A's project on B", WAIT, || component(&b, &s, &s.spool));
     put(&b, &s, &s.spool, "weld", json!({"completed": true}));
@@ -381,11 +355,7 @@ fn a_token_limited_to_one_project_never_receives_another() {
     let rdir = org(root.path());
     let relay = Relay::start(&rdir);
     let url = relay.ws_url();
-    let a = start(
-        &root.path().join("a"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &url],
-    );
+    let a = device(root.path(), &rdir, "a", &["--relay", &url]);
     let p1 = seed(&a);
     let p2 = seed(&a);
     let b = start(
@@ -460,11 +430,7 @@ fn random_edits_and_cuts_converge_and_keep_the_sum() {
     let mut proxies = Vec::new();
     for name in ["a", "b", "c"] {
         let proxy = Proxy::start(relay.addr);
-        let d = start(
-            &root.path().join(name),
-            &Relay::token(&rdir, "acme", &[]),
-            &["--relay", &proxy.ws_url()],
-        );
+        let d = device(root.path(), &rdir, name, &["--relay", &proxy.ws_url()]);
         daemons.push(d);
         proxies.push(proxy);
     }
@@ -591,11 +557,7 @@ fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored()
     let root = tempfile::tempdir().unwrap();
     let rdir = org(root.path());
     let mut relay = Relay::start(&rdir);
-    let a = start(
-        &root.path().join("a"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &relay.ws_url()],
-    );
+    let a = device(root.path(), &rdir, "a", &["--relay", &relay.ws_url()]);
     let p1 = seed(&a);
     let p2 = seed(&a);
     eventually("both projects on the relay", WAIT, || {
@@ -694,27 +656,15 @@ fn daemons_sync_through_a_tls_relay_and_refuse_an_untrusted_certificate() {
     let url = format!("wss://localhost:{}", relay.addr.port());
     let ca = sitesync_tests::fixture("tls/ca.pem");
     let ca = ca.to_str().unwrap();
-    let a = start(
-        &root.path().join("a"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &url, "--relay-ca", ca],
-    );
-    let b = start(
-        &root.path().join("b"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &url, "--relay-ca", ca],
-    );
+    let a = device(root.path(), &rdir, "a", &["--relay", &url, "--relay-ca", ca]);
+    let b = device(root.path(), &rdir, "b", &["--relay", &url, "--relay-ca", ca]);
     let s = seed(&a);
     put(&a, &s, &s.spool, "erect", json!({"completed": true}));
     eventually("A's edit on B over wss://", WAIT, || {
         component(&b, &s, &s.spool).filter(|c| milestone(c, "erect")["completed"] == true)
     });
     // Without the CA the relay's certificate is not trusted: no connection.
-    let c = start(
-        &root.path().join("c"),
-        &Relay::token(&rdir, "acme", &[]),
-        &["--relay", &url],
-    );
+    let c = device(root.path(), &rdir, "c", &["--relay", &url]);
     let err = eventually("C's TLS failure reported", WAIT, || {
         let st = get(&c, "/v1/sync/status")?;
         st["peers"][0]["last_error"].as_str().map(str::to_owned)

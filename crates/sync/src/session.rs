@@ -194,6 +194,13 @@ fn host_failure(e: HostError) -> Vec<Output> {
     }
 }
 
+fn out_of_scope(project: Uuid) -> Vec<Output> {
+    fatal(
+        "out_of_scope",
+        format!("project {project} is outside the shared scope"),
+    )
+}
+
 fn credential_failure(e: CredentialError) -> Vec<Output> {
     fatal("unauthorized", e.to_string())
 }
@@ -601,10 +608,7 @@ impl Session {
         host: &dyn Host,
     ) -> Result<Vec<Output>, HostError> {
         if !self.allowed(peer, project, host)? {
-            return Ok(fatal(
-                "out_of_scope",
-                format!("project {project} is outside the shared scope"),
-            ));
+            return Ok(out_of_scope(project));
         }
         let mut out = Vec::new();
         let mut listed = HashSet::new();
@@ -646,10 +650,7 @@ impl Session {
         host: &dyn Host,
     ) -> Result<Vec<Output>, HostError> {
         if !self.allowed(peer, project, host)? {
-            return Ok(fatal(
-                "out_of_scope",
-                format!("project {project} is outside the shared scope"),
-            ));
+            return Ok(out_of_scope(project));
         }
         let message = match SyncMessage::decode(bytes) {
             Ok(m) => m,

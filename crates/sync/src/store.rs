@@ -409,6 +409,25 @@ impl DocStore {
         }
     }
 
+    /// The id the owner of this store goes by (a daemon's device, a relay):
+    /// created on first use and kept, so peers recognise it across restarts.
+    pub fn device_id(&self) -> Result<Uuid, StoreError> {
+        const NAME: &str = "device_id";
+        match self.get_meta(NAME)? {
+            Some(bytes) => String::from_utf8_lossy(&bytes)
+                .parse()
+                .map_err(|e| StoreError::Corrupt {
+                    key: describe_key(&meta_key(NAME)),
+                    reason: format!("not a device id: {e}"),
+                }),
+            None => {
+                let id = Uuid::new_v4();
+                self.put_meta(NAME, id.to_string().as_bytes())?;
+                Ok(id)
+            }
+        }
+    }
+
     /// Writes a metadata record durably.
     pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         self.backend

@@ -660,6 +660,7 @@ fn connected(v: &mut PeerView, peer: &PeerInfo) {
 async fn accept_peer(State(repl): State<Arc<Replication>>, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
+        .max_write_buffer_size(sitesync_sync::link::MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let Some(token) = repl.token.clone() else { return };
             let session = Session::server(

@@ -275,6 +275,7 @@ async fn upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Respo
     };
     ws.max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
+        .max_write_buffer_size(sitesync_sync::link::MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let id = relay.next_connection.fetch_add(1, Ordering::Relaxed);
             relay.metrics.connections.inc();

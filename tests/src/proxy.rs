@@ -1,7 +1,7 @@
 //! A fault-injecting TCP proxy for end-to-end tests: it sits between a
 //! daemon and a relay (or two daemons) and can cut every connection,
 //! refuse new ones (a partition), blackhole traffic (connections stay open,
-//! nothing arrives), delay it, or be pointed at a new target (a restarted
+//! nothing arrives until it lifts), delay it, or be pointed at a new target (a restarted
 //! relay on another port). Reconnecting after a cut is how the tests
 //! reorder: what was in flight is lost and the peers resynchronise.
 
@@ -17,7 +17,8 @@ pub enum Mode {
     Pass,
     /// Refuse new connections (existing ones are cut when entering it).
     Down,
-    /// Accept and keep connections, forward nothing.
+    /// Accept and keep connections, deliver nothing until the mode changes
+    /// (bytes are held, as TCP holds them on a dead route, not dropped).
     Blackhole,
     /// Forward every chunk after this delay.
     Delay(Duration),
@@ -117,11 +118,19 @@ fn pump(shared: Arc<Shared>, mut from: TcpStream, mut to: TcpStream) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let mode = *shared.mode.lock().unwrap();
+            // A blackhole stalls the stream like a dead route does: TCP
+            // never drops bytes mid-stream, it holds them (and the peers'
+            // idle timeout may give up first).
+            let mode = loop {
+                match *shared.mode.lock().unwrap() {
+                    Mode::Blackhole => {}
+                    other => break other,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
             match mode {
-                Mode::Pass => {}
+                Mode::Pass | Mode::Blackhole => {}
                 Mode::Down => break,
-                Mode::Blackhole => continue,
                 Mode::Delay(d) => std::thread::sleep(d),
             }
             if to.write_all(&buf[..n]).is_err() {

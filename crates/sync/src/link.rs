@@ -31,11 +31,18 @@ pub trait FrameSocket: Send {
 pub type ClientSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Most bytes one connection may have queued for writing. A connection
+/// sends one frame at a time and waits for it to be written, so this only
+/// bounds the worst case: with the read limit of one frame, a connection's
+/// buffers stay under about three frames however slow its peer is.
+pub const MAX_WRITE_BUFFER: usize = 2 * MAX_FRAME;
+
 /// The WebSocket limits both sides use: one frame is one message.
 pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME))
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
 }
 
 /// Opens a WebSocket to `url` (`ws://`, or `wss://` checked against `tls`).

@@ -81,12 +81,25 @@ pub struct SledBackend {
 
 impl SledBackend {
     /// Opens (creating if needed) the database in `dir`.
+    ///
+    /// sled's background flusher keeps a just-dropped database's file lock
+    /// for a moment, so reopening in the same process (tests, a restart of
+    /// the service) retries a lock conflict for up to two seconds; another
+    /// process holding the store is still refused.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|e| StoreError::backend(format!("opening {}", dir.display()), e))?;
-        Ok(Self { db })
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return Ok(Self { db }),
+                Err(sled::Error::Io(e))
+                    // sled reports it as `Other` with this text.
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(StoreError::backend(format!("opening {}", dir.display()), e)),
+            }
+        }
     }
 }
 

@@ -96,6 +96,7 @@ enum OrgCommand {
 enum TokenCommand {
     /// Issue a token for one device; the token is the last line of output.
     Create {
+        /// The organisation whose key signs the token (see `org create`).
         #[arg(long)]
         org: String,
         /// A project the token covers (repeatable). None: every project of
@@ -113,6 +114,7 @@ enum TokenCommand {
     Revoke {
         /// The token id `token create` printed.
         id: Uuid,
+        /// The organisation that issued it.
         #[arg(long)]
         org: String,
         #[command(flatten)]

@@ -34,6 +34,27 @@ pub fn binary(name: &str) -> PathBuf {
         // Exactly the command .ci/run pre-builds with: the same feature set,
         // so in CI this is a no-op rather than a rebuild of dependencies.
         cmd.args(["build", "--locked", "--workspace", "--bins"]);
+        // Cargo runs tests with variables describing the test's own package
+        // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts such as
+        // ring's rerun when those change, so passing them on would rebuild
+        // half the dependency tree here, and again at the next `cargo test`.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let per_package = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&name.as_ref());
+            if per_package {
+                cmd.env_remove(name.as_ref());
+            }
+        }
         if dir.file_name().is_some_and(|p| p == "release") {
             cmd.arg("--release");
         }

@@ -446,10 +446,26 @@ impl Replication {
     /// cover are no longer pending.
     fn acked(&self, doc: Uuid, heads: &[ChangeHash]) {
         let repo = self.service.repo();
+        let sorted = |h: &[ChangeHash]| {
+            let mut h = h.to_vec();
+            h.sort_unstable();
+            h
+        };
+        let theirs = sorted(heads);
+        // A reconnect re-announces every document's heads: most are what
+        // was recorded last time, and cost one metadata read, no write.
+        let recorded = repo.store().get_meta(&acked_key(doc)).ok().flatten();
+        if recorded.as_deref().and_then(decode_heads).map(|h| sorted(&h)) == Some(theirs.clone()) {
+            return;
+        }
         // Keep only heads this side knows; unknown ones cover nothing yet.
-        let known: Vec<ChangeHash> = repo
-            .read_raw(doc, |am| {
-                heads
+        // When they are exactly this side's heads, no need to load the doc.
+        let mine = repo.heads(doc).ok().flatten().map(|h| sorted(&h));
+        let known: Vec<ChangeHash> = if mine.as_ref() == Some(&theirs) {
+            theirs
+        } else {
+            repo.read_raw(doc, |am| {
+                theirs
                     .iter()
                     .filter(|h| am.get_change_meta_by_hash(h).is_some())
                     .copied()
@@ -457,7 +473,8 @@ impl Replication {
             })
             .ok()
             .flatten()
-            .unwrap_or_default();
+            .unwrap_or_default()
+        };
         if known.is_empty() {
             return;
         }

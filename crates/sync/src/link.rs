@@ -231,7 +231,8 @@ pub async fn drive<S: FrameSocket>(
                             entry: entry.clone(),
                         });
                     }
-                    observer.event(&e);
+                    // Observers record state (status, acknowledgements).
+                    tokio::task::block_in_place(|| observer.event(&e));
                 }
                 Output::Close { reason } => {
                     socket.close(reason.clone()).await;

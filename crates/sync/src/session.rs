@@ -105,7 +105,9 @@ pub enum Event {
         doc: Uuid,
         heads: Vec<ChangeHash>,
     },
-    /// The peer has made these heads of `doc` durable.
+    /// The peer has made these heads of `doc` durable: from its Ack, or
+    /// from its Summary (a summary lists durable heads), so an Ack lost to
+    /// a cut connection is made good at the next connect.
     Acked {
         doc: Uuid,
         heads: Vec<ChangeHash>,
@@ -631,6 +633,9 @@ impl Session {
             mine.sort_unstable();
             if theirs != mine {
                 out.extend(self.step(peer, project, doc, host)?);
+            }
+            if !theirs.is_empty() {
+                out.push(Output::Event(Event::Acked { doc, heads: theirs }));
             }
         }
         for (doc, _) in host.summary(project)? {

@@ -272,6 +272,23 @@ fn a_reconnect_syncs_only_the_documents_that_differ() {
     let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
     let t = pump(&mut a, &ha, &mut b, &hb);
     assert!(t.synced_docs.is_empty(), "{:?}", t.synced_docs);
+    // ...and each side learns from the other's summary which heads it holds
+    // durably, so an Ack lost to a cut is made good.
+    let acked: std::collections::HashSet<Uuid> = t
+        .events_a
+        .iter()
+        .filter_map(|e| match e {
+            Event::Acked { doc, heads } => Some((*doc, heads.clone())),
+            _ => None,
+        })
+        .filter(|(doc, heads)| {
+            let mut mine = ha.heads(*doc).unwrap();
+            mine.sort_unstable();
+            *heads == mine
+        })
+        .map(|(doc, _)| doc)
+        .collect();
+    assert_eq!(acked.len(), 41, "every document acknowledged by summary");
 }
 
 #[test]

@@ -228,19 +228,13 @@ impl Repo {
         let slot = cache.slots.get_mut(&id).expect("just loaded");
         let (out, metas) = f(slot.doc.automerge_mut());
         if slot.doc.automerge().get_heads() == slot.saved {
-            let empty = slot.saved.is_empty();
-            if empty {
+            let heads = slot.saved.clone();
+            if heads.is_empty() {
                 // An empty document sync brought nothing to is not kept.
                 cache.slots.remove(&id);
             }
-            return Ok((
-                out,
-                if empty {
-                    Vec::new()
-                } else {
-                    cache.slots[&id].saved.clone()
-                },
-            ));
+            self.trim(&mut cache);
+            return Ok((out, heads));
         }
         let doc = std::mem::replace(&mut slot.doc, Doc::Raw(Automerge::new()));
         slot.doc = match doc.upgrade(self.config.typed) {
@@ -643,6 +637,18 @@ mod tests {
             assert_eq!(name, format!("P{id}"), "evicted documents reload from the store");
         }
         assert_eq!(repo.loaded(), 2, "reads are bounded too");
+        for id in &ids {
+            // A sync message that brings nothing new.
+            let (_, heads) = repo.sync_doc(id.0, |_| ((), Vec::new())).unwrap();
+            assert!(!heads.is_empty());
+        }
+        assert_eq!(repo.loaded(), 2, "so are sync steps that change nothing");
+        let (_, heads) = repo.sync_doc(Uuid::from_u128(999), |_| ((), Vec::new())).unwrap();
+        assert!(heads.is_empty());
+        assert!(
+            repo.doc_ids().unwrap().len() == ids.len(),
+            "an empty document is not stored"
+        );
     }
 
     #[test]

@@ -363,15 +363,18 @@ impl Replication {
                         peer_id: Mutex::new(Some(peer_id)),
                         connected: Default::default(),
                     });
-                    let reason = self.run_session(socket, session, observer.clone()).await;
+                    let ended = self.run_session(socket, session, observer.clone()).await;
                     if observer.connected.load(Ordering::Relaxed) {
                         attempt = 0;
                     }
-                    let refused = reason.contains("unauthorized")
-                        || reason.contains("out_of_scope")
-                        || reason.contains("unsupported_version")
-                        || reason.contains("protocol");
-                    (if refused { "error" } else { "disconnected" }, reason)
+                    // Refused by either side (credentials, scope, version):
+                    // an error a person must look at, not a network blip.
+                    let state = if ended.code.is_some() {
+                        "error"
+                    } else {
+                        "disconnected"
+                    };
+                    (state, ended.reason)
                 }
                 Err(e) => ("disconnected", e),
             };
@@ -400,7 +403,7 @@ impl Replication {
         socket: S,
         session: Session,
         observer: Arc<PeerObserver>,
-    ) -> String {
+    ) -> link::Ended {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let feeds = Feeds {
             changes: self.changes.subscribe(),
@@ -691,7 +694,7 @@ async fn accept_peer(State(repl): State<Arc<Replication>>, ws: WebSocketUpgrade)
                 peer_id: Mutex::new(None),
                 connected: Default::default(),
             });
-            let reason = repl.run_session(socket, session, observer.clone()).await;
+            let reason = repl.run_session(socket, session, observer.clone()).await.reason;
             let id = *observer.peer_id.lock().unwrap_or_else(|p| p.into_inner());
             match id {
                 Some(id) => repl.update(id, |v| {

@@ -22,7 +22,7 @@ use sitesync_model::{
     NewTemplate, OperationId, OperationInfo, OperationKind, Progress, ProjectDoc, ProjectId, ProjectPatch,
     Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk, rollup,
 };
-use sitesync_sync::host::{RepoHost, binding_records};
+use sitesync_sync::host::{RepoHost, binding_records, project_record};
 use sitesync_sync::session::{Host as _, HostError};
 use sitesync_sync::{Doc, Repo, RepoError};
 use uuid::Uuid;
@@ -272,9 +272,15 @@ impl Service {
         let _ = self.org.set(org.to_owned());
     }
 
+    /// The record listing `pid` as this device's organisation's.
+    fn project_record(&self, pid: ProjectId) -> (String, Vec<u8>) {
+        project_record(pid.0, self.org.get().map_or("", String::as_str))
+    }
+
     /// The sync bookkeeping records binding a new document to its project.
     fn bind(&self, tx: &mut sitesync_sync::Tx<'_>, pid: ProjectId, doc: Uuid) {
-        for (k, v) in binding_records(pid.0, doc, self.org.get().map(String::as_str)) {
+        let project = (doc == pid.0).then(|| self.project_record(pid));
+        for (k, v) in binding_records(pid.0, doc).into_iter().chain(project) {
             tx.put_meta(&k, &v);
         }
     }
@@ -283,8 +289,8 @@ impl Service {
     /// existed (stores from older versions), so peers can be offered them.
     pub fn backfill_bindings(&self) -> ApiResult<()> {
         let _state = self.lock();
+        let host = RepoHost::new(self.repo.clone());
         for pid in self.project_ids()? {
-            let host = RepoHost::new(self.repo.clone());
             if host
                 .project_of(pid.0)
                 .map_err(|e| {
@@ -299,13 +305,13 @@ impl Service {
                 continue;
             }
             let drawings = self.repo.read_project(pid, |p| p.drawings())??;
-            let mut records = binding_records(pid.0, pid.0, self.org.get().map(String::as_str));
+            let mut records = binding_records(pid.0, pid.0);
+            records.push(self.project_record(pid));
             for d in drawings {
-                records.extend(binding_records(pid.0, d.id.0, None));
+                records.extend(binding_records(pid.0, d.id.0));
             }
-            for (k, v) in records {
-                self.repo.store().put_meta(&k, &v).map_err(RepoError::from)?;
-            }
+            // One durable batch per project.
+            self.repo.store().append(&[], &records).map_err(RepoError::from)?;
         }
         Ok(())
     }
@@ -936,6 +942,52 @@ mod tests {
             RepoConfig::default(),
         );
         Service::new(repo, DeviceId(new_id()), Clock::system(), EventBus::new(100, 1))
+    }
+
+    #[test]
+    fn a_store_from_before_sync_gets_its_bindings_once() {
+        let svc = service();
+        let (pid, did) = (ProjectId(new_id()), DrawingId(new_id()));
+        // As an older version wrote it: documents and the project marker only.
+        svc.repo
+            .write(|tx| {
+                let ctx = svc.ctx("ana", OperationKind::ProjectCreate);
+                let new = NewProject {
+                    name: "Old".into(),
+                    code: None,
+                };
+                let mut project = ProjectDoc::create(pid, &new, &ctx, tx.actor())?;
+                let drawing = NewDrawing {
+                    number: "ISO-1".into(),
+                    ..NewDrawing::default()
+                };
+                project.add_drawing(&ctx, did, &drawing)?;
+                tx.insert(
+                    did.0,
+                    Doc::Drawing(DrawingDoc::create(pid, did, &ctx, tx.actor())?),
+                );
+                tx.insert(pid.0, Doc::Project(project));
+                tx.put_meta(&format!("{PROJECT_META}{pid}"), b"");
+                Ok(())
+            })
+            .unwrap();
+        let host = RepoHost::new(svc.repo.clone());
+        assert!(
+            host.summary(pid.0).unwrap().is_empty(),
+            "nothing to offer peers yet"
+        );
+        svc.set_org("acme");
+        svc.backfill_bindings().unwrap();
+        let mut docs: Vec<Uuid> = host.summary(pid.0).unwrap().into_iter().map(|(d, _)| d).collect();
+        docs.sort();
+        let mut want = vec![pid.0, did.0];
+        want.sort();
+        assert_eq!(docs, want);
+        assert_eq!(host.project_of(did.0).unwrap(), Some(pid.0));
+        assert_eq!(host.project_org(pid.0).unwrap().as_deref(), Some("acme"));
+        // A second start changes nothing.
+        svc.backfill_bindings().unwrap();
+        assert_eq!(host.summary(pid.0).unwrap().len(), 2);
     }
 
     #[test]

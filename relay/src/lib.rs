@@ -286,7 +286,7 @@ async fn upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Respo
                 id,
             };
             let observer = Arc::new(ConnectionObserver { relay: relay.clone() });
-            let reason = link::drive(
+            let ended = link::drive(
                 socket,
                 session,
                 Arc::new(relay.host.clone()),
@@ -296,10 +296,10 @@ async fn upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Respo
                 relay.config.timing,
             )
             .await;
-            if reason.contains("unauthorized") || reason.contains("revoked") {
+            if ended.code.as_deref() == Some("unauthorized") {
                 relay.metrics.auth_failures.inc();
             }
-            tracing::info!(connection = id, %reason, "connection closed");
+            tracing::info!(connection = id, reason = %ended.reason, "connection closed");
             relay.metrics.connections.dec();
             drop(permit);
         })

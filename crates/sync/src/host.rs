@@ -32,18 +32,19 @@ fn sync_key(peer: Uuid, doc: Uuid) -> String {
     format!("sync/{peer}/{doc}")
 }
 
-/// The records that bind a new document to its project (and list the
-/// project, owned by `org` when known). A daemon writes them with every
-/// document it creates.
-pub fn binding_records(project: Uuid, doc: Uuid, org: Option<&str>) -> Vec<(String, Vec<u8>)> {
-    let mut out = vec![
+/// The records that bind a new document to its project forever. A daemon
+/// writes them with every document it creates.
+pub fn binding_records(project: Uuid, doc: Uuid) -> Vec<(String, Vec<u8>)> {
+    vec![
         (bind_key(doc), project.to_string().into_bytes()),
         (format!("pdoc/{project}/{doc}"), Vec::new()),
-    ];
-    if doc == project {
-        out.push((project_key(project), org.unwrap_or("").as_bytes().to_vec()));
-    }
-    out
+    ]
+}
+
+/// The record listing a held project as `org`'s (empty: not yet claimed by
+/// an organisation; the first one to sync it claims it).
+pub fn project_record(project: Uuid, org: &str) -> (String, Vec<u8>) {
+    (project_key(project), org.as_bytes().to_vec())
 }
 
 fn storage(e: RepoError) -> HostError {
@@ -163,13 +164,12 @@ impl Host for RepoHost {
         }
         let mut records = Vec::new();
         if bound.is_none() {
-            records.extend(binding_records(ctx.project, ctx.doc, None));
-            records.retain(|(k, _)| !k.starts_with("proj/"));
+            records.extend(binding_records(ctx.project, ctx.doc));
         }
         match self.project_org(ctx.project)? {
             Some(org) if !org.is_empty() => {}
             // The first organisation to bring a project owns it.
-            _ => records.push((project_key(ctx.project), ctx.org.as_bytes().to_vec())),
+            _ => records.push(project_record(ctx.project, ctx.org)),
         }
         let ((applied, before), heads) = self
             .repo

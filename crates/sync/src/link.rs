@@ -195,6 +195,26 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How a connection ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ended {
+    /// The protocol error code when one side refused (`unauthorized`,
+    /// `out_of_scope`, ...); `None` when the transport ended it (the peer
+    /// went away, a cut, an idle timeout, shutdown).
+    pub code: Option<String>,
+    /// A sentence for logs and `last_error`.
+    pub reason: String,
+}
+
+impl Ended {
+    fn transport(reason: impl Into<String>) -> Self {
+        Self {
+            code: None,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Runs `session` over `socket` until either side closes; returns why.
 pub async fn drive<S: FrameSocket>(
     mut socket: S,
@@ -204,7 +224,7 @@ pub async fn drive<S: FrameSocket>(
     observer: Arc<dyn Observer>,
     presence_out: broadcast::Sender<PresenceNote>,
     timing: LinkTiming,
-) -> String {
+) -> Ended {
     // Session steps do storage and Automerge work: keep them off the
     // async worker's hot path.
     let step = |session: &mut Session, f: &mut dyn FnMut(&mut Session) -> Vec<Output>| {
@@ -221,7 +241,7 @@ pub async fn drive<S: FrameSocket>(
                     let frame = protocol::encode(&m);
                     observer.frame_out(frame.len());
                     if let Err(e) = socket.send(frame).await {
-                        return format!("send failed: {e}");
+                        return Ended::transport(format!("send failed: {e}"));
                     }
                 }
                 Output::Event(e) => {
@@ -234,16 +254,19 @@ pub async fn drive<S: FrameSocket>(
                     // Observers record state (status, acknowledgements).
                     tokio::task::block_in_place(|| observer.event(&e));
                 }
-                Output::Close { reason } => {
+                Output::Close { code, reason } => {
                     socket.close(reason.clone()).await;
-                    return reason;
+                    return Ended {
+                        code: Some(code),
+                        reason,
+                    };
                 }
             }
         }
         tokio::select! {
             frame = socket.recv() => match frame {
-                None => return "closed by the peer".into(),
-                Some(Err(e)) => return format!("connection failed: {e}"),
+                None => return Ended::transport("closed by the peer"),
+                Some(Err(e)) => return Ended::transport(format!("connection failed: {e}")),
                 Some(Ok(bytes)) => {
                     last_heard = Instant::now();
                     observer.frame_in(bytes.len());
@@ -257,19 +280,19 @@ pub async fn drive<S: FrameSocket>(
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     pending = step(&mut session, &mut |s| s.resync(host.as_ref()));
                 }
-                Err(broadcast::error::RecvError::Closed) => return "shutting down".into(),
+                Err(broadcast::error::RecvError::Closed) => return Ended::transport("shutting down"),
             },
             note = feeds.presence.recv() => match note {
                 Ok(note) if note.from != feeds.id => {
                     pending = step(&mut session, &mut |s| s.presence(note.entry.clone(), host.as_ref()));
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return "shutting down".into(),
+                Err(broadcast::error::RecvError::Closed) => return Ended::transport("shutting down"),
             },
             _ = ticker.tick() => {
                 if last_heard.elapsed() > timing.idle_timeout {
                     socket.close("idle timeout".into()).await;
-                    return format!("no frame for {:?}", timing.idle_timeout);
+                    return Ended::transport(format!("no frame for {:?}", timing.idle_timeout));
                 }
                 if let Some(peer) = session.peer()
                     && let Err(reason) = observer.still_admitted(peer)
@@ -280,7 +303,10 @@ pub async fn drive<S: FrameSocket>(
                             message: reason.clone(),
                             fatal: true,
                         }),
-                        Output::Close { reason },
+                        Output::Close {
+                            code: "unauthorized".into(),
+                            reason,
+                        },
                     ];
                     continue;
                 }

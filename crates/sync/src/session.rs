@@ -127,8 +127,10 @@ pub enum Event {
 pub enum Output {
     Send(Message),
     Event(Event),
-    /// Close the connection (after sending what came before).
+    /// Close the connection (after sending what came before): `code` is the
+    /// protocol error code (this side's or the peer's), `reason` a sentence.
     Close {
+        code: String,
         reason: String,
     },
 }
@@ -183,6 +185,7 @@ fn fatal(code: &str, message: impl Into<String>) -> Vec<Output> {
             fatal: true,
         }),
         Output::Close {
+            code: code.into(),
             reason: format!("{code}: {message}"),
         },
     ]
@@ -329,6 +332,7 @@ impl Session {
                 },
             ) => vec![Output::Close {
                 reason: format!("peer refused: {code}: {message}"),
+                code,
             }],
             (Phase::Ready(peer), message) => {
                 self.phase = Phase::Ready(peer.clone());

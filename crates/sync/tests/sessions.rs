@@ -9,7 +9,7 @@ use sitesync_model::{
     ProjectId, ProjectPatch, Timestamp, WriteCtx,
 };
 use sitesync_sync::credentials::{Admission, Authority, Certificate, CredentialError, OrgKey, Token};
-use sitesync_sync::host::{RepoHost, binding_records};
+use sitesync_sync::host::{RepoHost, binding_records, project_record};
 use sitesync_sync::protocol::{self, Message};
 use sitesync_sync::session::{Event, Host, Output, Session};
 use sitesync_sync::{Doc, DocStore, MemBackend, Repo, RepoConfig};
@@ -63,12 +63,13 @@ fn project(host: &RepoHost, pid: ProjectId, drawings: u128) -> Vec<DrawingId> {
                 doc.add_drawing(&ctx(1), *did, &nd)?;
                 let d = DrawingDoc::create(pid, *did, &ctx(1), tx.actor())?;
                 tx.insert(did.0, Doc::Drawing(d));
-                for (k, v) in binding_records(pid.0, did.0, Some("acme")) {
+                for (k, v) in binding_records(pid.0, did.0) {
                     tx.put_meta(&k, &v);
                 }
             }
             tx.insert(pid.0, Doc::Project(doc));
-            for (k, v) in binding_records(pid.0, pid.0, Some("acme")) {
+            let project = project_record(pid.0, "acme");
+            for (k, v) in binding_records(pid.0, pid.0).into_iter().chain([project]) {
                 tx.put_meta(&k, &v);
             }
             Ok(())
@@ -138,7 +139,7 @@ fn pump(a: &mut Session, ha: &dyn Host, b: &mut Session, hb: &dyn Host) -> Trace
                     to.push(protocol::encode(&m));
                 }
                 Output::Event(e) => events.push(e),
-                Output::Close { reason } => closed.push(reason),
+                Output::Close { reason, .. } => closed.push(reason),
             }
         }
     };
@@ -358,7 +359,7 @@ fn a_limited_token_never_sees_other_projects() {
     let outs = b.handle(&protocol::encode(&push), NOW, &hb);
     assert!(
         outs.iter()
-            .any(|o| matches!(o, Output::Close { reason } if reason.contains("out_of_scope")))
+            .any(|o| matches!(o, Output::Close { code, .. } if code == "out_of_scope"))
     );
     assert_eq!(hb.heads(P2.0).unwrap(), before);
 }
@@ -378,7 +379,7 @@ fn a_document_cannot_change_project() {
     let outs = b.handle(&protocol::encode(&summary), NOW, &hb);
     assert!(
         outs.iter()
-            .any(|o| matches!(o, Output::Close { reason } if reason.contains("out_of_scope"))),
+            .any(|o| matches!(o, Output::Close { code, .. } if code == "out_of_scope")),
         "{outs:?}"
     );
     assert_eq!(hb.project_of(dids[0].0).unwrap(), Some(P1.0));

@@ -384,7 +384,7 @@ fn optional_text(field: &str, value: &Option<String>) -> Result<()> {
 }
 
 /// Validates a new component against its template.
-fn validate_new(new: &NewComponent, template: &Template) -> Result<()> {
+pub(crate) fn validate_new(new: &NewComponent, template: &Template) -> Result<()> {
     require_text("tag", &new.tag)?;
     require_text("kind", &new.kind)?;
     optional_text("unit", &new.unit)?;
@@ -409,6 +409,41 @@ fn validate_new(new: &NewComponent, template: &Template) -> Result<()> {
         check_attribute(k, Some(v))?;
     }
     Ok(())
+}
+
+/// Validates a change to a component of `template`; returns the new
+/// quantity total in thousandths (`Some(None)` clears it), as stored.
+pub(crate) fn validate_patch(patch: &ComponentPatch, template: &Template) -> Result<Option<Option<i64>>> {
+    if let Some(tag) = &patch.tag {
+        require_text("tag", tag)?;
+    }
+    if let Some(kind) = &patch.kind {
+        require_text("kind", kind)?;
+    }
+    if let Some(unit) = &patch.unit {
+        optional_text("unit", unit)?;
+    }
+    let qty_total = match patch.quantity_total {
+        Some(Some(q)) => {
+            check_positive("quantity_total", q)?;
+            Some(Some(crdt::to_milli("quantity_total", q)?))
+        }
+        Some(None) if template.workflow_type == WorkflowType::Quantity => {
+            return Err(ModelError::MissingQuantityTotal {
+                field: "quantity_total".into(),
+                template: template.name.clone(),
+            });
+        }
+        Some(None) => Some(None),
+        None => None,
+    };
+    if let Some(h) = patch.budget_hours {
+        check_hours(h)?;
+    }
+    for (k, v) in patch.attributes.iter().flatten() {
+        check_attribute(k, v.as_deref())?;
+    }
+    Ok(qty_total)
 }
 
 /// Creates a component inside a transaction (so an import can create many in
@@ -494,35 +529,7 @@ pub(crate) fn update_component(
     if FieldReader::new(tx, at.obj.clone()).get("deleted", false)? {
         return Err(ModelError::ComponentDeleted { component: id });
     }
-    if let Some(tag) = &patch.tag {
-        require_text("tag", tag)?;
-    }
-    if let Some(kind) = &patch.kind {
-        require_text("kind", kind)?;
-    }
-    if let Some(unit) = &patch.unit {
-        optional_text("unit", unit)?;
-    }
-    let qty_total = match patch.quantity_total {
-        Some(Some(q)) => {
-            check_positive("quantity_total", q)?;
-            Some(Some(crdt::to_milli("quantity_total", q)?))
-        }
-        Some(None) if at.template.workflow_type == WorkflowType::Quantity => {
-            return Err(ModelError::MissingQuantityTotal {
-                field: "quantity_total".into(),
-                template: at.template.name.clone(),
-            });
-        }
-        Some(None) => Some(None),
-        None => None,
-    };
-    if let Some(h) = patch.budget_hours {
-        check_hours(h)?;
-    }
-    for (k, v) in patch.attributes.iter().flatten() {
-        check_attribute(k, v.as_deref())?;
-    }
+    let qty_total = validate_patch(patch, &at.template)?;
 
     let mut n = 0;
     let obj = &at.obj;

@@ -18,7 +18,7 @@
 //!
 //! Module map: [`schema`] (document layout, versions), `crdt` (the register
 //! and quantity-entry encoding that gives DESIGN.md's merge semantics),
-//! [`project`] and [`drawing`] (the two document types), [`bulk`], [`undo`],
+//! [`project`] and [`drawing`] (the two document types), [`bulk`], [`import`], [`undo`],
 //! [`history`], [`progress`], [`template`], [`operation`], [`ids`], [`time`],
 //! [`error`].
 
@@ -29,6 +29,7 @@ pub mod drawing;
 pub mod error;
 pub mod history;
 pub mod ids;
+pub mod import;
 pub mod operation;
 pub mod progress;
 pub mod project;

@@ -447,6 +447,11 @@ impl DocStore {
             .apply(vec![BatchOp::Put(meta_key(name), encode_record(value))])
     }
 
+    /// Removes a metadata record durably (absent is fine).
+    pub fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
+        self.backend.apply(vec![BatchOp::Delete(meta_key(name))])
+    }
+
     pub fn size_on_disk(&self) -> u64 {
         self.backend.size_on_disk()
     }

@@ -14,7 +14,10 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod extract;
+pub mod import;
+pub mod jobs;
 pub mod metrics;
 pub mod replication;
 pub mod seed;
@@ -48,6 +51,10 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Peers, sync status, pending and presence.
     pub replication: Arc<replication::Replication>,
+    /// Imports and exports.
+    pub jobs: Arc<jobs::Jobs>,
+    /// Largest import file accepted.
+    pub max_import_bytes: u64,
 }
 
 /// Failures while starting.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use sitesync_daemon::jobs::{Jobs, JobsConfig};
 use sitesync_daemon::replication::{Replication, SyncTiming, listen_for_peers};
 use sitesync_daemon::{AppState, auth, open_service, run, seed};
 use sitesync_sync::credentials::Token;
@@ -128,6 +129,33 @@ struct Cli {
     )]
     reconnect_min_ms: u64,
 
+    /// How long finished jobs (imports, exports) and their files are kept.
+    #[arg(
+        long,
+        env = "SITESYNC_JOB_RETENTION_SECS",
+        default_value_t = 7 * 24 * 3600,
+        value_name = "SECS"
+    )]
+    job_retention_secs: u64,
+
+    /// Least time between two progress events of one job (job.updated).
+    #[arg(
+        long,
+        env = "SITESYNC_JOB_EVENT_INTERVAL_MS",
+        default_value_t = 250,
+        value_name = "MS"
+    )]
+    job_event_interval_ms: u64,
+
+    /// Largest file an import accepts, in MiB.
+    #[arg(
+        long,
+        env = "SITESYNC_MAX_IMPORT_MB",
+        default_value_t = 1024,
+        value_name = "MIB"
+    )]
+    max_import_mb: u64,
+
     /// Seed, once, a realistic demo project (6 drawings, 150 components,
     /// real rules of credit, some progress).
     #[arg(long, env = "SITESYNC_DEMO")]
@@ -217,6 +245,15 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("seeded the demo project");
         }
     }
+    let jobs = Jobs::open(
+        service.clone(),
+        &data_dir.join("jobs"),
+        JobsConfig {
+            event_interval: Duration::from_millis(cli.job_event_interval_ms),
+            retention: Duration::from_secs(cli.job_retention_secs),
+        },
+    )
+    .context("opening the job table")?;
     // The token exists on disk before the daemon listens.
     let (token, token_path) = auth::ensure_token(&data_dir).context("writing the API token")?;
     let listener = TcpListener::bind(cli.listen)
@@ -236,6 +273,8 @@ async fn main() -> anyhow::Result<()> {
         device_name,
         metrics: Default::default(),
         replication: replication.clone(),
+        jobs,
+        max_import_bytes: cli.max_import_mb.saturating_mul(1024 * 1024),
     });
     println!(
         "sitesync-daemon {} listening on http://{addr}",

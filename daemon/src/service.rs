@@ -263,6 +263,11 @@ impl Service {
         self.device
     }
 
+    /// The device clock's time (never repeats, never goes back).
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
     pub fn repo(&self) -> &Arc<Repo> {
         &self.repo
     }
@@ -839,6 +844,116 @@ impl Service {
             self.refresh(&mut state, pid, &drawings, false)?;
         }
         Ok(outcome)
+    }
+
+    /// What an export needs before its first row: drawing numbers,
+    /// templates, attribute names, and the live components' order (by
+    /// drawing number, then tag) — ids only, so the rows themselves are
+    /// fetched a batch at a time.
+    pub fn export_outline(&self, pid: ProjectId) -> ApiResult<crate::export::Outline> {
+        let templates = self.templates(pid)?;
+        let mut state = self.lock();
+        let index = self.index(&mut state, pid)?;
+        let drawings: HashMap<DrawingId, String> = index
+            .drawings
+            .values()
+            .map(|d| (d.id, d.number.clone()))
+            .collect();
+        let mut attributes = std::collections::BTreeSet::new();
+        let mut order: Vec<(&str, &str, ComponentId)> = Vec::with_capacity(index.components.len());
+        for c in index.live() {
+            attributes.extend(c.attributes.keys().cloned());
+            let number = drawings.get(&c.drawing_id).map_or("", String::as_str);
+            order.push((number, c.tag.as_str(), c.id));
+        }
+        order.sort();
+        let order = order.into_iter().map(|(_, _, id)| id).collect();
+        Ok(crate::export::Outline {
+            project: pid,
+            drawings,
+            templates,
+            attributes,
+            order,
+        })
+    }
+
+    /// These components as they are now, in the order given (ids no longer
+    /// in the project are skipped).
+    pub fn components_by_id(&self, pid: ProjectId, ids: &[ComponentId]) -> ApiResult<Vec<Component>> {
+        let mut state = self.lock();
+        let index = self.index(&mut state, pid)?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| index.components.get(id).cloned())
+            .collect())
+    }
+
+    /// Plans one batch of an import and, unless it is a dry run, writes it
+    /// as one durable write under the import's operation: drawings the
+    /// batch names that the project lacks, then each drawing's rows as one
+    /// commit. A write refused as a whole (the project changed under the
+    /// plan) rejects the batch's rows and writes nothing.
+    pub fn import_batch(
+        &self,
+        session: &mut crate::import::Session,
+        rows: Vec<(u64, sitesync_model::import::RowInput)>,
+    ) -> ApiResult<Vec<crate::import::RowReport>> {
+        let pid = session.project;
+        let mut state = self.lock();
+        let index = self.index(&mut state, pid)?;
+        let mut batch = session.plan(&index.drawings, &index.components, rows);
+        if session.dry_run || batch.writes.is_empty() {
+            return Ok(batch.reports);
+        }
+        let ctx = WriteCtx::new(
+            session.user.clone(),
+            self.device,
+            session.op,
+            OperationKind::Import,
+            self.clock.now(),
+        );
+        let written = self.repo.write(|tx| {
+            for (did, number) in &batch.new_drawings {
+                let new = NewDrawing {
+                    number: number.clone(),
+                    ..Default::default()
+                };
+                tx.project(pid)?.add_drawing(&ctx, *did, &new)?;
+                let doc = DrawingDoc::create(pid, *did, &ctx, tx.actor())?;
+                tx.insert(did.0, Doc::Drawing(doc));
+                self.bind(tx, pid, did.0);
+            }
+            for (did, planned) in &batch.writes {
+                let rows: Vec<_> = planned
+                    .iter()
+                    .map(|p| (p.id, &p.plan, session.template(p.template)))
+                    .collect();
+                tx.drawing(*did)?.apply_import(&ctx, &rows)?;
+            }
+            Ok(())
+        });
+        match written {
+            Ok(()) => {
+                session.wrote = true;
+                let drawings: Vec<DrawingId> = batch.writes.keys().copied().collect();
+                self.refresh(&mut state, pid, &drawings, !batch.new_drawings.is_empty())?;
+            }
+            Err(RepoError::Model(e)) => {
+                session.forget(&batch);
+                let e = ApiError::from(e);
+                batch.reject_all(sitesync_model::import::RowError::new(None, e.code, e.message));
+            }
+            Err(RepoError::NotFound { what, id }) => {
+                session.forget(&batch);
+                batch.reject_all(sitesync_model::import::RowError::new(
+                    None,
+                    "not_found",
+                    format!("{what} {id} is not on this device yet (still syncing?)"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(batch.reports)
     }
 
     // ---- operations, undo, history, progress ----

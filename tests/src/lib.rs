@@ -236,7 +236,15 @@ impl Client {
                     "PATCH" => self.agent.patch(&url),
                     other => panic!("method {other}"),
                 };
-                with_headers!(req.header("Content-Type", "application/json")).send(&body[..])
+                let typed = headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+                let req = if typed {
+                    req
+                } else {
+                    req.header("Content-Type", "application/json")
+                };
+                with_headers!(req).send(&body[..])
             }
         };
         let mut resp = result.map_err(|e| e.to_string())?;

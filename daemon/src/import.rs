@@ -1,0 +1,657 @@
+//! Importing a component list — CSV or a JSON array — into a project, as a
+//! job.
+//!
+//! The file is read twice, streamed both times, never held whole:
+//! 1. *reading*: every row is parsed, so a file that cannot be read as a
+//!    whole (no usable header, broken JSON) fails before anything is
+//!    written, and the second pass knows its total;
+//! 2. *importing*: rows go in batches of [`BATCH`] through
+//!    [`Session::plan`] (match each row to a component by id, else by
+//!    drawing and tag; plan create / update / unchanged / rejected with the
+//!    model's validation) and, unless it is a dry run,
+//!    `Service::import_batch` writes each batch as one durable write.
+//!
+//! Every batch of a real import carries the same operation id, so undoing
+//! that operation removes what the import created and restores what it
+//! changed. A rejected row writes nothing and leaves the job `completed`;
+//! `failed` is for a file that cannot be read at all. Header synonyms and
+//! cell rules live in `sitesync_model::import`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::{self, SeqAccess, Visitor};
+use serde_json::{Value, json};
+use sitesync_model::import::{
+    Columns, Field, HeaderError, Mapping, Plan, RowError, RowInput, field_of, plan_row,
+};
+use sitesync_model::template::MAX_TEXT_LEN;
+use sitesync_model::{Component, ComponentId, DrawingId, DrawingInfo, OperationId, ProjectId, Template};
+use uuid::Uuid;
+
+use crate::jobs::{Done, Failure, JobCtx};
+use crate::service::Service;
+
+/// Rows planned and written together: one durable write per batch.
+pub const BATCH: usize = 500;
+
+/// The file's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Json,
+}
+
+/// An import to run.
+pub struct Request {
+    pub project: ProjectId,
+    pub user: String,
+    pub dry_run: bool,
+    pub mapping: Mapping,
+    pub format: Format,
+    /// The uploaded file, in the job's directory.
+    pub path: PathBuf,
+}
+
+/// What happened (or, in a dry run, would happen) to a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Create,
+    Update,
+    Unchanged,
+    Rejected,
+}
+
+/// One row of the result.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RowReport {
+    /// The spreadsheet row number (the header is row 1); for JSON, the
+    /// element's position (1 = first).
+    pub row: u64,
+    pub tag: Option<String>,
+    pub action: Action,
+    pub errors: Vec<RowError>,
+}
+
+/// A file that cannot be imported at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("the file is empty (0 bytes)")]
+    Empty,
+    #[error("{0}")]
+    Header(#[from] HeaderError),
+    #[error("header column {column} is not valid UTF-8 text; save the sheet as \"CSV UTF-8\"")]
+    HeaderEncoding { column: usize },
+    #[error("the CSV cannot be read: {0}")]
+    Csv(String),
+    #[error("the JSON cannot be read at line {line}, column {column}: {message}")]
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("cannot read the uploaded file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<FileError> for Failure {
+    fn from(e: FileError) -> Self {
+        Failure::new(e.to_string())
+    }
+}
+
+/// Calls `each` with every data row in order — its row number, its cells as
+/// typed input, and how many bytes of the file are read — and returns how
+/// many rows there were. Blank CSV rows are skipped.
+pub fn read_rows(
+    path: &Path,
+    format: Format,
+    mapping: &Mapping,
+    mut each: impl FnMut(u64, RowInput, u64) -> Result<(), Failure>,
+) -> Result<u64, Failure> {
+    let file = File::open(path).map_err(FileError::Io)?;
+    if file.metadata().map_err(FileError::Io)?.len() == 0 {
+        return Err(FileError::Empty.into());
+    }
+    match format {
+        Format::Csv => read_csv(file, mapping, &mut each),
+        Format::Json => read_json(file, mapping, &mut each),
+    }
+}
+
+fn read_csv(
+    file: File,
+    mapping: &Mapping,
+    each: &mut dyn FnMut(u64, RowInput, u64) -> Result<(), Failure>,
+) -> Result<u64, Failure> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(BufReader::with_capacity(1 << 16, file));
+    let mut record = csv::ByteRecord::new();
+    let csv_err = |e: csv::Error| FileError::Csv(e.to_string());
+    if !rdr.read_byte_record(&mut record).map_err(csv_err)? {
+        return Err(FileError::Header(HeaderError::NoHeader).into());
+    }
+    let mut headers = Vec::with_capacity(record.len());
+    for (i, cell) in record.iter().enumerate() {
+        let text = std::str::from_utf8(cell).map_err(|_| FileError::HeaderEncoding { column: i + 1 })?;
+        // Excel's "CSV UTF-8" starts with a byte-order mark.
+        headers.push(text.trim_start_matches('\u{feff}').to_owned());
+    }
+    let columns = Columns::new(headers, mapping).map_err(FileError::Header)?;
+    let mut row = 1;
+    let mut rows = 0;
+    while rdr.read_byte_record(&mut record).map_err(csv_err)? {
+        row += 1;
+        if record.iter().all(|c| c.iter().all(u8::is_ascii_whitespace)) {
+            continue;
+        }
+        rows += 1;
+        let cells: Vec<std::borrow::Cow<'_, str>> = record.iter().map(String::from_utf8_lossy).collect();
+        let mut input = columns.row(cells.iter().map(|c| c.as_ref()));
+        for (i, cell) in record.iter().enumerate().take(columns.len()) {
+            if std::str::from_utf8(cell).is_err() {
+                input.errors.push(RowError::new(
+                    Some(columns.header(i)),
+                    "bad_encoding",
+                    "not valid UTF-8 text; save the sheet as \"CSV UTF-8\"",
+                ));
+            }
+        }
+        if record.len() != columns.len() {
+            input.errors.push(RowError::new(
+                None,
+                "ragged_row",
+                format!(
+                    "the row has {} cells but the header has {}",
+                    record.len(),
+                    columns.len()
+                ),
+            ));
+        }
+        each(row, input, rdr.position().byte())?;
+    }
+    Ok(rows)
+}
+
+/// Counts the bytes the JSON parser has consumed.
+struct Counting<R> {
+    inner: R,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Visits the top-level array one element at a time, so the array is never
+/// held whole.
+struct Elements<'a> {
+    mapping: &'a Mapping,
+    each: &'a mut dyn FnMut(u64, RowInput, u64) -> Result<(), Failure>,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+    /// Why `each` stopped the walk, if it did.
+    stopped: &'a mut Option<Failure>,
+}
+
+impl<'de> Visitor<'de> for Elements<'_> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array of objects, one per component")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let mut fields: HashMap<String, Field> = HashMap::new();
+        let mut n = 0;
+        while let Some(value) = seq.next_element::<Value>()? {
+            n += 1;
+            let input = json_row(value, self.mapping, &mut fields);
+            if let Err(f) = (self.each)(n, input, self.read.get()) {
+                *self.stopped = Some(f);
+                return Err(de::Error::custom("stopped"));
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn read_json(
+    file: File,
+    mapping: &Mapping,
+    each: &mut dyn FnMut(u64, RowInput, u64) -> Result<(), Failure>,
+) -> Result<u64, Failure> {
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let reader = BufReader::with_capacity(
+        1 << 16,
+        Counting {
+            inner: file,
+            read: read.clone(),
+        },
+    );
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let mut stopped = None;
+    let visitor = Elements {
+        mapping,
+        each,
+        read,
+        stopped: &mut stopped,
+    };
+    let result = de::Deserializer::deserialize_seq(&mut de, visitor).and_then(|n| de.end().map(|()| n));
+    match (result, stopped) {
+        (_, Some(failure)) => Err(failure),
+        (Ok(n), None) => Ok(n),
+        (Err(e), None) => Err(FileError::Json {
+            line: e.line(),
+            column: e.column(),
+            message: e
+                .to_string()
+                .split(" at line")
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+        .into()),
+    }
+}
+
+/// One JSON element as a row: keys are headers (mapping and synonyms
+/// apply); an `attributes` object contributes its entries as attributes.
+fn json_row(value: Value, mapping: &Mapping, fields: &mut HashMap<String, Field>) -> RowInput {
+    let mut input = RowInput::default();
+    let Value::Object(object) = value else {
+        input.errors.push(RowError::new(
+            None,
+            "not_an_object",
+            format!("expected an object (one component), found {}", kind_of(&value)),
+        ));
+        return input;
+    };
+    for (key, value) in object {
+        if key == "attributes"
+            && let Value::Object(attrs) = &value
+        {
+            for (name, v) in attrs {
+                let text = cell_text(&format!("attributes.{name}"), v, &mut input);
+                if let Some(text) = text {
+                    input.set(
+                        &Field::Attribute(name.clone()),
+                        &format!("attributes.{name}"),
+                        &text,
+                    );
+                }
+            }
+            continue;
+        }
+        let field = fields
+            .entry(key.clone())
+            .or_insert_with(|| field_of(&key, mapping))
+            .clone();
+        if field == Field::Ignored {
+            continue;
+        }
+        if let Some(text) = cell_text(&key, &value, &mut input) {
+            input.set(&field, &key, &text);
+        }
+    }
+    input
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A JSON value as cell text; null is an empty cell.
+fn cell_text(key: &str, v: &Value, input: &mut RowInput) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(_) | Value::Object(_) => {
+            input.errors.push(RowError::new(
+                Some(key),
+                "invalid_value",
+                format!("expected text or a number, found {}", kind_of(v)),
+            ));
+            None
+        }
+    }
+}
+
+/// A row's planned write.
+pub struct Planned {
+    pub id: ComponentId,
+    pub plan: Plan,
+    /// Index into the session's templates.
+    pub template: usize,
+    /// Index of the row's report in the batch.
+    report: usize,
+}
+
+/// One batch's plan: the reports (actions as planned) and what to write.
+pub struct BatchPlan {
+    pub reports: Vec<RowReport>,
+    /// Drawings this batch creates: (id, number).
+    pub new_drawings: Vec<(DrawingId, String)>,
+    pub writes: BTreeMap<DrawingId, Vec<Planned>>,
+}
+
+impl BatchPlan {
+    /// The batch's write failed as a whole (the project changed under it,
+    /// or a document is damaged): every row it would have written is
+    /// rejected with that reason.
+    pub fn reject_all(&mut self, error: RowError) {
+        for planned in self.writes.values().flatten() {
+            let report = &mut self.reports[planned.report];
+            report.action = Action::Rejected;
+            report.errors.push(error.clone());
+        }
+    }
+}
+
+/// Drawing numbers match ignoring case and surrounding space.
+fn number_key(number: &str) -> String {
+    number.trim().to_lowercase()
+}
+
+/// An import's memory across batches.
+pub struct Session {
+    pub project: ProjectId,
+    pub user: String,
+    pub dry_run: bool,
+    /// The operation every batch writes under.
+    pub op: OperationId,
+    templates: Vec<Template>,
+    /// Drawings this import created (or, dry, would create), by number key.
+    new_drawings: HashMap<String, DrawingId>,
+    /// The first row naming each (drawing, tag) and each component, so a
+    /// second row for the same component is refused, not applied twice.
+    keys: HashMap<(DrawingId, String), u64>,
+    ids: HashMap<ComponentId, u64>,
+    /// Whether any batch wrote (so the operation exists).
+    pub wrote: bool,
+}
+
+impl Session {
+    pub fn new(project: ProjectId, user: String, dry_run: bool, templates: Vec<Template>) -> Self {
+        Self {
+            project,
+            user,
+            dry_run,
+            op: OperationId(Uuid::new_v4()),
+            templates,
+            new_drawings: HashMap::new(),
+            keys: HashMap::new(),
+            ids: HashMap::new(),
+            wrote: false,
+        }
+    }
+
+    pub fn template(&self, i: usize) -> &Template {
+        &self.templates[i]
+    }
+
+    /// Plans a batch against the project as it is now: `drawings` and
+    /// `components` are the project index's. Deleted drawings and
+    /// components match nothing (importing after an undo creates afresh).
+    pub fn plan(
+        &mut self,
+        drawings: &BTreeMap<DrawingId, DrawingInfo>,
+        components: &HashMap<ComponentId, Component>,
+        rows: Vec<(u64, RowInput)>,
+    ) -> BatchPlan {
+        let live: HashMap<String, &DrawingInfo> = drawings
+            .values()
+            .filter(|d| !d.deleted)
+            .map(|d| (number_key(&d.number), d))
+            .collect();
+        let drawing_of = |number: &str, new: &HashMap<String, DrawingId>| {
+            let key = number_key(number);
+            live.get(&key).map(|d| d.id).or_else(|| new.get(&key).copied())
+        };
+        // Components of the drawings this batch names, by tag.
+        let named: HashSet<DrawingId> = rows
+            .iter()
+            .filter_map(|(_, r)| r.drawing.as_deref())
+            .filter_map(|n| drawing_of(n, &self.new_drawings))
+            .collect();
+        let by_tag: HashMap<(DrawingId, &str), &Component> = components
+            .values()
+            .filter(|c| !c.deleted && named.contains(&c.drawing_id))
+            .map(|c| ((c.drawing_id, c.tag.as_str()), c))
+            .collect();
+
+        let mut batch = BatchPlan {
+            reports: Vec::with_capacity(rows.len()),
+            new_drawings: Vec::new(),
+            writes: BTreeMap::new(),
+        };
+        for (row, input) in rows {
+            let index = batch.reports.len();
+            batch.reports.push(RowReport {
+                row,
+                tag: input.tag.clone(),
+                action: Action::Rejected,
+                errors: Vec::new(),
+            });
+            match self.plan_row(row, &input, &drawing_of, components, &by_tag, drawings) {
+                Err(errors) => batch.reports[index].errors = errors,
+                Ok((did, new_drawing, id, plan, template)) => {
+                    batch.reports[index].action = match &plan {
+                        Plan::Create(_) => Action::Create,
+                        Plan::Update(_) => Action::Update,
+                        Plan::Unchanged => Action::Unchanged,
+                    };
+                    if let Some(number) = new_drawing
+                        && !self.new_drawings.contains_key(&number_key(&number))
+                    {
+                        self.new_drawings.insert(number_key(&number), did);
+                        batch.new_drawings.push((did, number));
+                    }
+                    if plan != Plan::Unchanged {
+                        batch.writes.entry(did).or_default().push(Planned {
+                            id,
+                            plan,
+                            template,
+                            report: index,
+                        });
+                    }
+                }
+            }
+        }
+        batch
+    }
+
+    /// Plans one row: (drawing, the number of a drawing to create, the
+    /// component id, the plan, its template index) or why not.
+    #[allow(clippy::type_complexity)]
+    fn plan_row(
+        &mut self,
+        row: u64,
+        input: &RowInput,
+        drawing_of: &dyn Fn(&str, &HashMap<String, DrawingId>) -> Option<DrawingId>,
+        components: &HashMap<ComponentId, Component>,
+        by_tag: &HashMap<(DrawingId, &str), &Component>,
+        drawings: &BTreeMap<DrawingId, DrawingInfo>,
+    ) -> Result<(DrawingId, Option<String>, ComponentId, Plan, usize), Vec<RowError>> {
+        if !input.errors.is_empty() {
+            return Err(input.errors.clone());
+        }
+        let by_id = input.id.and_then(|id| components.get(&id)).filter(|c| !c.deleted);
+        let named = input
+            .drawing
+            .as_deref()
+            .map(|n| drawing_of(n, &self.new_drawings));
+        if let (Some(c), Some(Some(d))) = (by_id, named)
+            && c.drawing_id != d
+        {
+            let on = drawings
+                .get(&c.drawing_id)
+                .map_or("another drawing", |d| d.number.as_str());
+            return Err(vec![RowError::new(
+                Some(&input.column("drawing")),
+                "drawing_change",
+                format!(
+                    "component {} is on drawing {on}; an import does not move components between drawings",
+                    c.tag
+                ),
+            )]);
+        }
+        let did = match named {
+            Some(d) => d,
+            None => by_id.map(|c| c.drawing_id),
+        };
+        let existing = by_id.or_else(|| {
+            let tag = input.tag.as_deref()?;
+            by_tag.get(&(did?, tag)).copied()
+        });
+        // A drawing the file names that the project lacks is created.
+        let new_drawing = match (&input.drawing, did) {
+            (Some(number), None) => {
+                if number.chars().count() > MAX_TEXT_LEN {
+                    return Err(vec![RowError::new(
+                        Some(&input.column("drawing")),
+                        "invalid",
+                        format!("a drawing number must be at most {MAX_TEXT_LEN} characters"),
+                    )]);
+                }
+                Some(number.trim().to_owned())
+            }
+            _ => None,
+        };
+        let did = did.unwrap_or_else(|| DrawingId(Uuid::new_v4()));
+        let tag = input.tag.clone().or_else(|| existing.map(|c| c.tag.clone()));
+        let duplicate = |first: u64| {
+            vec![RowError::new(
+                None,
+                "duplicate_row",
+                format!("row {first} already imports this component; each component may appear once"),
+            )]
+        };
+        if let Some(first) = existing.and_then(|c| self.ids.get(&c.id)) {
+            return Err(duplicate(*first));
+        }
+        if let Some(first) = tag.as_ref().and_then(|t| self.keys.get(&(did, t.clone()))) {
+            return Err(duplicate(*first));
+        }
+        let plan = plan_row(input, existing, &self.templates)?;
+        let template = match (&plan, existing) {
+            (Plan::Create(new), _) => new.template_id,
+            (_, Some(c)) => Some(c.template_id),
+            (_, None) => None,
+        }
+        .and_then(|t| self.templates.iter().position(|x| x.id == t))
+        .ok_or_else(|| {
+            vec![RowError::new(
+                Some(&input.column("template")),
+                "unknown_template",
+                "the component's template is not in the project",
+            )]
+        })?;
+        let id = existing.map_or_else(|| ComponentId(Uuid::new_v4()), |c| c.id);
+        self.ids.insert(id, row);
+        if let Some(tag) = tag {
+            self.keys.insert((did, tag), row);
+        }
+        Ok((did, new_drawing, id, plan, template))
+    }
+
+    /// Forgets the drawings a failed batch would have created.
+    pub fn forget(&mut self, batch: &BatchPlan) {
+        for (did, _) in &batch.new_drawings {
+            self.new_drawings.retain(|_, d| d != did);
+        }
+    }
+}
+
+/// Runs an import job: reading, then importing. The result is HTTP_API's
+/// `{"created", "updated", "unchanged", "rejected", "operation_id", "rows"}`
+/// (plus `dry_run`).
+pub fn run(service: &Service, ctx: &JobCtx<'_>, req: Request) -> Result<Done, Failure> {
+    let size = std::fs::metadata(&req.path).map_err(FileError::Io)?.len();
+    ctx.progress("reading", 0, size);
+    let rows = read_rows(&req.path, req.format, &req.mapping, |n, _, at| {
+        if n % 1000 == 0 {
+            ctx.progress("reading", at.min(size), size);
+        }
+        Ok(())
+    })?;
+    ctx.progress("reading", size, size);
+
+    let templates = service
+        .templates(req.project)
+        .map_err(|e| Failure::new(e.message))?;
+    let mut session = Session::new(req.project, req.user.clone(), req.dry_run, templates);
+    if !req.dry_run {
+        // Known before the first write, so an interrupted import can be undone.
+        ctx.partial_result(json!({"operation_id": session.op, "dry_run": false}));
+    }
+    ctx.progress("importing", 0, rows);
+    let mut reports: Vec<RowReport> = Vec::with_capacity(rows as usize);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut flush = |batch: &mut Vec<(u64, RowInput)>, reports: &mut Vec<RowReport>| -> Result<(), Failure> {
+        let rows_in = std::mem::take(batch);
+        let out = service
+            .import_batch(&mut session, rows_in)
+            .map_err(|e| Failure::new(format!("the import stopped: {}", e.message)))?;
+        reports.extend(out);
+        Ok(())
+    };
+    read_rows(&req.path, req.format, &req.mapping, |row, input, _| {
+        batch.push((row, input));
+        if batch.len() == BATCH {
+            flush(&mut batch, &mut reports)?;
+            ctx.progress("importing", (reports.len() as u64).min(rows), rows);
+        }
+        Ok(())
+    })?;
+    if !batch.is_empty() {
+        flush(&mut batch, &mut reports)?;
+    }
+    ctx.progress("importing", rows, rows);
+
+    let count = |a: Action| reports.iter().filter(|r| r.action == a).count();
+    let (created, updated, unchanged, rejected) = (
+        count(Action::Create),
+        count(Action::Update),
+        count(Action::Unchanged),
+        count(Action::Rejected),
+    );
+    let message = if req.dry_run {
+        format!(
+            "dry run: {created} to create, {updated} to update, {unchanged} unchanged, {rejected} rejected; nothing was written"
+        )
+    } else {
+        format!("{created} created, {updated} updated, {unchanged} unchanged, {rejected} rejected")
+    };
+    Ok(Done {
+        result: json!({
+            "created": created,
+            "updated": updated,
+            "unchanged": unchanged,
+            "rejected": rejected,
+            "operation_id": (!req.dry_run && session.wrote).then_some(session.op),
+            "dry_run": req.dry_run,
+            "rows": reports,
+        }),
+        message: Some(message),
+        file: None,
+    })
+}

@@ -273,6 +273,52 @@ impl Client {
             .unwrap_or(0)
     }
 
+    /// GETs raw bytes (a download): status, Content-Type, body.
+    pub fn download(&self, path: &str) -> (u16, String, Vec<u8>) {
+        let mut resp = self
+            .agent
+            .get(&self.url(path))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (status, ct, body)
+    }
+
+    /// POSTs a file with its Content-Type (an import).
+    pub fn upload(&self, path: &str, body: &[u8], content_type: &str) -> (u16, Value) {
+        self.call_with(
+            "POST",
+            path,
+            Some(body.to_vec()),
+            &[("Content-Type", content_type)],
+        )
+    }
+
+    /// Polls a job until it is completed, failed or interrupted.
+    pub fn wait_job(&self, id: &str) -> Value {
+        eventually("the job to finish", Duration::from_secs(120), || {
+            let job = ok(self.call("GET", &format!("/v1/jobs/{id}"), None), "job");
+            matches!(
+                job["state"].as_str(),
+                Some("completed" | "failed" | "interrupted")
+            )
+            .then_some(job)
+        })
+    }
+
     /// Opens the event stream and returns the first `n` events as
     /// (id, type, data), waiting at most `timeout`.
     pub fn events(
@@ -281,6 +327,19 @@ impl Client {
         last_event_id: Option<&str>,
         n: usize,
         timeout: Duration,
+    ) -> Vec<(Option<String>, String, Value)> {
+        self.events_until(query, last_event_id, timeout, |seen| seen.len() >= n)
+    }
+
+    /// Opens the event stream and collects events as (id, type, data) until
+    /// `done(collected)` holds, the stream ends, or no event comes for
+    /// `timeout`.
+    pub fn events_until(
+        &self,
+        query: &str,
+        last_event_id: Option<&str>,
+        timeout: Duration,
+        done: impl Fn(&[(Option<String>, String, Value)]) -> bool,
     ) -> Vec<(Option<String>, String, Value)> {
         let mut s = TcpStream::connect(self.addr).expect("connect");
         s.set_read_timeout(Some(timeout)).ok();
@@ -297,7 +356,7 @@ impl Client {
         let mut out = Vec::new();
         let (mut id, mut kind, mut data) = (None, String::new(), String::new());
         let mut line = String::new();
-        while out.len() < n {
+        while !done(&out) {
             line.clear();
             match reader.read_line(&mut line) {
                 Ok(0) | Err(_) => break,

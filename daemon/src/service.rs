@@ -368,7 +368,7 @@ impl Service {
                     .map_err(|e| storage(e.into()))?;
             }
         }
-        if let Err(e) = self.refresh_remote(&mut state, pid, DrawingId(doc), &origin) {
+        if let Err(e) = self.refresh_remote(&mut state, pid, DrawingId(doc), &before, &origin) {
             tracing::warn!(%project, %doc, error = %e.message, "index refresh after sync failed; rebuilding on next use");
             state.index.remove(&pid);
         }
@@ -380,6 +380,7 @@ impl Service {
         state: &mut State,
         pid: ProjectId,
         doc: DrawingId,
+        before: &[ChangeHash],
         origin: &str,
     ) -> ApiResult<()> {
         if !state.index.contains_key(&pid) {
@@ -402,7 +403,14 @@ impl Service {
                 .collect();
             self.refresh_from(state, pid, &listed, true, origin)
         } else {
-            self.refresh_from(state, pid, &[doc], false, origin)
+            let changed = match self.repo.read_drawing(doc, |d| d.changed_components(before)) {
+                Ok(ids) => ids,
+                // Listed before its document arrived, or still raw.
+                Err(RepoError::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let touched: Vec<(DrawingId, ComponentId)> = changed.into_iter().map(|c| (doc, c)).collect();
+            self.refresh_components(state, pid, &touched, origin)
         }
     }
 
@@ -466,29 +474,70 @@ impl Service {
                 Err(RepoError::NotFound { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
-            for c in fresh {
-                let kind = match index.components.get(&c.id) {
-                    None => "component.created",
-                    Some(old) if old == &c => continue,
-                    Some(old) if !old.deleted && c.deleted => "component.deleted",
-                    Some(_) => "component.updated",
-                };
-                changed = true;
-                self.events
-                    .publish(kind, Some(pid), json!({"component": &c, "origin": origin}));
-                index.components.insert(c.id, c);
-            }
+            changed |= self.absorb(index, pid, fresh, origin);
         }
         if changed {
-            let p = index.rollup(None);
-            self.events.publish(
-                "progress.updated",
-                Some(pid),
-                json!({"project_id": pid, "completion_percent": p.completion_percent,
-                       "earned_hours": p.earned_hours, "budget_hours": p.budget_hours}),
-            );
+            self.publish_progress(index, pid);
         }
         Ok(())
+    }
+
+    /// Refreshes just these components after a local write that knows what
+    /// it touched: reading a whole drawing's views costs a write ~50× more.
+    fn refresh_components(
+        &self,
+        state: &mut State,
+        pid: ProjectId,
+        touched: &[(DrawingId, ComponentId)],
+        origin: &str,
+    ) -> ApiResult<()> {
+        let index = self.index(state, pid)?;
+        let mut by_drawing: BTreeMap<DrawingId, Vec<ComponentId>> = BTreeMap::new();
+        for (did, cid) in touched {
+            by_drawing.entry(*did).or_default().push(*cid);
+        }
+        let mut changed = false;
+        for (did, cids) in by_drawing {
+            let fresh = self.repo.read_drawing(did, |d| {
+                cids.iter()
+                    .map(|c| d.component(*c))
+                    .collect::<Result<Vec<_>, _>>()
+            })??;
+            changed |= self.absorb(index, pid, fresh, origin);
+        }
+        if changed {
+            self.publish_progress(index, pid);
+        }
+        Ok(())
+    }
+
+    /// Puts fresh component views into the index, publishing an event for
+    /// each that changed. Returns whether any did.
+    fn absorb(&self, index: &mut ProjectIndex, pid: ProjectId, fresh: Vec<Component>, origin: &str) -> bool {
+        let mut changed = false;
+        for c in fresh {
+            let kind = match index.components.get(&c.id) {
+                None => "component.created",
+                Some(old) if old == &c => continue,
+                Some(old) if !old.deleted && c.deleted => "component.deleted",
+                Some(_) => "component.updated",
+            };
+            changed = true;
+            self.events
+                .publish(kind, Some(pid), json!({"component": &c, "origin": origin}));
+            index.components.insert(c.id, c);
+        }
+        changed
+    }
+
+    fn publish_progress(&self, index: &ProjectIndex, pid: ProjectId) {
+        let p = index.rollup(None);
+        self.events.publish(
+            "progress.updated",
+            Some(pid),
+            json!({"project_id": pid, "completion_percent": p.completion_percent,
+                   "earned_hours": p.earned_hours, "budget_hours": p.budget_hours}),
+        );
     }
 
     // ---- projects ----
@@ -703,7 +752,7 @@ impl Service {
         let ctx = self.ctx(user, OperationKind::ComponentCreate);
         self.repo
             .write(|tx| Ok(tx.drawing(did)?.add_component(&ctx, cid, &new, &template)?))?;
-        self.refresh(&mut state, pid, &[did], false)?;
+        self.refresh_components(&mut state, pid, &[(did, cid)], "local")?;
         self.component_locked(&mut state, pid, cid)
     }
 
@@ -767,7 +816,7 @@ impl Service {
         let did = self.component_locked(&mut state, pid, cid)?.drawing_id;
         let ctx = self.ctx(user, kind).with_reason(reason);
         self.repo.write(|tx| Ok(f(tx.drawing(did)?, &ctx)?))?;
-        self.refresh(&mut state, pid, &[did], false)?;
+        self.refresh_components(&mut state, pid, &[(did, cid)], "local")?;
         self.component_locked(&mut state, pid, cid)
     }
 
@@ -829,11 +878,18 @@ impl Service {
     ) -> ApiResult<BulkOutcome> {
         let mut state = self.lock();
         let index = self.index(&mut state, pid)?;
-        let mut drawings: Vec<DrawingId> = updates
+        let mut touched: Vec<(DrawingId, ComponentId)> = updates
             .iter()
-            .filter_map(|u| index.components.get(&u.component_id).map(|c| c.drawing_id))
+            .filter_map(|u| {
+                index
+                    .components
+                    .get(&u.component_id)
+                    .map(|c| (c.drawing_id, c.id))
+            })
             .collect();
-        drawings.sort();
+        touched.sort();
+        touched.dedup();
+        let mut drawings: Vec<DrawingId> = touched.iter().map(|(d, _)| *d).collect();
         drawings.dedup();
         let ctx = self.ctx(user, OperationKind::BulkUpdate).with_reason(reason);
         let outcome = self.repo.write(|tx| {
@@ -841,7 +897,7 @@ impl Service {
             Ok(apply_bulk(&mut docs, &updates, &options, &ctx)?)
         })?;
         if outcome.applied > 0 {
-            self.refresh(&mut state, pid, &drawings, false)?;
+            self.refresh_components(&mut state, pid, &touched, "local")?;
         }
         Ok(outcome)
     }
@@ -935,8 +991,15 @@ impl Service {
         match written {
             Ok(()) => {
                 session.wrote = true;
-                let drawings: Vec<DrawingId> = batch.writes.keys().copied().collect();
-                self.refresh(&mut state, pid, &drawings, !batch.new_drawings.is_empty())?;
+                if !batch.new_drawings.is_empty() {
+                    self.refresh(&mut state, pid, &[], true)?;
+                }
+                let touched: Vec<(DrawingId, ComponentId)> = batch
+                    .writes
+                    .iter()
+                    .flat_map(|(did, planned)| planned.iter().map(|p| (*did, p.id)))
+                    .collect();
+                self.refresh_components(&mut state, pid, &touched, "local")?;
             }
             Err(RepoError::Model(e)) => {
                 session.forget(&batch);

@@ -260,6 +260,29 @@ impl DrawingDoc {
         self.component(update.component_id)
     }
 
+    /// The components whose state changed since `before` (heads this
+    /// document had), from Automerge's diff: a sync that touched one
+    /// component costs one component read, not the whole drawing's.
+    pub fn changed_components(&self, before: &[automerge::ChangeHash]) -> Vec<ComponentId> {
+        use automerge::{PatchAction, Prop};
+        let after = self.doc.get_heads();
+        let mut out = std::collections::BTreeSet::new();
+        for patch in self.doc.diff(before, &after) {
+            if !matches!(patch.path.first(), Some((_, Prop::Map(k))) if k == "components") {
+                continue;
+            }
+            let key = match (patch.path.get(1), &patch.action) {
+                (Some((_, Prop::Map(k))), _) => Some(k.clone()),
+                (None, PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key }) => Some(key.clone()),
+                _ => None,
+            };
+            if let Some(id) = key.and_then(|k| k.parse().ok()) {
+                out.insert(id);
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// One component with derived completion and status.
     pub fn component(&self, id: ComponentId) -> Result<Component> {
         let at = locate(&self.doc, id)?;

@@ -734,6 +734,20 @@ mod tests {
         assert_eq!(patch.attributes.unwrap()["area"].as_deref(), Some("A2"));
         assert_eq!(patch.tag, None);
 
+        // A diff since the creation names just the component written.
+        let heads = doc.automerge().get_heads();
+        let second = ComponentId(Uuid::new_v4());
+        let again = Plan::Create(NewComponent {
+            tag: "P-2".into(),
+            ..match &plan {
+                Plan::Create(n) => n.clone(),
+                _ => unreachable!(),
+            }
+        });
+        doc.apply_import(&ctx, &[(second, &again, &pipe)]).unwrap();
+        assert_eq!(doc.changed_components(&heads), vec![second]);
+        assert_eq!(doc.changed_components(&[]).len(), 2);
+
         let other = template("Valve", WorkflowType::Discrete);
         let moved = cols.row(["D-1", "P-1", "Valve", "20", "A2"]);
         let errs = plan_row(&moved, Some(&existing), &[pipe, other]).unwrap_err();

@@ -20,15 +20,25 @@ pub mod proxy;
 /// `CARGO_BIN_EXE_*` only to the binary's own package, so the first call in
 /// each test process runs `cargo build` for the binaries (a no-op when they
 /// are up to date) in the profile the tests were built with.
+///
+/// A program that is not a test (the benchmark) lives beside the binaries:
+/// it uses them as they are, and says how to build them when they are
+/// missing.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_owned();
+    let own_dir = exe.parent().expect("exe dir");
+    if own_dir.file_name().is_none_or(|d| d != "deps") {
+        let path = own_dir.join(name);
+        assert!(
+            path.exists(),
+            "{} is missing: build the binaries first (cargo build --release --locked --workspace --bins)",
+            path.display()
+        );
+        return path;
+    }
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let dir = own_dir.parent().expect("target dir").to_owned();
     BUILT.get_or_init(|| {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         // Exactly the command .ci/run pre-builds with: the same feature set,
@@ -148,6 +158,11 @@ impl Daemon {
                 agent,
             },
         }
+    }
+
+    /// The process id (for resident-memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// A handle for other threads.
@@ -518,6 +533,11 @@ impl Relay {
             data_dir: dir.to_owned(),
             addr,
         }
+    }
+
+    /// The process id (for resident-memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn ws_url(&self) -> String {

@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(dir.join(format!("{name}.token")), &t).ok();
         t
     };
-    let relay = Relay::start(&relay_dir);
+    let relay = Relay::start_paced(&relay_dir, 5000);
     let a_args = scenarios::sync_flags(&token("a"), &relay);
     let a_refs: Vec<&str> = a_args.iter().map(String::as_str).collect();
     let mut a = Daemon::start(&dir.join("a"), &a_refs);
@@ -169,6 +169,7 @@ fn main() -> anyhow::Result<()> {
     );
     let mut md = report::markdown(&figures, &machine, &command, &size_text, elapsed);
     md.push_str(NOT_MEASURED);
+    md.push_str(include_str!("../FINDINGS.md"));
     std::fs::write(&cli.out, md).with_context(|| format!("writing {}", cli.out.display()))?;
     let json_path = cli.out.with_extension("json");
     let raw = json!({

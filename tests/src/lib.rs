@@ -191,6 +191,19 @@ impl Daemon {
 }
 
 impl Client {
+    /// The same client with another per-request time limit (the default is
+    /// 30 s; a benchmark's first query on a large project can take longer).
+    pub fn patient(&self, limit: Duration) -> Client {
+        Client {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(limit))
+                .build()
+                .into(),
+            ..self.clone()
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

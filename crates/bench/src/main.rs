@@ -110,28 +110,53 @@ fn main() -> anyhow::Result<()> {
     let b_refs: Vec<&str> = b_args.iter().map(String::as_str).collect();
     let b = Daemon::start(&dir.join("b"), &b_refs);
 
-    step("HTTP writes on A");
-    figures.extend(scenarios::writes(&a.client(), &project, &sizes)?);
-    step("component queries on A");
-    figures.push(scenarios::queries(&a.client(), &project, &sizes)?);
-    step("propagation A → relay → B");
-    let prop = scenarios::propagation(&a.client(), &b.client(), &project, &sizes)?;
-    figures.push(scenarios::propagation_p99(&prop));
-    figures.insert(figures.len() - 1, prop);
-    step("offline catch-up");
-    figures.push(scenarios::offline_catch_up(
-        &a.client(),
-        &b.client(),
-        &project,
-        &sizes,
-    )?);
-    step("B reconnects with nothing changed");
-    wait_pending_zero(&a.client())?;
-    figures.extend(scenarios::reconnect(&b.client(), &relay, &project, &sizes)?);
-
-    step("A restarts on its store");
+    // A scenario that fails (or a harness call that panics) is reported
+    // with the figures gathered so far, never lost with them.
+    let mut failures: Vec<String> = Vec::new();
+    let mut attempt =
+        |what: &str, figures: &mut Vec<Figure>, f: &mut dyn FnMut() -> anyhow::Result<Vec<Figure>>| {
+            step(what);
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *f)) {
+                Ok(Ok(out)) => figures.extend(out),
+                Ok(Err(e)) => failures.push(format!("{what}: {e:#}")),
+                Err(p) => failures.push(format!(
+                    "{what}: {}",
+                    p.downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or(p.downcast_ref::<&str>().copied())
+                        .unwrap_or("panicked")
+                )),
+            }
+        };
+    attempt("HTTP writes on A", &mut figures, &mut || {
+        scenarios::writes(&a.client(), &project, &sizes)
+    });
+    attempt("component queries on A", &mut figures, &mut || {
+        Ok(vec![scenarios::queries(&a.client(), &project, &sizes)?])
+    });
+    attempt("propagation A → relay → B", &mut figures, &mut || {
+        let prop = scenarios::propagation(&a.client(), &b.client(), &project, &sizes)?;
+        Ok(vec![scenarios::propagation_p99(&prop), prop]
+            .into_iter()
+            .rev()
+            .collect())
+    });
+    attempt("offline catch-up", &mut figures, &mut || {
+        Ok(vec![scenarios::offline_catch_up(
+            &a.client(),
+            &b.client(),
+            &project,
+            &sizes,
+        )?])
+    });
+    attempt("B reconnects with nothing changed", &mut figures, &mut || {
+        wait_pending_zero(&a.client())?;
+        scenarios::reconnect(&b.client(), &relay, &project, &sizes)
+    });
     a.stop();
-    figures.extend(scenarios::startup(&dir.join("a"), &a_args, &project, &sizes)?);
+    attempt("A restarts on its store", &mut figures, &mut || {
+        scenarios::startup(&dir.join("a"), &a_args, &project, &sizes)
+    });
     drop(b);
     drop(relay);
 
@@ -168,6 +193,12 @@ fn main() -> anyhow::Result<()> {
         },
     );
     let mut md = report::markdown(&figures, &machine, &command, &size_text, elapsed);
+    if !failures.is_empty() {
+        md.push_str("\n## Scenarios that did not complete\n\n");
+        for f in &failures {
+            md.push_str(&format!("- {f}\n"));
+        }
+    }
     md.push_str(NOT_MEASURED);
     md.push_str(include_str!("../FINDINGS.md"));
     std::fs::write(&cli.out, md).with_context(|| format!("writing {}", cli.out.display()))?;
@@ -178,9 +209,13 @@ fn main() -> anyhow::Result<()> {
         "sizes": size_text,
         "elapsed_s": elapsed.as_secs_f64(),
         "figures": figures.iter().map(Figure::to_json).collect::<Vec<_>>(),
+        "failures": failures,
     });
     std::fs::write(&json_path, serde_json::to_string_pretty(&raw)?)?;
     let missed = figures.iter().filter(|f| f.met() == Some(false)).count();
+    for f in &failures {
+        eprintln!("sitesync-bench: did not complete: {f}");
+    }
     eprintln!(
         "sitesync-bench: {} figures, {missed} targets missed; wrote {} and {} in {:.0} s",
         figures.len(),
@@ -191,6 +226,11 @@ fn main() -> anyhow::Result<()> {
     if cli.keep {
         eprintln!("kept {}", tmp.keep().display());
     }
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} scenarios did not complete",
+        failures.len()
+    );
     Ok(())
 }
 

@@ -491,7 +491,8 @@ pub fn startup(
             "/v1/projects/{}/components?status=in_progress&sort=-completion&limit=100",
             p.id
         );
-        let (t, r) = timed(|| d.call("GET", &path, None));
+        let patient = d.patient(Duration::from_secs(600));
+        let (t, r) = timed(|| patient.call("GET", &path, None));
         ok("first query", r)?;
         first.push(t);
         rss.push(d.pid().map_or(f64::NAN, rss_mb));

@@ -1293,16 +1293,9 @@ fn import_format(query: Option<&str>, content_type: Option<&str>) -> ApiResult<O
 }
 
 /// A file whose first meaningful byte opens an array is JSON; anything else
-/// is read as CSV.
-fn sniff(path: &std::path::Path) -> ImportFormat {
-    use std::io::Read as _;
-    let mut head = [0u8; 512];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .unwrap_or(0);
-    let text = head[..n]
-        .strip_prefix("\u{feff}".as_bytes())
-        .unwrap_or(&head[..n]);
+/// is read as CSV. `head` is the start of the upload.
+fn sniff(head: &[u8]) -> ImportFormat {
+    let text = head.strip_prefix("\u{feff}".as_bytes()).unwrap_or(head);
     match text.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => ImportFormat::Json,
         _ => ImportFormat::Csv,
@@ -1310,18 +1303,14 @@ fn sniff(path: &std::path::Path) -> ImportFormat {
 }
 
 /// Streams a request body to `path`, refusing more than `limit` bytes.
-async fn store_upload(body: axum::body::Body, path: &std::path::Path, limit: u64) -> ApiResult<u64> {
+/// Returns the first bytes (up to 512), for [`sniff`].
+async fn store_upload(body: axum::body::Body, path: &std::path::Path, limit: u64) -> ApiResult<Vec<u8>> {
     use tokio::io::AsyncWriteExt as _;
-    let io_err = |e: std::io::Error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "io_error",
-            format!("storing the upload failed: {e}"),
-        )
-    };
+    let io_err = |e| ApiError::io("storing the upload", e);
     let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(path).await.map_err(io_err)?);
     let mut stream = body.into_data_stream();
     let mut size = 0u64;
+    let mut head = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::new(
@@ -1338,10 +1327,12 @@ async fn store_upload(body: axum::body::Body, path: &std::path::Path, limit: u64
                 format!("the file is larger than the import limit of {limit} bytes (--max-import-mb)"),
             ));
         }
+        let room = 512usize.saturating_sub(head.len());
+        head.extend_from_slice(&chunk[..room.min(chunk.len())]);
         file.write_all(&chunk).await.map_err(io_err)?;
     }
     file.flush().await.map_err(io_err)?;
-    Ok(size)
+    Ok(head)
 }
 
 fn mapping_of(raw: Option<&str>) -> ApiResult<Mapping> {
@@ -1404,19 +1395,19 @@ async fn create_import(
             format!("project {p} is deleted"),
         ));
     }
-    let (id, dir) = app.jobs.prepare().map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "io_error",
-            format!("preparing the job failed: {e}"),
-        )
-    })?;
+    let (id, dir) = app
+        .jobs
+        .prepare()
+        .map_err(|e| ApiError::io("preparing the job", e))?;
     let path = dir.join("upload");
-    if let Err(e) = store_upload(body, &path, app.max_import_bytes).await {
-        app.jobs.discard(id);
-        return Err(e);
-    }
-    let format = format.unwrap_or_else(|| sniff(&path));
+    let head = match store_upload(body, &path, app.max_import_bytes).await {
+        Ok(head) => head,
+        Err(e) => {
+            app.jobs.discard(id);
+            return Err(e);
+        }
+    };
+    let format = format.unwrap_or_else(|| sniff(&head));
     let request = crate::import::Request {
         project: p,
         user,
@@ -1464,23 +1455,20 @@ async fn create_export(
     let format = b.format;
     let requested = b.columns;
     // The columns are checked now, so a bad name is a 422, not a failed job.
-    let check = requested.clone();
-    let name = blocking(&app, move |s| {
+    let (outline, columns, name) = blocking(&app, move |s| {
         let project = s.project(p)?;
-        s.export_outline(p)?.columns(check.as_deref())?;
-        Ok(crate::export::file_name(&project.name, format))
+        let outline = s.export_outline(p)?;
+        let columns = outline.columns(requested.as_deref())?;
+        Ok((outline, columns, crate::export::file_name(&project.name, format)))
     })
     .await?;
-    let (id, _) = app.jobs.prepare().map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "io_error",
-            format!("preparing the job failed: {e}"),
-        )
-    })?;
+    let (id, _) = app
+        .jobs
+        .prepare()
+        .map_err(|e| ApiError::io("preparing the job", e))?;
     let request = crate::export::Request {
-        project: p,
-        columns: requested,
+        outline,
+        columns,
         format,
         file_name: name,
     };
@@ -1582,7 +1570,22 @@ async fn download_job(State(app): App, PathParams(raw): PathParams<String>) -> A
         Some("json") => ExportFormat::Json,
         _ => ExportFormat::Csv,
     };
-    let mut response = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
+    let mut response = attachment(
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+        format,
+        &name,
+    );
+    if let Some(len) = len {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_LENGTH, len.into());
+    }
+    Ok(response)
+}
+
+/// A file download: its Content-Type and an attachment file name.
+fn attachment(body: axum::body::Body, format: ExportFormat, name: &str) -> Response {
+    let mut response = body.into_response();
     let h = response.headers_mut();
     h.insert(
         axum::http::header::CONTENT_TYPE,
@@ -1591,10 +1594,7 @@ async fn download_job(State(app): App, PathParams(raw): PathParams<String>) -> A
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         h.insert(axum::http::header::CONTENT_DISPOSITION, v);
     }
-    if let Some(len) = len {
-        h.insert(axum::http::header::CONTENT_LENGTH, len.into());
-    }
-    Ok(response)
+    response
 }
 
 #[utoipa::path(
@@ -1615,16 +1615,7 @@ async fn components_csv(State(app): App, PathParams(p): PathParams<String>) -> A
     })
     .await?;
     let body = crate::export::stream_csv(app.service.clone(), outline)?;
-    let mut response = body.into_response();
-    let h = response.headers_mut();
-    h.insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static(ExportFormat::Csv.content_type()),
-    );
-    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
-        h.insert(axum::http::header::CONTENT_DISPOSITION, v);
-    }
-    Ok(response)
+    Ok(attachment(body, ExportFormat::Csv, &name))
 }
 
 #[cfg(test)]

@@ -44,6 +44,16 @@ impl ApiError {
         }
     }
 
+    /// A file operation of the daemon's own failed (500): `doing` says
+    /// what it was doing, e.g. "storing the upload".
+    pub fn io(doing: &str, e: std::io::Error) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "io_error",
+            format!("{doing} failed: {e}"),
+        )
+    }
+
     pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -429,13 +429,7 @@ pub fn write_rows(
         .iter()
         .map(|t| (t.id, t.name.as_str()))
         .collect();
-    let io = |e: std::io::Error| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "io_error",
-            format!("writing the export failed: {e}"),
-        )
-    };
+    let io = |e| ApiError::io("writing the export", e);
     let mut written = 0;
     for ids in outline.order.chunks(BATCH) {
         for c in service.components_by_id(outline.project, ids)? {
@@ -449,10 +443,11 @@ pub fn write_rows(
 
 /// An export to run.
 pub struct Request {
-    pub project: ProjectId,
-    /// The requested columns (None: all); checked again when the job runs,
-    /// against the project as it is then.
-    pub columns: Option<Vec<String>>,
+    /// The components as the export was requested; their values are read
+    /// as the job writes them.
+    pub outline: Outline,
+    /// The columns, checked when the export was requested.
+    pub columns: Vec<Column>,
     pub format: Format,
     /// The file's name for downloads (`<project>-components.<ext>`).
     pub file_name: String,
@@ -461,33 +456,36 @@ pub struct Request {
 /// Runs an export job: writing (rows to the file), then saving. The result
 /// is `{"format", "rows", "bytes", "file_name", "download"}`.
 pub fn run(service: &Service, ctx: &JobCtx<'_>, req: Request) -> Result<Done, Failure> {
-    let api = |e: ApiError| Failure::new(e.message);
-    let outline = service.export_outline(req.project).map_err(api)?;
-    let columns = outline.columns(req.columns.as_deref()).map_err(api)?;
+    let Request {
+        outline,
+        columns,
+        format,
+        file_name,
+    } = req;
     let total = outline.order.len() as u64;
-    let path = ctx.dir.join(&req.file_name);
+    let path = ctx.dir.join(&file_name);
     let headers: Vec<String> = columns.iter().map(Column::header).collect();
     let io = |e: std::io::Error| Failure::new(format!("writing the export failed: {e}"));
     ctx.progress("writing", 0, total);
-    let mut sink = file_sink(req.format, &path, headers).map_err(io)?;
+    let mut sink = file_sink(format, &path, headers).map_err(io)?;
     let rows = write_rows(service, &outline, &columns, sink.as_mut(), |n| {
         ctx.progress("writing", n.min(total), total)
     })
-    .map_err(api)?;
+    .map_err(|e| Failure::new(e.message))?;
     ctx.progress("saving", 0, 1);
     sink.finish().map_err(io)?;
     ctx.progress("saving", 1, 1);
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     Ok(Done {
         result: json!({
-            "format": req.format.extension(),
+            "format": format.extension(),
             "rows": rows,
             "bytes": bytes,
-            "file_name": req.file_name,
+            "file_name": file_name,
             "download": format!("/v1/jobs/{}/download", ctx.id),
         }),
         message: Some(format!("{rows} components exported")),
-        file: Some(req.file_name),
+        file: Some(file_name),
     })
 }
 

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -231,13 +231,21 @@ fn read_json(
     each: &mut dyn FnMut(u64, RowInput, u64) -> Result<(), Failure>,
 ) -> Result<u64, Failure> {
     let read = std::rc::Rc::new(std::cell::Cell::new(0));
-    let reader = BufReader::with_capacity(
+    let mut reader = BufReader::with_capacity(
         1 << 16,
         Counting {
             inner: file,
             read: read.clone(),
         },
     );
+    // A byte-order mark (editors on Windows write one) is not JSON.
+    if reader
+        .fill_buf()
+        .map_err(FileError::Io)?
+        .starts_with("\u{feff}".as_bytes())
+    {
+        reader.consume(3);
+    }
     let mut de = serde_json::Deserializer::from_reader(reader);
     let mut stopped = None;
     let visitor = Elements {

@@ -934,13 +934,13 @@ impl Service {
     }
 
     /// These components as they are now, in the order given (ids no longer
-    /// in the project are skipped).
+    /// in the project, or deleted since, are skipped).
     pub fn components_by_id(&self, pid: ProjectId, ids: &[ComponentId]) -> ApiResult<Vec<Component>> {
         let mut state = self.lock();
         let index = self.index(&mut state, pid)?;
         Ok(ids
             .iter()
-            .filter_map(|id| index.components.get(id).cloned())
+            .filter_map(|id| index.components.get(id).filter(|c| !c.deleted).cloned())
             .collect())
     }
 

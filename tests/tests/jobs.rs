@@ -564,3 +564,53 @@ fn the_event_stream_carries_a_jobs_progress() {
         "events leave the per-row report to GET /v1/jobs/{{id}}"
     );
 }
+
+#[test]
+fn uploads_are_sniffed_size_limited_and_refused_for_a_deleted_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("d"), &["--max-import-mb", "1"]);
+    let Seeded { project: p, .. } = seed(&d);
+    // No usable Content-Type: a leading '[' (after a byte-order mark) is JSON, anything else CSV.
+    let json = "\u{feff} [{\"DWG\": \"ISO-1\", \"TAG\": \"S-1\", \"TEMPLATE\": \"Spool\"}]";
+    let job = import(
+        &d,
+        &p,
+        json.as_bytes(),
+        "application/octet-stream",
+        "?dry_run=true",
+    );
+    assert_eq!(counts(&job), [1, 0, 0, 0], "{job}");
+    let job = import(
+        &d,
+        &p,
+        b"DWG,TAG,TEMPLATE\nISO-1,S-2,Spool\n",
+        "application/octet-stream",
+        "?dry_run=true",
+    );
+    assert_eq!(counts(&job), [1, 0, 0, 0], "{job}");
+
+    let mut big = b"DWG,TAG,TEMPLATE\n".to_vec();
+    while big.len() <= 1024 * 1024 {
+        big.extend_from_slice(b"ISO-1,FILLER-ROW-WITH-A-LONG-TAG,Spool\n");
+    }
+    let (status, body) = d.upload(&format!("/v1/projects/{p}/imports"), &big, "text/csv");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
+    let jobs = ok(d.call("GET", &format!("/v1/jobs?project_id={p}"), None), "jobs");
+    assert_eq!(jobs["total"], 2, "a refused upload leaves no job: {jobs}");
+    let kept: Vec<_> = std::fs::read_dir(d.data_dir.join("jobs")).unwrap().collect();
+    assert_eq!(kept.len(), 2, "nor its file");
+
+    ok(
+        d.call("DELETE", &format!("/v1/projects/{p}"), None),
+        "delete project",
+    );
+    let (status, body) = d.upload(&format!("/v1/projects/{p}/imports"), b"TAG\nA\n", "text/csv");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("project_deleted"))
+    );
+}

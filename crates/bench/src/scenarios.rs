@@ -110,6 +110,17 @@ fn toggle(ids: &[&str], k: usize, key: &str) -> Value {
     json!({"component_id": ids[k % ids.len()], "milestone": key, "completed": flip(k, ids.len())})
 }
 
+/// One milestone update over HTTP: [`toggle`]'s `k`th write, with PUT.
+fn put_toggle(c: &Client, p: &Project, ids: &[&str], k: usize, key: &str) -> anyhow::Result<()> {
+    let id = ids[k % ids.len()];
+    let path = format!("/v1/projects/{}/components/{id}/milestones/{key}", p.id);
+    ok(
+        "milestone update",
+        c.call("PUT", &path, Some(&json!({"completed": flip(k, ids.len())}))),
+    )?;
+    Ok(())
+}
+
 /// Single milestone updates and bulk updates over HTTP, each acknowledged
 /// only once durable.
 pub fn writes(a: &Client, p: &Project, s: &Sizes) -> anyhow::Result<Vec<Figure>> {
@@ -117,11 +128,8 @@ pub fn writes(a: &Client, p: &Project, s: &Sizes) -> anyhow::Result<Vec<Figure>>
     let welds = p.of_kind(Kind::Weld);
     let mut single = Vec::with_capacity(s.single_writes);
     for k in 0..s.single_writes {
-        let id = spools[k % spools.len()];
-        let body = json!({"completed": flip(k, spools.len())});
-        let path = format!("/v1/projects/{}/components/{id}/milestones/punch", p.id);
-        let (t, r) = timed(|| a.call("PUT", &path, Some(&body)));
-        ok("milestone update", r)?;
+        let (t, r) = timed(|| put_toggle(a, p, &spools, k, "punch"));
+        r?;
         single.push(t);
     }
     let mut b50 = Vec::with_capacity(s.bulk50);
@@ -216,10 +224,8 @@ pub fn propagation(a: &Client, b: &Client, p: &Project, s: &Sizes) -> anyhow::Re
     let mut times = Vec::with_capacity(s.propagations);
     for k in 0..s.propagations {
         let id = spools[k % spools.len()];
-        let body = json!({"completed": flip(k, spools.len())});
-        let path = format!("/v1/projects/{}/components/{id}/milestones/test", p.id);
         let start = Instant::now();
-        ok("update on A", a.call("PUT", &path, Some(&body)))?;
+        put_toggle(a, p, &spools, k, "test")?;
         loop {
             let (at, kind, data) = feed
                 .recv_timeout(Duration::from_secs(30))

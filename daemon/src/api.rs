@@ -33,8 +33,9 @@ use crate::export::Format as ExportFormat;
 use crate::extract::Paged;
 use crate::extract::{DefaultUser, JsonBody, Page, PathParams, QueryParams, User, id, tri};
 use crate::import::Format as ImportFormat;
+use crate::index::{ComponentQuery, Sort};
 use crate::jobs::{Job, JobKind, JobState};
-use crate::service::{ComponentQuery, DrawingView, ProjectView, Service, Sort, UndoView};
+use crate::service::{DrawingView, ProjectView, Service, UndoView};
 use sitesync_model::import::Mapping;
 
 /// Largest request body accepted (a 10,000-update bulk is ~1.5 MB).
@@ -661,8 +662,7 @@ async fn list_components(
 ) -> ApiResult<Response> {
     let p = pid(&p)?;
     let (q, page) = component_query(&params)?;
-    let all = blocking(&app, move |s| s.components(p, &q)).await?;
-    Ok(Json(page.of(all)).into_response())
+    Ok(Json(blocking(&app, move |s| s.components(p, &q, page)).await?).into_response())
 }
 
 fn cid(raw: &str) -> ApiResult<ComponentId> {

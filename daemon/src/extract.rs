@@ -144,14 +144,33 @@ impl Page {
 
     /// One page of `items`, as `{"items", "next_cursor", "total"}`.
     pub fn of<T: Serialize>(self, items: Vec<T>) -> Paged<T> {
-        let total = items.len();
-        let end = (self.offset + self.limit).min(total);
-        let next_cursor = (end < total).then(|| encode_cursor(end));
+        let (total, next_cursor) = self.bounds(items.len());
         Paged {
             items: items.into_iter().skip(self.offset).take(self.limit).collect(),
             next_cursor,
             total,
         }
+    }
+
+    /// [`Self::of`] over references, cloning only the page's items (a
+    /// listing sorts references to a large index, then copies 100).
+    pub fn of_cloned<T: Serialize + Clone>(self, items: &[&T]) -> Paged<T> {
+        let (total, next_cursor) = self.bounds(items.len());
+        Paged {
+            items: items
+                .iter()
+                .skip(self.offset)
+                .take(self.limit)
+                .map(|t| (*t).clone())
+                .collect(),
+            next_cursor,
+            total,
+        }
+    }
+
+    fn bounds(self, total: usize) -> (usize, Option<String>) {
+        let end = (self.offset + self.limit).min(total);
+        (total, (end < total).then(|| encode_cursor(end)))
     }
 }
 

@@ -17,6 +17,7 @@ pub mod events;
 pub mod export;
 pub mod extract;
 pub mod import;
+pub mod index;
 pub mod jobs;
 pub mod metrics;
 pub mod replication;
@@ -69,7 +70,8 @@ const EVENT_RING: usize = 10_000;
 
 /// Opens the store in `data_dir` and builds the service: the device id is
 /// created once and kept; the Automerge actor is fresh for every start.
-pub fn open_service(data_dir: &Path) -> Result<Service, StartError> {
+/// `max_cached` documents stay decoded in memory.
+pub fn open_service(data_dir: &Path, max_cached: usize) -> Result<Service, StartError> {
     let store_dir = data_dir.join("store");
     let store_err = |source| StartError::Store {
         dir: store_dir.display().to_string(),
@@ -77,7 +79,14 @@ pub fn open_service(data_dir: &Path) -> Result<Service, StartError> {
     };
     let store = DocStore::new(SledBackend::open(&store_dir).map_err(store_err)?);
     let device = DeviceId(store.device_id().map_err(store_err)?);
-    let repo = Repo::new(store, ActorId::random(), RepoConfig::default());
+    let repo = Repo::new(
+        store,
+        ActorId::random(),
+        RepoConfig {
+            max_cached,
+            ..RepoConfig::default()
+        },
+    );
     let clock = Clock::system();
     // Event ids start from the clock (µs), so they keep increasing across
     // restarts and a stale Last-Event-ID is recognised.

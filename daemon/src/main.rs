@@ -147,6 +147,19 @@ struct Cli {
     )]
     job_event_interval_ms: u64,
 
+    /// Most documents (one per drawing) kept decoded in memory. A drawing
+    /// of 50 components takes about 1 MB decoded; others reload from the
+    /// store on use. Raise it on a machine with memory to spare and
+    /// projects with many drawings in daily use.
+    #[arg(
+        long,
+        env = "SITESYNC_MAX_CACHED_DOCUMENTS",
+        default_value_t = sitesync_sync::RepoConfig::default().max_cached as u64,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    max_cached_documents: u64,
+
     /// Largest file an import accepts, in MiB.
     #[arg(
         long,
@@ -216,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
              (issue one with `sitesync-relay token create --org NAME --data-dir DIR`)"
         );
     }
-    let service = Arc::new(open_service(&data_dir)?);
+    let service = Arc::new(open_service(&data_dir, cli.max_cached_documents as usize)?);
     let ping_every = Duration::from_millis(cli.sync_ping_ms.max(10));
     let timing = SyncTiming {
         link: LinkTiming {

@@ -15,12 +15,12 @@ use serde_json::json;
 use sitesync_model::OpMeta;
 use sitesync_model::automerge::ChangeHash;
 use sitesync_model::bulk::BulkOutcome;
-use sitesync_model::history::{index_changes, operation_records, sort_newest_first, summarize};
+use sitesync_model::history::{operation_records, summarize};
 use sitesync_model::{
     BulkOptions, Component, ComponentId, ComponentPatch, DeviceId, DrawingDoc, DrawingId, DrawingInfo,
     DrawingPatch, GroupBy, HistoryEntry, MilestoneUpdate, ModelError, NewComponent, NewDrawing, NewProject,
     NewTemplate, OperationId, OperationInfo, OperationKind, Progress, ProjectDoc, ProjectId, ProjectPatch,
-    Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk, rollup,
+    Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk,
 };
 use sitesync_sync::host::{RepoHost, binding_records, project_record};
 use sitesync_sync::session::{Host as _, HostError};
@@ -29,6 +29,8 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::events::EventBus;
+use crate::extract::{Page, Paged};
+use crate::index::{ComponentQuery, HistoryIndex, ProjectIndex};
 
 /// Metadata record marking a project (so listing projects needs no scan of
 /// every document).
@@ -107,117 +109,6 @@ pub struct UndoView {
     pub operation_id: OperationId,
     #[serde(flatten)]
     pub report: UndoReport,
-}
-
-/// Derived state of one project, rebuilt from its documents on first use and
-/// kept current on every write: the drawing list and every component view.
-struct ProjectIndex {
-    drawings: BTreeMap<DrawingId, DrawingInfo>,
-    components: HashMap<ComponentId, Component>,
-}
-
-impl ProjectIndex {
-    fn build(repo: &Repo, pid: ProjectId) -> Result<Self, RepoError> {
-        let drawings: BTreeMap<_, _> = repo
-            .read_project(pid, |p| p.drawings())??
-            .into_iter()
-            .map(|d| (d.id, d))
-            .collect();
-        let mut components = HashMap::new();
-        for id in drawings.keys() {
-            // A drawing listed before its document arrived (sync) has no
-            // components yet.
-            match repo.read_drawing(*id, |d| d.components()) {
-                Ok(list) => components.extend(list?.into_iter().map(|c| (c.id, c))),
-                Err(RepoError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Self { drawings, components })
-    }
-
-    fn live(&self) -> impl Iterator<Item = &Component> {
-        self.components.values().filter(|c| !c.deleted)
-    }
-
-    fn rollup(&self, group_by: Option<GroupBy>) -> Progress {
-        rollup(
-            self.live().map(|c| (c, self.drawings.get(&c.drawing_id))),
-            group_by,
-        )
-    }
-}
-
-/// Filters and order of a component listing.
-#[derive(Clone, Debug, Default)]
-pub struct ComponentQuery {
-    pub drawing_id: Option<DrawingId>,
-    pub status: Option<Status>,
-    pub kind: Option<String>,
-    pub q: Option<String>,
-    pub attributes: Vec<(String, String)>,
-    pub min_completion: Option<f64>,
-    pub max_completion: Option<f64>,
-    pub include_deleted: bool,
-    pub sort: Sort,
-}
-
-/// Component list order.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Sort {
-    #[default]
-    Tag,
-    TagDesc,
-    Completion,
-    CompletionDesc,
-    UpdatedAt,
-    UpdatedAtDesc,
-}
-
-impl Sort {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "tag" => Self::Tag,
-            "-tag" => Self::TagDesc,
-            "completion" => Self::Completion,
-            "-completion" => Self::CompletionDesc,
-            "updated_at" => Self::UpdatedAt,
-            "-updated_at" => Self::UpdatedAtDesc,
-            _ => return None,
-        })
-    }
-}
-
-/// History rows of one drawing document, indexed up to `heads`. Built from
-/// the change log on first use, then extended with only the changes made
-/// since, so a history request never rescans the whole log.
-struct HistoryIndex {
-    heads: Vec<ChangeHash>,
-    rows: HashMap<ComponentId, Vec<HistoryEntry>>,
-}
-
-impl HistoryIndex {
-    fn catch_up(&mut self, doc: &DrawingDoc) -> Result<(), ModelError> {
-        let am = doc.automerge();
-        // A head we indexed but the document lacks (a damaged record was
-        // skipped on reload) means the rows no longer match: start over.
-        if self.heads.iter().any(|h| am.get_change_meta_by_hash(h).is_none()) {
-            self.heads.clear();
-            self.rows.clear();
-        }
-        let new = am.get_changes(&self.heads);
-        if new.is_empty() {
-            return Ok(());
-        }
-        for (cid, row) in index_changes(am, &new)? {
-            self.rows.entry(cid).or_default().push(row);
-        }
-        for rows in self.rows.values_mut() {
-            sort_newest_first(rows);
-        }
-        self.heads = am.get_heads();
-        Ok(())
-    }
 }
 
 #[derive(Default)]
@@ -516,16 +407,11 @@ impl Service {
     fn absorb(&self, index: &mut ProjectIndex, pid: ProjectId, fresh: Vec<Component>, origin: &str) -> bool {
         let mut changed = false;
         for c in fresh {
-            let kind = match index.components.get(&c.id) {
-                None => "component.created",
-                Some(old) if old == &c => continue,
-                Some(old) if !old.deleted && c.deleted => "component.deleted",
-                Some(_) => "component.updated",
-            };
-            changed = true;
-            self.events
-                .publish(kind, Some(pid), json!({"component": &c, "origin": origin}));
-            index.components.insert(c.id, c);
+            let event = json!({"component": &c, "origin": origin});
+            if let Some(change) = index.put(c) {
+                changed = true;
+                self.events.publish(change.event(), Some(pid), event);
+            }
         }
         changed
     }
@@ -650,12 +536,11 @@ impl Service {
     // ---- drawings ----
 
     fn drawing_view(index: &ProjectIndex, info: DrawingInfo) -> DrawingView {
-        let comps: Vec<&Component> = index.live().filter(|c| c.drawing_id == info.id).collect();
-        let p = rollup(comps.iter().map(|c| (*c, None)), None);
+        let tally = index.drawing_tally(info.id);
         DrawingView {
             info,
-            component_count: p.component_count,
-            completion_percent: p.completion_percent,
+            component_count: tally.count,
+            completion_percent: tally.completion(),
         }
     }
 
@@ -758,8 +643,7 @@ impl Service {
 
     fn component_locked(&self, state: &mut State, pid: ProjectId, cid: ComponentId) -> ApiResult<Component> {
         self.index(state, pid)?
-            .components
-            .get(&cid)
+            .get(cid)
             .cloned()
             .ok_or_else(|| ApiError::not_found("component", cid))
     }
@@ -768,38 +652,10 @@ impl Service {
         self.component_locked(&mut self.lock(), pid, cid)
     }
 
-    /// Components matching the query, in its order (all of them; the HTTP
-    /// layer pages).
-    pub fn components(&self, pid: ProjectId, q: &ComponentQuery) -> ApiResult<Vec<Component>> {
+    /// One page of the components matching the query, in its order.
+    pub fn components(&self, pid: ProjectId, q: &ComponentQuery, page: Page) -> ApiResult<Paged<Component>> {
         let mut state = self.lock();
-        let index = self.index(&mut state, pid)?;
-        let needle = q.q.as_ref().map(|s| s.to_lowercase());
-        let mut out: Vec<Component> = index
-            .components
-            .values()
-            .filter(|c| q.include_deleted || !c.deleted)
-            .filter(|c| q.drawing_id.is_none_or(|d| c.drawing_id == d))
-            .filter(|c| q.status.is_none_or(|s| c.status == s))
-            .filter(|c| q.kind.as_ref().is_none_or(|k| &c.kind == k))
-            .filter(|c| needle.as_ref().is_none_or(|n| c.tag.to_lowercase().contains(n)))
-            .filter(|c| q.attributes.iter().all(|(k, v)| c.attributes.get(k) == Some(v)))
-            .filter(|c| q.min_completion.is_none_or(|m| c.completion_percent >= m))
-            .filter(|c| q.max_completion.is_none_or(|m| c.completion_percent <= m))
-            .cloned()
-            .collect();
-        let by_tag = |a: &Component, b: &Component| a.tag.cmp(&b.tag).then(a.id.cmp(&b.id));
-        let by_completion =
-            |a: &Component, b: &Component| a.completion_percent.total_cmp(&b.completion_percent);
-        let by_updated = |a: &Component, b: &Component| a.updated_at.cmp(&b.updated_at);
-        match q.sort {
-            Sort::Tag => out.sort_by(by_tag),
-            Sort::TagDesc => out.sort_by(|a, b| by_tag(b, a)),
-            Sort::Completion => out.sort_by(|a, b| by_completion(a, b).then(by_tag(a, b))),
-            Sort::CompletionDesc => out.sort_by(|a, b| by_completion(b, a).then(by_tag(a, b))),
-            Sort::UpdatedAt => out.sort_by(|a, b| by_updated(a, b).then(by_tag(a, b))),
-            Sort::UpdatedAtDesc => out.sort_by(|a, b| by_updated(b, a).then(by_tag(a, b))),
-        }
-        Ok(out)
+        Ok(self.index(&mut state, pid)?.query(q, page))
     }
 
     /// Runs a write on the drawing holding `cid`.
@@ -880,12 +736,7 @@ impl Service {
         let index = self.index(&mut state, pid)?;
         let mut touched: Vec<(DrawingId, ComponentId)> = updates
             .iter()
-            .filter_map(|u| {
-                index
-                    .components
-                    .get(&u.component_id)
-                    .map(|c| (c.drawing_id, c.id))
-            })
+            .filter_map(|u| index.get(u.component_id).map(|c| (c.drawing_id, c.id)))
             .collect();
         touched.sort();
         touched.dedup();
@@ -916,7 +767,7 @@ impl Service {
             .map(|d| (d.id, d.number.clone()))
             .collect();
         let mut attributes = std::collections::BTreeSet::new();
-        let mut order: Vec<(&str, &str, ComponentId)> = Vec::with_capacity(index.components.len());
+        let mut order: Vec<(&str, &str, ComponentId)> = Vec::with_capacity(index.all().len());
         for c in index.live() {
             attributes.extend(c.attributes.keys().cloned());
             let number = drawings.get(&c.drawing_id).map_or("", String::as_str);
@@ -940,7 +791,7 @@ impl Service {
         let index = self.index(&mut state, pid)?;
         Ok(ids
             .iter()
-            .filter_map(|id| index.components.get(id).filter(|c| !c.deleted).cloned())
+            .filter_map(|id| index.get(*id).filter(|c| !c.deleted).cloned())
             .collect())
     }
 
@@ -957,7 +808,7 @@ impl Service {
         let pid = session.project;
         let mut state = self.lock();
         let index = self.index(&mut state, pid)?;
-        let mut batch = session.plan(&index.drawings, &index.components, rows);
+        let mut batch = session.plan(&index.drawings, index.all(), rows);
         if session.dry_run || batch.writes.is_empty() {
             return Ok(batch.reports);
         }
@@ -1086,12 +937,9 @@ impl Service {
     pub fn history(&self, pid: ProjectId, cid: ComponentId) -> ApiResult<Vec<HistoryEntry>> {
         let mut state = self.lock();
         let did = self.component_locked(&mut state, pid, cid)?.drawing_id;
-        let index = state.history.entry(did).or_insert_with(|| HistoryIndex {
-            heads: Vec::new(),
-            rows: HashMap::new(),
-        });
+        let index = state.history.entry(did).or_default();
         self.repo.read_drawing(did, |d| index.catch_up(d))??;
-        Ok(index.rows.get(&cid).cloned().unwrap_or_default())
+        Ok(index.rows(cid))
     }
 
     pub fn progress(&self, pid: ProjectId, group_by: Option<GroupBy>) -> ApiResult<Progress> {

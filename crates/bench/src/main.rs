@@ -11,6 +11,7 @@
 //! end. Numbers live here, never in tests: these machines are shared and
 //! noisy, so read the figures as this machine's, on this run.
 
+mod fanout;
 mod project;
 mod report;
 mod scenarios;
@@ -65,9 +66,28 @@ fn main() -> anyhow::Result<()> {
         Sizes::full(cli.components)
     };
     let started = Instant::now();
+    // A report that cannot be written is found out now, not after the run.
+    if let Some(parent) = cli.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&cli.out)
+        .with_context(|| format!("cannot write the report to {}", cli.out.display()))?;
     let tmp = tempfile::Builder::new().prefix("sitesync-bench").tempdir()?;
-    let dir = tmp.path().to_owned();
-    eprintln!("sitesync-bench: working in {}", dir.display());
+    // Kept whatever happens below (an error included) when asked.
+    let (_tmp, dir) = if cli.keep {
+        (None, tmp.keep())
+    } else {
+        let dir = tmp.path().to_owned();
+        (Some(tmp), dir)
+    };
+    eprintln!(
+        "sitesync-bench: working in {}{}",
+        dir.display(),
+        if cli.keep { " (kept afterwards)" } else { "" }
+    );
     let step = |what: &str| eprintln!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64());
 
     let relay_dir = dir.join("relay");
@@ -153,6 +173,11 @@ fn main() -> anyhow::Result<()> {
         wait_pending_zero(&a.client())?;
         scenarios::reconnect(&b.client(), &relay, &project, &sizes)
     });
+    attempt("relay fan-out and idle connections", &mut figures, &mut || {
+        let small = project::generate(&a.client(), sizes.per_drawing, sizes.per_drawing, cli.seed)?;
+        wait_pending_zero(&a.client())?;
+        fanout::fanout(&a.client(), &relay, &relay_dir, &small, &sizes)
+    });
     a.stop();
     attempt("A restarts on its store", &mut figures, &mut || {
         scenarios::startup(&dir.join("a"), &a_args, &project, &sizes)
@@ -175,7 +200,7 @@ fn main() -> anyhow::Result<()> {
         )
     };
     let size_text = format!(
-        "{} components on {} drawings of {}; {} single writes, {} bulks of 50, {} large bulks, {} queries, {} propagations, {} reconnects, {} restarts{}",
+        "{} components on {} drawings of {}; {} single writes, {} bulks of 50, {} large bulks, {} queries, {} propagations, {} reconnects, {} restarts; fan-out to {} devices ({} updates), {} idle connections{}",
         project.components,
         project.drawings.len(),
         sizes.per_drawing,
@@ -186,6 +211,9 @@ fn main() -> anyhow::Result<()> {
         sizes.propagations,
         sizes.reconnects,
         sizes.restarts,
+        sizes.fanout_devices,
+        sizes.fanout_updates,
+        sizes.idle_connections,
         if cli.quick {
             " (quick: a smoke test, not the targets' scale)"
         } else {
@@ -223,9 +251,6 @@ fn main() -> anyhow::Result<()> {
         json_path.display(),
         elapsed.as_secs_f64()
     );
-    if cli.keep {
-        eprintln!("kept {}", tmp.keep().display());
-    }
     anyhow::ensure!(
         failures.is_empty(),
         "{} scenarios did not complete",
@@ -238,8 +263,6 @@ fn main() -> anyhow::Result<()> {
 const NOT_MEASURED: &str = "
 ## Not measured yet
 
-- **Relay fan-out** (200 devices subscribed to one project; 1,000 idle
-  connections): needs a many-device WebSocket driver in the harness.
 - **Cold clone of a 500,000-component project**: run
   `target/release/sitesync-bench --components 500000` (expect the import
   alone to take several minutes).

@@ -27,6 +27,11 @@ pub struct Sizes {
     pub offline_drawings: usize,
     pub reconnects: usize,
     pub restarts: usize,
+    /// Devices subscribed to the fan-out project, and updates timed.
+    pub fanout_devices: usize,
+    pub fanout_updates: usize,
+    /// Connections held open for the idle-memory figure (fan-out's included).
+    pub idle_connections: usize,
 }
 
 impl Sizes {
@@ -42,6 +47,9 @@ impl Sizes {
             offline_drawings: 500,
             reconnects: 5,
             restarts: 3,
+            fanout_devices: 200,
+            fanout_updates: 50,
+            idle_connections: 1_000,
         }
     }
 
@@ -57,6 +65,9 @@ impl Sizes {
             offline_drawings: 20,
             reconnects: 3,
             restarts: 1,
+            fanout_devices: 10,
+            fanout_updates: 5,
+            idle_connections: 30,
         }
     }
 }
@@ -111,7 +122,7 @@ fn toggle(ids: &[&str], k: usize, key: &str) -> Value {
 }
 
 /// One milestone update over HTTP: [`toggle`]'s `k`th write, with PUT.
-fn put_toggle(c: &Client, p: &Project, ids: &[&str], k: usize, key: &str) -> anyhow::Result<()> {
+pub fn put_toggle(c: &Client, p: &Project, ids: &[&str], k: usize, key: &str) -> anyhow::Result<()> {
     let id = ids[k % ids.len()];
     let path = format!("/v1/projects/{}/components/{id}/milestones/{key}", p.id);
     ok(

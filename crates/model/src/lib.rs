@@ -46,7 +46,7 @@ pub use error::{ErrorKind, ModelError};
 pub use history::{HistoryEntry, OperationInfo, component_history, operations};
 pub use ids::{ComponentId, DeviceId, DrawingId, OperationId, ProjectId, TemplateId};
 pub use operation::{OpMeta, OperationKind, WriteCtx};
-pub use progress::{GroupBy, Progress, Status, rollup};
+pub use progress::{GroupBy, Progress, Status, Tally, rollup};
 pub use project::{DrawingInfo, DrawingPatch, NewDrawing, NewProject, ProjectDoc, ProjectInfo, ProjectPatch};
 pub use template::{MilestoneDef, NewTemplate, Template, WorkflowType};
 pub use time::Timestamp;

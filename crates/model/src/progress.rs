@@ -116,26 +116,49 @@ pub struct Progress {
     pub groups: Vec<Group>,
 }
 
-#[derive(Default)]
-struct Acc {
-    count: usize,
-    hours: f64,
-    earned: f64,
+/// The running sums behind a rollup: kept per drawing by the daemon's
+/// index, so a project's totals are a sum of a few thousand tallies instead
+/// of a walk over every component.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Tally {
+    pub count: usize,
+    pub hours: f64,
+    pub earned: f64,
 }
 
-impl Acc {
-    fn add(&mut self, c: &Component) {
+impl Tally {
+    /// Counts one component (the caller skips deleted ones).
+    pub fn add(&mut self, c: &Component) {
         let hours = c.budget_hours.unwrap_or(1.0);
         self.count += 1;
         self.hours += hours;
         self.earned += hours * c.completion_percent / 100.0;
     }
 
-    fn completion(&self) -> f64 {
+    /// Adds another tally (e.g. a drawing's to its project's).
+    pub fn merge(&mut self, other: &Tally) {
+        self.count += other.count;
+        self.hours += other.hours;
+        self.earned += other.earned;
+    }
+
+    /// Completion weighted by hours, in percent.
+    pub fn completion(&self) -> f64 {
         if self.hours > 0.0 {
             tidy(self.earned / self.hours * 100.0)
         } else {
             0.0
+        }
+    }
+
+    /// The ungrouped rollup these sums describe.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            component_count: self.count,
+            completion_percent: self.completion(),
+            budget_hours: tidy(self.hours),
+            earned_hours: tidy(self.earned),
+            groups: Vec::new(),
         }
     }
 }
@@ -164,8 +187,8 @@ pub fn rollup<'a>(
     items: impl IntoIterator<Item = (&'a Component, Option<&'a DrawingInfo>)>,
     group_by: Option<GroupBy>,
 ) -> Progress {
-    let mut total = Acc::default();
-    let mut groups: BTreeMap<Option<String>, Acc> = BTreeMap::new();
+    let mut total = Tally::default();
+    let mut groups: BTreeMap<Option<String>, Tally> = BTreeMap::new();
     let mut labels: BTreeMap<Option<String>, String> = BTreeMap::new();
     for (c, drawing) in items {
         if c.deleted {
@@ -181,10 +204,6 @@ pub fn rollup<'a>(
         }
     }
     Progress {
-        component_count: total.count,
-        completion_percent: total.completion(),
-        budget_hours: tidy(total.hours),
-        earned_hours: tidy(total.earned),
         groups: groups
             .into_iter()
             .map(|(key, a)| Group {
@@ -196,6 +215,7 @@ pub fn rollup<'a>(
                 earned_hours: tidy(a.earned),
             })
             .collect(),
+        ..total.progress()
     }
 }
 

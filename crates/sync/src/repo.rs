@@ -139,7 +139,9 @@ impl Default for RepoConfig {
     fn default() -> Self {
         Self {
             compact_at: 64,
-            max_cached: 256,
+            // A decoded drawing of 50 components is ~1 MB: 64 keeps a
+            // day's working set within a laptop's memory budget.
+            max_cached: 64,
             typed: true,
         }
     }

@@ -79,6 +79,12 @@ pub struct SledBackend {
     db: sled::Db,
 }
 
+/// sled's page cache. Its default (1 GiB) fills as a daemon reads its whole
+/// store once (building an index, a first sync) and then stays resident;
+/// the repository already keeps the documents in use, decoded, so sled's
+/// cache only needs the working set of recent pages.
+const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 impl SledBackend {
     /// Opens (creating if needed) the database in `dir`.
     ///
@@ -89,7 +95,7 @@ impl SledBackend {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
-            match sled::Config::new().path(dir).open() {
+            match sled::Config::new().path(dir).cache_capacity(SLED_CACHE_BYTES).open() {
                 Ok(db) => return Ok(Self { db }),
                 Err(sled::Error::Io(e))
                     // sled reports it as `Other` with this text.

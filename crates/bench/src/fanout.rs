@@ -1,0 +1,318 @@
+//! Many devices on one relay: the fan-out and idle-connection scenarios.
+//!
+//! Running hundreds of daemons on a 2-core machine would measure the
+//! machine, not the relay, so each extra device here is the sync engine
+//! itself without the HTTP layer: `sitesync_sync`'s client [`Session`] over
+//! a real WebSocket (`link::connect` + `link::drive`, exactly what the
+//! daemon runs), with an in-memory repository, and its own token from
+//! `sitesync-relay token create`. The relay cannot tell these from daemons.
+//! They all live on one tokio runtime in this process, so the figures
+//! include their own CPU on the same 2 cores.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use sitesync_sync::credentials::Token;
+use sitesync_sync::host::RepoHost;
+use sitesync_sync::link::{self, Feeds, LinkTiming, Observer};
+use sitesync_sync::model::automerge::ActorId;
+use sitesync_sync::session::{Event, Session};
+use sitesync_sync::{DocStore, MemBackend, Repo, RepoConfig};
+use sitesync_tests::{Client, Relay};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::project::{Kind, Project, ok};
+use crate::report::{Figure, Stat};
+use crate::scenarios::{Sizes, put_toggle, rss_mb};
+
+/// What a device tells the scenario.
+#[derive(Debug)]
+enum Note {
+    /// The handshake completed.
+    Ready(usize),
+    /// The relay's changes to `doc` are applied on device `usize`.
+    Applied(usize, Uuid, Instant),
+    /// The connection ended (it should not, during a run).
+    Ended(usize, String),
+}
+
+struct DeviceObserver {
+    n: usize,
+    notes: mpsc::Sender<Note>,
+}
+
+impl Observer for DeviceObserver {
+    fn event(&self, event: &Event) {
+        let note = match event {
+            Event::Ready(_) => Note::Ready(self.n),
+            Event::Applied { doc, .. } => Note::Applied(self.n, *doc, Instant::now()),
+            _ => return,
+        };
+        let _ = self.notes.send(note);
+    }
+}
+
+/// Devices connected to the relay, each on its own task.
+pub struct Fleet {
+    runtime: tokio::runtime::Runtime,
+    notes: mpsc::Receiver<Note>,
+    sender: mpsc::Sender<Note>,
+    size: usize,
+}
+
+impl Fleet {
+    pub fn new() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let (sender, notes) = mpsc::channel();
+        Ok(Self {
+            runtime,
+            notes,
+            sender,
+            size: 0,
+        })
+    }
+
+    /// Connects `count` more devices with these tokens (one each) and waits
+    /// until every one has completed its handshake.
+    pub fn connect(&mut self, relay: &Relay, tokens: Vec<String>, limit: Duration) -> anyhow::Result<()> {
+        let tls = link::client_tls(&[]).map_err(anyhow::Error::msg)?;
+        let first = self.size;
+        let count = tokens.len();
+        for (i, token) in tokens.into_iter().enumerate() {
+            let n = first + i;
+            let token = Token::parse(&token).context("a token from `token create`")?;
+            let (url, tls, notes) = (relay.ws_url(), tls.clone(), self.sender.clone());
+            self.runtime.spawn(async move {
+                let socket = match link::connect(&url, Duration::from_secs(30), &tls).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = notes.send(Note::Ended(n, e));
+                        return;
+                    }
+                };
+                let repo = Repo::new(
+                    DocStore::new(MemBackend::default()),
+                    ActorId::random(),
+                    RepoConfig {
+                        typed: false,
+                        ..RepoConfig::default()
+                    },
+                );
+                let host = Arc::new(RepoHost::new(Arc::new(repo)));
+                // The senders live as long as the connection: a closed
+                // channel would end it. These devices never write.
+                let (changes, _) = broadcast::channel(16);
+                let (presence, _) = broadcast::channel(16);
+                let feeds = Feeds {
+                    changes: changes.subscribe(),
+                    presence: presence.subscribe(),
+                    id: n as u64,
+                };
+                let session = Session::client(
+                    Uuid::new_v4(),
+                    &format!("bench-device-{n}"),
+                    token,
+                    rand::random(),
+                );
+                let observer = Arc::new(DeviceObserver {
+                    n,
+                    notes: notes.clone(),
+                });
+                let ended = link::drive(
+                    socket,
+                    session,
+                    host,
+                    feeds,
+                    observer,
+                    presence.clone(),
+                    LinkTiming::default(),
+                )
+                .await;
+                let _ = notes.send(Note::Ended(n, ended.reason));
+            });
+        }
+        self.size = first + self.wait_ready(first, count, limit)?;
+        Ok(())
+    }
+
+    fn wait_ready(&self, first: usize, want: usize, limit: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + limit;
+        let mut ready = HashSet::new();
+        while ready.len() < want {
+            match self
+                .notes
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Note::Ready(n)) if n >= first => {
+                    ready.insert(n);
+                }
+                Ok(Note::Ended(n, reason)) => anyhow::bail!("device {n} disconnected: {reason}"),
+                Ok(_) => {}
+                Err(_) => anyhow::bail!("only {} of {want} devices connected in {limit:?}", ready.len()),
+            }
+        }
+        Ok(ready.len())
+    }
+
+    /// Waits until every device from number `first` on has `doc` (its first
+    /// copy arrived), then drops any notes still queued.
+    fn wait_all_have(&self, first: usize, doc: Uuid, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let mut have = HashSet::new();
+        while have.len() < self.size - first {
+            match self
+                .notes
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Note::Applied(n, d, _)) if d == doc && n >= first => {
+                    have.insert(n);
+                }
+                Ok(Note::Ended(n, reason)) => anyhow::bail!("device {n} disconnected: {reason}"),
+                Ok(_) => {}
+                Err(_) => anyhow::bail!(
+                    "only {} of {} devices received the project in {limit:?}",
+                    have.len(),
+                    self.size - first
+                ),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        while self.notes.try_recv().is_ok() {}
+        Ok(())
+    }
+
+    /// After an update sent at `sent`: how long until each device applied
+    /// `doc` (one figure per device, in ms).
+    fn reached(&self, doc: Uuid, sent: Instant, limit: Duration) -> anyhow::Result<Vec<f64>> {
+        let deadline = sent + limit;
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(self.size);
+        while seen.len() < self.size {
+            match self
+                .notes
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Note::Applied(n, d, at)) if d == doc && seen.insert(n) => {
+                    out.push(at.duration_since(sent).as_secs_f64() * 1000.0);
+                }
+                Ok(Note::Ended(n, reason)) => anyhow::bail!("device {n} disconnected: {reason}"),
+                Ok(_) => {}
+                Err(_) => anyhow::bail!(
+                    "the update reached {} of {} devices in {limit:?}",
+                    seen.len(),
+                    self.size
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Issues `count` device tokens scoped to `project`.
+fn tokens(relay_dir: &std::path::Path, project: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| Relay::token(relay_dir, "bench", &[project]))
+        .collect()
+}
+
+/// Fan-out: `sizes.fanout_devices` devices subscribed to a small project of
+/// A's; each update A makes is timed until the last device has applied it.
+/// Then idle connections: more devices up to `sizes.idle_connections`, and
+/// the relay's resident memory while they are connected and idle.
+pub fn fanout(
+    a: &Client,
+    relay: &Relay,
+    relay_dir: &std::path::Path,
+    project: &Project,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Figure>> {
+    let drawings = ok(
+        "drawings",
+        a.call("GET", &format!("/v1/projects/{}/drawings", project.id), None),
+    )?;
+    let drawing: Uuid = drawings["items"][0]["id"]
+        .as_str()
+        .context("the fan-out project has a drawing")?
+        .parse()?;
+    let spools = project.of_kind(Kind::Spool);
+    let mut fleet = Fleet::new()?;
+    let relay_before = relay.pid().map_or(f64::NAN, rss_mb);
+    fleet.connect(
+        relay,
+        tokens(relay_dir, &project.id, sizes.fanout_devices),
+        Duration::from_secs(120),
+    )?;
+    fleet.wait_all_have(0, drawing, Duration::from_secs(120))?;
+
+    let mut last = Vec::with_capacity(sizes.fanout_updates);
+    let mut each = Vec::with_capacity(sizes.fanout_updates * sizes.fanout_devices);
+    for k in 0..sizes.fanout_updates {
+        let sent = Instant::now();
+        put_toggle(a, project, &spools, k, "punch")?;
+        let reached = fleet.reached(drawing, sent, Duration::from_secs(30))?;
+        last.push(reached.iter().copied().fold(0.0, f64::max));
+        each.extend(reached);
+        // Updates a few apart, as people make them: each is timed alone.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let devices = sizes.fanout_devices;
+    let mut figures = vec![
+        Figure::new(
+            "relay",
+            &format!("fan-out: one update reaches all {devices} devices"),
+            "ms",
+            last,
+        )
+        .target(Stat::P99, 200.0)
+        .note("from A's PUT until the last subscribed device has applied it; one sample per update"),
+        Figure::new(
+            "relay",
+            &format!("fan-out: one update reaches one device (of {devices})"),
+            "ms",
+            each,
+        )
+        .note("the same updates, one sample per device (information)"),
+    ];
+
+    let (first, more) = (fleet.size, sizes.idle_connections.saturating_sub(fleet.size));
+    fleet.connect(
+        relay,
+        tokens(relay_dir, &project.id, more),
+        Duration::from_secs(300),
+    )?;
+    fleet.wait_all_have(first, drawing, Duration::from_secs(300))?;
+    // Idle: nothing but pings for a few seconds, then the relay's memory.
+    std::thread::sleep(Duration::from_secs(3));
+    let held = relay.pid().map_or(f64::NAN, rss_mb);
+    let (_, health) = relay.http_get("/healthz");
+    let connections = serde_json::from_str::<serde_json::Value>(&health)
+        .ok()
+        .and_then(|h| h["connections"].as_i64())
+        .unwrap_or(-1);
+    ensure!(
+        connections >= fleet.size as i64,
+        "the relay reports {connections} connections, expected at least {}",
+        fleet.size
+    );
+    figures.push(
+        Figure::new(
+            "relay",
+            &format!("{} idle connections: relay resident memory", fleet.size),
+            "MB",
+            vec![held],
+        )
+        .target(Stat::Value, 500.0)
+        .note(format!(
+            "relay RSS with every device connected and idle (it held {relay_before:.0} MB before they connected, \
+             the large project's documents included); the relay counted {connections} connections"
+        )),
+    );
+    Ok(figures)
+}

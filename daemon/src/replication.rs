@@ -29,7 +29,7 @@ use sitesync_model::{OpMeta, ProjectId, Timestamp};
 use sitesync_sync::credentials::Token;
 use sitesync_sync::host::RepoHost;
 use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceNote};
-use sitesync_sync::protocol::{MAX_FRAME, PresenceEntry};
+use sitesync_sync::protocol::PresenceEntry;
 use sitesync_sync::repo::{decode_heads, encode_heads};
 use sitesync_sync::session::{Event, Host, HostError, Incoming, PeerInfo, Session};
 use tokio::net::TcpListener;
@@ -678,34 +678,31 @@ fn connected(v: &mut PeerView, peer: &PeerInfo) {
 }
 
 async fn accept_peer(State(repl): State<Arc<Replication>>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
-        .max_write_buffer_size(sitesync_sync::link::MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| async move {
-            let Some(token) = repl.token.clone() else { return };
-            let session = Session::server(
-                repl.service.device().0,
-                &repl.device_name,
-                Arc::new(token),
-                rand::random(),
-            );
-            let observer = Arc::new(PeerObserver {
-                repl: repl.clone(),
-                peer_id: Mutex::new(None),
-                connected: Default::default(),
-            });
-            let reason = repl.run_session(socket, session, observer.clone()).await.reason;
-            let id = *observer.peer_id.lock().unwrap_or_else(|p| p.into_inner());
-            match id {
-                Some(id) => repl.update(id, |v| {
-                    v.state = "disconnected";
-                    v.latency_ms = None;
-                    v.quality = None;
-                    v.last_error = Some(reason);
-                }),
-                None => tracing::info!(%reason, "LAN peer refused"),
-            }
-        })
+    sitesync_sync::link::limit_upgrade(ws).on_upgrade(move |socket| async move {
+        let Some(token) = repl.token.clone() else { return };
+        let session = Session::server(
+            repl.service.device().0,
+            &repl.device_name,
+            Arc::new(token),
+            rand::random(),
+        );
+        let observer = Arc::new(PeerObserver {
+            repl: repl.clone(),
+            peer_id: Mutex::new(None),
+            connected: Default::default(),
+        });
+        let reason = repl.run_session(socket, session, observer.clone()).await.reason;
+        let id = *observer.peer_id.lock().unwrap_or_else(|p| p.into_inner());
+        match id {
+            Some(id) => repl.update(id, |v| {
+                v.state = "disconnected";
+                v.latency_ms = None;
+                v.quality = None;
+                v.last_error = Some(reason);
+            }),
+            None => tracing::info!(%reason, "LAN peer refused"),
+        }
+    })
 }
 
 /// Binds `--peer-listen` and serves LAN peers in the background.

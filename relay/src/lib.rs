@@ -32,7 +32,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sitesync_sync::host::RepoHost;
 use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceNote};
-use sitesync_sync::protocol::MAX_FRAME;
 use sitesync_sync::session::{Event, PeerInfo, Session};
 use sitesync_sync::{DocStore, Repo, RepoConfig, SledBackend, StoreError};
 use tokio::sync::{Semaphore, broadcast};
@@ -273,34 +272,31 @@ async fn upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Respo
         )
             .into_response();
     };
-    ws.max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
-        .max_write_buffer_size(sitesync_sync::link::MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| async move {
-            let id = relay.next_connection.fetch_add(1, Ordering::Relaxed);
-            relay.metrics.connections.inc();
-            let session = Session::server(relay.device, "relay", relay.orgs.clone(), rand::random());
-            let feeds = Feeds {
-                changes: relay.changes.subscribe(),
-                presence: relay.presence.subscribe(),
-                id,
-            };
-            let observer = Arc::new(ConnectionObserver { relay: relay.clone() });
-            let ended = link::drive(
-                socket,
-                session,
-                Arc::new(relay.host.clone()),
-                feeds,
-                observer,
-                relay.presence.clone(),
-                relay.config.timing,
-            )
-            .await;
-            if ended.code.as_deref() == Some("unauthorized") {
-                relay.metrics.auth_failures.inc();
-            }
-            tracing::info!(connection = id, reason = %ended.reason, "connection closed");
-            relay.metrics.connections.dec();
-            drop(permit);
-        })
+    sitesync_sync::link::limit_upgrade(ws).on_upgrade(move |socket| async move {
+        let id = relay.next_connection.fetch_add(1, Ordering::Relaxed);
+        relay.metrics.connections.inc();
+        let session = Session::server(relay.device, "relay", relay.orgs.clone(), rand::random());
+        let feeds = Feeds {
+            changes: relay.changes.subscribe(),
+            presence: relay.presence.subscribe(),
+            id,
+        };
+        let observer = Arc::new(ConnectionObserver { relay: relay.clone() });
+        let ended = link::drive(
+            socket,
+            session,
+            Arc::new(relay.host.clone()),
+            feeds,
+            observer,
+            relay.presence.clone(),
+            relay.config.timing,
+        )
+        .await;
+        if ended.code.as_deref() == Some("unauthorized") {
+            relay.metrics.auth_failures.inc();
+        }
+        tracing::info!(connection = id, reason = %ended.reason, "connection closed");
+        relay.metrics.connections.dec();
+        drop(permit);
+    })
 }

@@ -62,6 +62,12 @@ pub struct Fleet {
     notes: mpsc::Receiver<Note>,
     sender: mpsc::Sender<Note>,
     size: usize,
+    /// Devices whose handshake completed.
+    ready: HashSet<usize>,
+    /// (device, document) pairs that arrived at least once.
+    have: HashSet<(usize, Uuid)>,
+    /// Arrivals since the last update was sent.
+    applied: Vec<(usize, Uuid, Instant)>,
 }
 
 impl Fleet {
@@ -76,6 +82,9 @@ impl Fleet {
             notes,
             sender,
             size: 0,
+            ready: HashSet::new(),
+            have: HashSet::new(),
+            applied: Vec::new(),
         })
     }
 
@@ -142,76 +151,83 @@ impl Fleet {
         Ok(())
     }
 
-    fn wait_ready(&self, first: usize, want: usize, limit: Duration) -> anyhow::Result<usize> {
-        let deadline = Instant::now() + limit;
-        let mut ready = HashSet::new();
-        while ready.len() < want {
-            match self
-                .notes
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(Note::Ready(n)) if n >= first => {
-                    ready.insert(n);
-                }
-                Ok(Note::Ended(n, reason)) => anyhow::bail!("device {n} disconnected: {reason}"),
-                Ok(_) => {}
-                Err(_) => anyhow::bail!("only {} of {want} devices connected in {limit:?}", ready.len()),
+    /// Takes the next note into what the fleet knows; an ended connection
+    /// or the deadline is an error naming `waiting_for`.
+    fn take_note(&mut self, deadline: Instant, waiting_for: &dyn Fn(&Self) -> String) -> anyhow::Result<()> {
+        match self
+            .notes
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(Note::Ready(n)) => {
+                self.ready.insert(n);
             }
+            Ok(Note::Applied(n, doc, at)) => {
+                self.have.insert((n, doc));
+                self.applied.push((n, doc, at));
+            }
+            Ok(Note::Ended(n, reason)) => anyhow::bail!("device {n} disconnected: {reason}"),
+            Err(_) => anyhow::bail!("timed out: {}", waiting_for(self)),
         }
-        Ok(ready.len())
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, first: usize, want: usize, limit: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + limit;
+        let count = |f: &Self| f.ready.iter().filter(|n| **n >= first).count();
+        while count(self) < want {
+            self.take_note(deadline, &|f| {
+                format!("only {} of {want} devices connected in {limit:?}", count(f))
+            })?;
+        }
+        Ok(want)
     }
 
     /// Waits until every device from number `first` on has `doc` (its first
-    /// copy arrived), then drops any notes still queued.
-    fn wait_all_have(&self, first: usize, doc: Uuid, limit: Duration) -> anyhow::Result<()> {
+    /// copy arrived), then lets the dust settle.
+    fn wait_all_have(&mut self, first: usize, doc: Uuid, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
-        let mut have = HashSet::new();
-        while have.len() < self.size - first {
-            match self
-                .notes
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(Note::Applied(n, d, _)) if d == doc && n >= first => {
-                    have.insert(n);
-                }
-                Ok(Note::Ended(n, reason)) => anyhow::bail!("device {n} disconnected: {reason}"),
-                Ok(_) => {}
-                Err(_) => anyhow::bail!(
+        let count = |f: &Self| (first..f.size).filter(|n| f.have.contains(&(*n, doc))).count();
+        while count(self) < self.size - first {
+            self.take_note(deadline, &|f| {
+                format!(
                     "only {} of {} devices received the project in {limit:?}",
-                    have.len(),
-                    self.size - first
-                ),
-            }
+                    count(f),
+                    f.size - first
+                )
+            })?;
         }
         std::thread::sleep(Duration::from_millis(500));
-        while self.notes.try_recv().is_ok() {}
+        while let Ok(note) = self.notes.try_recv() {
+            if let Note::Ended(n, reason) = note {
+                anyhow::bail!("device {n} disconnected: {reason}");
+            }
+        }
         Ok(())
     }
 
     /// After an update sent at `sent`: how long until each device applied
     /// `doc` (one figure per device, in ms).
-    fn reached(&self, doc: Uuid, sent: Instant, limit: Duration) -> anyhow::Result<Vec<f64>> {
+    fn reached(&mut self, doc: Uuid, sent: Instant, limit: Duration) -> anyhow::Result<Vec<f64>> {
         let deadline = sent + limit;
-        let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(self.size);
-        while seen.len() < self.size {
-            match self
-                .notes
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(Note::Applied(n, d, at)) if d == doc && seen.insert(n) => {
-                    out.push(at.duration_since(sent).as_secs_f64() * 1000.0);
-                }
-                Ok(Note::Ended(n, reason)) => anyhow::bail!("device {n} disconnected: {reason}"),
-                Ok(_) => {}
-                Err(_) => anyhow::bail!(
+        self.applied.clear();
+        let firsts = |f: &Self| {
+            let mut seen = HashSet::new();
+            f.applied
+                .iter()
+                .filter(|(n, d, at)| *d == doc && *at >= sent && seen.insert(*n))
+                .map(|(_, _, at)| at.duration_since(sent).as_secs_f64() * 1000.0)
+                .collect::<Vec<f64>>()
+        };
+        while firsts(self).len() < self.size {
+            self.take_note(deadline, &|f| {
+                format!(
                     "the update reached {} of {} devices in {limit:?}",
-                    seen.len(),
-                    self.size
-                ),
-            }
+                    firsts(f).len(),
+                    f.size
+                )
+            })?;
         }
-        Ok(out)
+        Ok(firsts(self))
     }
 }
 

@@ -111,13 +111,11 @@ impl ProjectIndex {
             Some(old) if !old.deleted && c.deleted => Change::Deleted,
             Some(_) => Change::Updated,
         };
-        let did = c.drawing_id;
-        let members = self.members.entry(did).or_default();
+        let members = self.members.entry(c.drawing_id).or_default();
         if change == Change::Created {
             members.ids.push(c.id);
         }
         self.components.insert(c.id, c);
-        let members = self.members.get_mut(&did).expect("entered above");
         let mut tally = Tally::default();
         for id in &members.ids {
             if let Some(c) = self.components.get(id).filter(|c| !c.deleted) {

@@ -58,3 +58,21 @@ fn settings_come_from_the_environment_too() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("10.1.2.3:7700"));
 }
+
+#[test]
+fn a_document_cache_of_zero_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary("sitesync-daemon"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--max-cached-documents", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-cached-documents"), "{err}");
+    assert!(
+        !dir.path().join("api-token").exists(),
+        "nothing is created when refusing"
+    );
+}

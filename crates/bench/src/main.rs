@@ -155,6 +155,9 @@ fn main() -> anyhow::Result<()> {
         Ok(vec![scenarios::queries(&a.client(), &project, &sizes)?])
     });
     attempt("propagation A → relay → B", &mut figures, &mut || {
+        // Steady state: the writes above are still reaching B.
+        wait_pending_zero(&a.client())?;
+        scenarios::quiet(&b.client(), Duration::from_secs(1))?;
         let prop = scenarios::propagation(&a.client(), &b.client(), &project, &sizes)?;
         Ok(vec![scenarios::propagation_p99(&prop), prop]
             .into_iter()
@@ -171,6 +174,7 @@ fn main() -> anyhow::Result<()> {
     });
     attempt("B reconnects with nothing changed", &mut figures, &mut || {
         wait_pending_zero(&a.client())?;
+        scenarios::quiet(&b.client(), Duration::from_secs(1))?;
         scenarios::reconnect(&b.client(), &relay, &project, &sizes)
     });
     attempt("relay fan-out and idle connections", &mut figures, &mut || {

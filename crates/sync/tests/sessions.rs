@@ -118,6 +118,22 @@ struct Trace {
     events_a: Vec<Event>,
     events_b: Vec<Event>,
     closed: Vec<String>,
+    /// The most documents one handled frame sent sync messages for.
+    widest: usize,
+}
+
+/// The documents `outs` sends sync messages for, each once.
+fn synced(outs: &[Output]) -> Vec<Uuid> {
+    let mut docs: Vec<Uuid> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(Message::Sync { doc, .. }) => Some((*doc).into()),
+            _ => None,
+        })
+        .collect();
+    docs.sort();
+    docs.dedup();
+    docs
 }
 
 /// Runs two sessions against each other until neither has anything to say.
@@ -163,6 +179,7 @@ fn pump(a: &mut Session, ha: &dyn Host, b: &mut Session, hb: &dyn Host) -> Trace
         }
         for frame in std::mem::take(&mut to_b) {
             let outs = b.handle(&frame, NOW, hb);
+            trace.widest = trace.widest.max(synced(&outs).len());
             route(
                 outs,
                 &mut to_a,
@@ -173,6 +190,7 @@ fn pump(a: &mut Session, ha: &dyn Host, b: &mut Session, hb: &dyn Host) -> Trace
         }
         for frame in std::mem::take(&mut to_a) {
             let outs = a.handle(&frame, NOW, ha);
+            trace.widest = trace.widest.max(synced(&outs).len());
             route(
                 outs,
                 &mut to_b,
@@ -453,4 +471,60 @@ fn ping_measures_latency() {
     };
     let outs = a.handle(&protocol::encode(&pong), NOW + 42, &ha);
     assert_eq!(outs, vec![Output::Event(Event::Latency(42))]);
+}
+
+#[test]
+fn a_summary_is_synced_a_window_of_documents_at_a_time() {
+    let (ha, hb) = (host(), host());
+    project(&ha, P1, 40);
+    let (a, b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let (mut a, mut b) = (a.with_window(4), b.with_window(4));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    // One frame answers its own document and starts at most a window more;
+    // without a window, the summary alone started all 41.
+    assert!(t.widest <= 5, "one frame synced {} documents", t.widest);
+    let mut sa = ha.summary(P1.0).unwrap();
+    let mut sb = hb.summary(P1.0).unwrap();
+    sa.sort();
+    sb.sort();
+    assert_eq!(sa.len(), 41);
+    assert_eq!(sa, sb, "as each document settled the next started, to the end");
+}
+
+#[test]
+fn a_document_the_peer_never_answers_gives_its_slot_away_in_time() {
+    use sitesync_sync::session::STALL_MS;
+    let (ha, hb) = (host(), host());
+    project(&ha, P1, 5);
+    let (mut a, b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let mut b = b.with_window(2);
+    let sends = |outs: Vec<Output>| -> Vec<Vec<u8>> {
+        outs.into_iter()
+            .filter_map(|o| match o {
+                Output::Send(m) => Some(protocol::encode(&m)),
+                _ => None,
+            })
+            .collect()
+    };
+    // The handshake by hand; then A's summary of its six documents reaches
+    // B, which holds none of them.
+    let hello = sends(a.start());
+    let welcome = sends(b.handle(&hello[0], NOW, &hb));
+    let from_a = sends(a.handle(&welcome[0], NOW, &ha));
+    assert!(matches!(
+        protocol::decode(&from_a[1]),
+        Ok(Message::Summary { .. })
+    ));
+    b.handle(&from_a[0], NOW, &hb);
+    let first = synced(&b.handle(&from_a[1], NOW, &hb));
+    assert_eq!(first.len(), 2, "a window of two: {first:?}");
+
+    // A never answers. A frame before the stall limit starts nothing...
+    let ping = protocol::encode(&Message::Ping { nonce: 1 });
+    assert!(synced(&b.handle(&ping, NOW + STALL_MS - 1, &hb)).is_empty());
+    // ...and one after it gives both slots to the next documents.
+    let next = synced(&b.handle(&ping, NOW + STALL_MS, &hb));
+    assert_eq!(next.len(), 2, "{next:?}");
+    assert!(next.iter().all(|d| !first.contains(d)), "{first:?} then {next:?}");
 }

@@ -138,7 +138,7 @@ pub struct RepoConfig {
 impl Default for RepoConfig {
     fn default() -> Self {
         Self {
-            compact_at: 64,
+            compact_at: 16,
             // A decoded drawing of 50 components is ~1 MB: 64 keeps a
             // day's working set within a laptop's memory budget.
             max_cached: 64,

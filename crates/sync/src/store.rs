@@ -302,6 +302,23 @@ pub struct Append {
     pub bytes: Vec<u8>,
 }
 
+fn not_automerge(key: &[u8], e: sitesync_model::automerge::AutomergeError) -> StoreError {
+    StoreError::Corrupt {
+        key: describe_key(key),
+        reason: format!("not Automerge data: {e}"),
+    }
+}
+
+/// A damaged record to skip (logged), or the error to return when the
+/// failure is not damage (the backend failed).
+fn damage(e: StoreError) -> Result<Damage, StoreError> {
+    let StoreError::Corrupt { key, reason } = e else {
+        return Err(e);
+    };
+    tracing::error!(record = %key, %reason, "damaged record skipped; rebuilding the document from the rest");
+    Ok(Damage { record: key, reason })
+}
+
 /// Documents and metadata over a [`Backend`].
 pub struct DocStore {
     backend: Box<dyn Backend>,
@@ -327,6 +344,11 @@ impl DocStore {
         let mut doc = Automerge::new();
         let mut next_seq = 0;
         let mut change_records = 0;
+        // Change records are applied in one call: Automerge applies a batch
+        // of changes at about the cost of one, while one call per record
+        // made a document with 60 records load ~4× slower than its snapshot.
+        let mut changes: Vec<(&[u8], &[u8])> = Vec::new();
+        let mut snapshot = None;
         for (key, value) in &records {
             let is_snapshot = key.len() == 18 && key[17] == b's';
             if !is_snapshot {
@@ -336,23 +358,36 @@ impl DocStore {
                     next_seq = next_seq.max(seq + 1);
                 }
             }
-            let loaded = decode_record(key, value).and_then(|payload| {
-                let result = if is_snapshot {
-                    Automerge::load(payload).map(|d| doc = d)
-                } else {
-                    doc.load_incremental(payload).map(|_| ())
-                };
-                result.map_err(|e| StoreError::Corrupt {
-                    key: describe_key(key),
-                    reason: format!("not Automerge data: {e}"),
-                })
-            });
-            if let Err(e) = loaded {
-                let StoreError::Corrupt { key, reason } = e else {
-                    return Err(e);
-                };
-                tracing::error!(record = %key, %reason, "damaged record skipped; rebuilding the document from the rest");
-                damaged.push(Damage { record: key, reason });
+            let payload = match decode_record(key, value) {
+                Ok(p) => p,
+                Err(e) => {
+                    damaged.push(damage(e)?);
+                    continue;
+                }
+            };
+            if is_snapshot {
+                match Automerge::load(payload) {
+                    Ok(d) => {
+                        doc = d;
+                        snapshot = Some(payload);
+                    }
+                    Err(e) => damaged.push(damage(not_automerge(key, e))?),
+                }
+            } else {
+                changes.push((key, payload));
+            }
+        }
+        let batch: Vec<u8> = changes.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        if doc.load_incremental(&batch).is_err() {
+            // A record is not Automerge data: start again from the snapshot,
+            // one record at a time, and keep all but the bad ones.
+            doc = snapshot
+                .map_or_else(|| Ok(Automerge::new()), Automerge::load)
+                .unwrap_or_default();
+            for (key, payload) in changes {
+                if let Err(e) = doc.load_incremental(payload) {
+                    damaged.push(damage(not_automerge(key, e))?);
+                }
             }
         }
         Ok(Some(Loaded {
@@ -585,5 +620,42 @@ mod tests {
             loaded.damaged
         );
         assert_eq!(loaded.doc.get_heads(), d.get_heads(), "the snapshot still loads");
+    }
+
+    #[test]
+    fn change_records_load_in_one_batch_and_a_damaged_one_is_skipped_alone() {
+        let store = DocStore::new(MemBackend::default());
+        let id = Uuid::from_u128(1);
+        let d = doc_with(&["a"]);
+        store.compact(id, &d.save(), 0).unwrap();
+        let mut next = d.clone();
+        let mut appends = Vec::new();
+        for (seq, key) in ["b", "c", "d"].into_iter().enumerate() {
+            let before = next.get_heads();
+            let mut tx = next.transaction();
+            tx.put(sitesync_model::automerge::ROOT, key, 1).unwrap();
+            tx.commit();
+            appends.push(Append {
+                id,
+                seq: seq as u64,
+                bytes: next.save_after(&before),
+            });
+        }
+        store.append(&appends, &[]).unwrap();
+        let loaded = store.load(id, ActorId::random()).unwrap().unwrap();
+        assert_eq!(loaded.doc.get_heads(), next.get_heads(), "all three in one batch");
+        assert_eq!((loaded.change_records, loaded.next_seq), (3, 3));
+
+        // A damaged record leaves the batch; the others still load.
+        let key = change_key(id, 2);
+        let mut rec = store.backend().get(&key).unwrap().unwrap();
+        rec[7] ^= 0xff;
+        store.backend().apply(vec![BatchOp::Put(key, rec)]).unwrap();
+        let loaded = store.load(id, ActorId::random()).unwrap().unwrap();
+        assert_eq!(loaded.damaged.len(), 1, "{:?}", loaded.damaged);
+        assert!(loaded.damaged[0].reason.contains("checksum"));
+        let keys: Vec<String> =
+            sitesync_model::automerge::ReadDoc::keys(&loaded.doc, sitesync_model::automerge::ROOT).collect();
+        assert_eq!(keys, ["a", "b", "c"], "the good records still load");
     }
 }

@@ -489,24 +489,24 @@ impl Replication {
 
     fn pending_counts(&self) -> BTreeMap<Uuid, usize> {
         let host = &self.host.inner;
-        let dirty = {
+        // Taken in a short critical section: the persist hook marks
+        // documents dirty while the repository's lock is held, so reading
+        // the repository with this lock held deadlocked the two.
+        // `counts` is held throughout (nothing else takes it), so two
+        // callers never both see the first count as done before it is.
+        let mut counts = self.pending.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = {
             let mut dirty = self.pending.dirty.lock().unwrap_or_else(|p| p.into_inner());
-            match dirty.take() {
-                Some(set) => {
-                    *dirty = Some(HashSet::new());
-                    set
-                }
-                None => {
-                    *dirty = Some(HashSet::new());
-                    // First count: every document held.
-                    let mut all = HashSet::new();
-                    for p in host.projects().unwrap_or_default() {
-                        all.extend(host.summary(p).unwrap_or_default().into_iter().map(|(d, _)| d));
-                    }
-                    all
-                }
-            }
+            dirty.replace(HashSet::new())
         };
+        let dirty = taken.unwrap_or_else(|| {
+            // First count: every document held.
+            let mut all = HashSet::new();
+            for p in host.projects().unwrap_or_default() {
+                all.extend(host.summary(p).unwrap_or_default().into_iter().map(|(d, _)| d));
+            }
+            all
+        });
         let me = self.service.device();
         let repo = self.service.repo();
         let mut fresh = Vec::new();
@@ -537,7 +537,6 @@ impl Replication {
                 .unwrap_or(0);
             fresh.push((doc, project, count));
         }
-        let mut counts = self.pending.counts.lock().unwrap_or_else(|p| p.into_inner());
         for (doc, project, count) in fresh {
             counts.insert(doc, (project, count));
         }

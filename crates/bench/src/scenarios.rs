@@ -277,10 +277,26 @@ fn relay_peer(c: &Client) -> anyhow::Result<(String, String)> {
 fn earned(c: &Client, project: &str) -> anyhow::Result<f64> {
     ok(
         "progress",
-        c.call("GET", &format!("/v1/projects/{project}/progress"), None),
+        patient_get(c, &format!("/v1/projects/{project}/progress"))?,
     )?["earned_hours"]
         .as_f64()
         .context("earned_hours")
+}
+
+/// A GET that waits out request timeouts for up to ten minutes: a daemon
+/// applying a large sync backlog can leave its API unanswered for over a
+/// minute (see FINDINGS.md), and a scenario measures through that.
+fn patient_get(c: &Client, path: &str) -> anyhow::Result<(u16, Value)> {
+    let started = Instant::now();
+    loop {
+        match c.try_call("GET", path, None, &[]) {
+            Ok(answer) => return Ok(answer),
+            Err(e) if started.elapsed() < Duration::from_secs(600) => {
+                eprintln!("sitesync-bench: GET {path} unanswered ({e}); waiting");
+            }
+            Err(e) => anyhow::bail!("GET {path}: {e}"),
+        }
+    }
 }
 
 /// A goes offline, makes edits across many drawings, reconnects; the time
@@ -401,7 +417,7 @@ pub fn quiet(c: &Client, still: Duration) -> anyhow::Result<Option<String>> {
     let started = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(20));
-        let status = ok("sync status", c.call("GET", "/v1/sync/status", None))?;
+        let status = ok("sync status", patient_get(c, "/v1/sync/status")?)?;
         let connected = status["peers"]
             .as_array()
             .is_some_and(|ps| ps.iter().any(|p| p["state"] == "connected"));

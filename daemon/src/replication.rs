@@ -715,3 +715,65 @@ pub async fn listen_for_peers(repl: Arc<Replication>, addr: SocketAddr) -> std::
     });
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use sitesync_model::automerge::ActorId;
+    use sitesync_model::{DeviceId, NewProject};
+    use sitesync_sync::{DocStore, MemBackend, Repo, RepoConfig};
+
+    use super::*;
+    use crate::events::EventBus;
+    use crate::service::Clock;
+
+    /// The first pending count reads the repository; every durable write
+    /// marks documents pending from inside the repository's lock. Both at
+    /// once, many times over, must finish: with the count holding the
+    /// pending lock while it read the repository, they deadlocked.
+    #[test]
+    fn counting_pending_changes_never_blocks_a_write() {
+        let repo = Repo::new(
+            DocStore::new(MemBackend::default()),
+            ActorId::random(),
+            RepoConfig::default(),
+        );
+        let service = Arc::new(Service::new(
+            repo,
+            DeviceId(Uuid::new_v4()),
+            Clock::system(),
+            EventBus::new(100, 1),
+        ));
+        let tls = link::client_tls(&[]).unwrap();
+        let repl = Replication::new(service.clone(), None, "t".into(), SyncTiming::default(), tls);
+        let (done, finished) = std::sync::mpsc::channel();
+        let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writer = std::thread::spawn(move || {
+            for n in 0..300 {
+                let new = NewProject {
+                    name: format!("P{n}"),
+                    code: None,
+                };
+                service.create_project("ana", new).unwrap();
+            }
+            done.send(()).unwrap();
+        });
+        let counter = {
+            let (repl, writing) = (repl.clone(), writing.clone());
+            std::thread::spawn(move || {
+                // For as long as the writer writes.
+                while writing.load(Ordering::Relaxed) {
+                    // Every call is a first count again.
+                    *repl.pending.dirty.lock().unwrap() = None;
+                    repl.pending_counts();
+                }
+            })
+        };
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the writer never finished: pending counting deadlocked with a write");
+        writing.store(false, Ordering::Relaxed);
+        writer.join().unwrap();
+        counter.join().unwrap();
+        assert_eq!(repl.pending_counts().len(), 300, "every project counted");
+    }
+}

@@ -173,11 +173,11 @@ pub const STALL_MS: i64 = 10_000;
 
 /// The documents of received summaries: those waiting for a slot, and those
 /// this side started that have not settled yet.
-#[derive(Default)]
 struct Window {
     limit: usize,
-    /// (project, document), in summary order. A document also in neither
-    /// `queued` was started meanwhile and is skipped.
+    /// (project, document), in summary order. A document no longer in
+    /// `queued` was started meanwhile (by the peer, or a local change) and
+    /// is skipped.
     queue: VecDeque<(Uuid, Uuid)>,
     queued: HashSet<Uuid>,
     /// Started and not settled: document → when it started (ms).
@@ -185,6 +185,15 @@ struct Window {
 }
 
 impl Window {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            open: HashMap::new(),
+        }
+    }
+
     fn enqueue(&mut self, project: Uuid, doc: Uuid) {
         if !self.open.contains_key(&doc) && self.queued.insert(doc) {
             self.queue.push_back((project, doc));
@@ -302,10 +311,7 @@ impl Session {
             nonce,
             phase,
             states: HashMap::new(),
-            window: Window {
-                limit: DEFAULT_WINDOW,
-                ..Window::default()
-            },
+            window: Window::new(DEFAULT_WINDOW),
             pings: HashMap::new(),
             next_ping: 0,
         }

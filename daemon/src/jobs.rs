@@ -224,9 +224,14 @@ struct Record {
 }
 
 struct Entry {
+    /// The record, less a finished job's result (see `result_stored`).
     record: Record,
     /// When progress was last persisted and published (ms).
     published_at: i64,
+    /// The finished job's result lives only in its stored record, read back
+    /// on request: an import's per-row report of a 100,000-row file parses
+    /// to ~60 MB, and the table holds every job for the retention period.
+    result_stored: bool,
 }
 
 /// Failures opening the job table.
@@ -280,13 +285,13 @@ impl Jobs {
                 record.job.updated_at = now;
                 store.put_meta(&key, &serde_json::to_vec(&record).expect("jobs serialize"))?;
             }
-            table.insert(
-                record.job.id,
-                Entry {
-                    record,
-                    published_at: 0,
-                },
-            );
+            let mut entry = Entry {
+                record,
+                published_at: 0,
+                result_stored: false,
+            };
+            entry.shed_result();
+            table.insert(entry.record.job.id, entry);
         }
         // Directories of uploads that never became jobs (a crash mid-upload).
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -338,6 +343,10 @@ impl Jobs {
     /// Writes the record and publishes `job.updated` (the table lock is
     /// held, so one job's records land in order).
     fn persist(&self, entry: &mut Entry) {
+        if entry.result_stored {
+            entry.record.job.result = self.stored(entry.record.job.id).and_then(|r| r.job.result);
+            entry.result_stored = false;
+        }
         let job = &entry.record.job;
         let bytes = serde_json::to_vec(&entry.record).expect("jobs serialize");
         if let Err(e) = self
@@ -358,6 +367,30 @@ impl Jobs {
             result.insert("rows_at".into(), Value::String(format!("/v1/jobs/{}", job.id)));
         }
         self.service.events.publish("job.updated", job.project_id, data);
+        entry.shed_result();
+    }
+
+    /// The job's stored record.
+    fn stored(&self, id: Uuid) -> Option<Record> {
+        match self.service.repo().store().get_meta(&format!("{JOB_META}{id}")) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+                .inspect_err(|e| tracing::error!(job = %id, error = %e, "unreadable job record"))
+                .ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "reading a job record failed");
+                None
+            }
+        }
+    }
+
+    /// The whole public view of an entry, its result read back if shed.
+    fn view(&self, entry: &Entry) -> Job {
+        let mut job = entry.record.job.clone();
+        if entry.result_stored {
+            job.result = self.stored(job.id).and_then(|r| r.job.result);
+        }
+        job
     }
 
     /// A fresh job id and its (empty) directory, for work that stores a
@@ -385,6 +418,7 @@ impl Jobs {
                 file: None,
             },
             published_at: 0,
+            result_stored: false,
         };
         let mut table = self.lock();
         self.persist(&mut entry);
@@ -399,16 +433,17 @@ impl Jobs {
     }
 
     pub fn get(&self, id: Uuid) -> Option<Job> {
-        self.lock().get(&id).map(|e| e.record.job.clone())
+        let table = self.lock();
+        table.get(&id).map(|e| self.view(e))
     }
 
     /// Every job, newest first; only one project's when given.
     pub fn list(&self, project: Option<ProjectId>) -> Vec<Job> {
-        let mut jobs: Vec<Job> = self
-            .lock()
+        let table = self.lock();
+        let mut jobs: Vec<Job> = table
             .values()
-            .map(|e| e.record.job.clone())
-            .filter(|j| project.is_none_or(|p| j.project_id == Some(p)))
+            .filter(|e| project.is_none_or(|p| e.record.job.project_id == Some(p)))
+            .map(|e| self.view(e))
             .collect();
         jobs.sort_by_key(|j| std::cmp::Reverse((j.created_at, j.id)));
         jobs
@@ -423,7 +458,7 @@ impl Jobs {
             .file
             .as_ref()
             .map(|f| self.dir.join(id.to_string()).join(f));
-        Some((e.record.job.clone(), path))
+        Some((self.view(e), path))
     }
 
     /// Applies `f` to a job and persists/publishes when `f` says so or the
@@ -500,6 +535,16 @@ impl Jobs {
             }
             let _ = std::fs::remove_dir_all(self.dir.join(id.to_string()));
             table.remove(&id);
+        }
+    }
+}
+
+impl Entry {
+    /// Drops a finished job's result from memory once it is stored.
+    fn shed_result(&mut self) {
+        if self.record.job.state.is_finished() && self.record.job.result.is_some() {
+            self.record.job.result = None;
+            self.result_stored = true;
         }
     }
 }
@@ -650,6 +695,19 @@ mod tests {
             done.result.unwrap()["rows"].is_array(),
             "the record keeps the whole result"
         );
+        // The table does not hold the finished result; requests read it back,
+        // and so do they after a restart.
+        {
+            let table = jobs.lock();
+            let entry = table.get(&id).unwrap();
+            assert!(entry.result_stored && entry.record.job.result.is_none());
+        }
+        assert_eq!(jobs.get(id).unwrap().result, Some(json_result()));
+        assert_eq!(jobs.list(None)[0].result, Some(json_result()));
+        assert_eq!(jobs.file(id).unwrap().0.result, Some(json_result()));
+        let reopened = Jobs::open(svc.clone(), dir.path(), config).unwrap();
+        assert!(reopened.lock().get(&id).unwrap().record.job.result.is_none());
+        assert_eq!(reopened.get(id).unwrap().result, Some(json_result()));
     }
 
     fn json_result() -> Value {

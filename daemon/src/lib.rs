@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use sitesync_model::DeviceId;
 use sitesync_model::automerge::ActorId;
-use sitesync_sync::{DocStore, Repo, RepoConfig, SledBackend, StoreError};
+use sitesync_sync::{DocStore, RedbBackend, Repo, RepoConfig, StoreError};
 use tokio::net::TcpListener;
 
 use crate::events::EventBus;
@@ -77,7 +77,7 @@ pub fn open_service(data_dir: &Path, max_cached: usize) -> Result<Service, Start
         dir: store_dir.display().to_string(),
         source,
     };
-    let store = DocStore::new(SledBackend::open(&store_dir).map_err(store_err)?);
+    let store = DocStore::new(RedbBackend::open(&store_dir).map_err(store_err)?);
     let device = DeviceId(store.device_id().map_err(store_err)?);
     let repo = Repo::new(
         store,

@@ -33,7 +33,7 @@ use prometheus_client::registry::Registry;
 use sitesync_sync::host::RepoHost;
 use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceNote};
 use sitesync_sync::session::{Event, PeerInfo, Session};
-use sitesync_sync::{DocStore, Repo, RepoConfig, SledBackend, StoreError};
+use sitesync_sync::{DocStore, RedbBackend, Repo, RepoConfig, StoreError};
 use tokio::sync::{Semaphore, broadcast};
 use uuid::Uuid;
 
@@ -137,7 +137,7 @@ impl Relay {
             dir: store_dir.display().to_string(),
             source,
         };
-        let store = DocStore::new(SledBackend::open(&store_dir).map_err(store_err)?);
+        let store = DocStore::new(RedbBackend::open(&store_dir).map_err(store_err)?);
         let device = store.device_id().map_err(store_err)?;
         let repo = Arc::new(Repo::new(
             store,

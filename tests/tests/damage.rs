@@ -3,7 +3,7 @@
 //! starts anyway and serves, never panics.
 
 use serde_json::json;
-use sitesync_sync::store::{Backend, BatchOp, SledBackend, describe_key};
+use sitesync_sync::store::{Backend, BatchOp, RedbBackend, describe_key};
 use sitesync_tests::{Daemon, seed};
 
 #[test]
@@ -23,7 +23,7 @@ fn a_damaged_record_is_reported_and_the_daemon_serves_the_rest() {
     // milestone update just made.
     let drawing = uuid::Uuid::parse_str(&s.drawing).unwrap();
     let damaged_key = {
-        let backend = SledBackend::open(&data.join("store")).unwrap();
+        let backend = RedbBackend::open(&data.join("store")).unwrap();
         let mut prefix = vec![b'd'];
         prefix.extend_from_slice(drawing.as_bytes());
         prefix.push(b'c');

@@ -571,7 +571,7 @@ fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored()
     use sitesync_sync::model::automerge::{ActorId, Automerge, AutomergeError, ROOT};
     use sitesync_sync::protocol::{self, Message};
     use sitesync_sync::session::{Output, Session};
-    use sitesync_sync::{DocStore, MemBackend, Repo, RepoConfig, SledBackend, host::RepoHost};
+    use sitesync_sync::{DocStore, MemBackend, RedbBackend, Repo, RepoConfig, host::RepoHost};
     use std::sync::Arc;
 
     let root = tempfile::tempdir().unwrap();
@@ -654,7 +654,7 @@ fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored()
     // Nothing of it is in the relay's store.
     relay.kill();
     let store = Repo::new(
-        DocStore::new(SledBackend::open(&rdir.join("store")).unwrap()),
+        DocStore::new(RedbBackend::open(&rdir.join("store")).unwrap()),
         ActorId::random(),
         RepoConfig {
             typed: false,

@@ -16,7 +16,7 @@ pub mod session;
 pub mod store;
 
 pub use repo::{Doc, Repo, RepoConfig, RepoError, Tx};
-pub use store::{Backend, DocStore, MemBackend, SledBackend, StoreError};
+pub use store::{Backend, DocStore, MemBackend, RedbBackend, StoreError};
 
 /// Re-exported so the layers above depend on one model version.
 pub use sitesync_model as model;

@@ -540,7 +540,7 @@ impl Tx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MemBackend, SledBackend};
+    use crate::store::{MemBackend, RedbBackend};
     use sitesync_model::{
         DeviceId, NewDrawing, NewProject, OperationId, OperationKind, ProjectPatch, Timestamp, WriteCtx,
     };
@@ -592,7 +592,7 @@ mod tests {
         };
         {
             let repo = Repo::new(
-                DocStore::new(SledBackend::open(dir.path()).unwrap()),
+                DocStore::new(RedbBackend::open(dir.path()).unwrap()),
                 ActorId::random(),
                 config,
             );
@@ -602,7 +602,7 @@ mod tests {
             }
         }
         let repo = Repo::new(
-            DocStore::new(SledBackend::open(dir.path()).unwrap()),
+            DocStore::new(RedbBackend::open(dir.path()).unwrap()),
             ActorId::random(),
             config,
         );

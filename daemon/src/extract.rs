@@ -155,14 +155,15 @@ impl Page {
     /// [`Self::of`] over references, cloning only the page's items (a
     /// listing sorts references to a large index, then copies 100).
     pub fn of_cloned<T: Serialize + Clone>(self, items: &[&T]) -> Paged<T> {
+        self.of_mapped(items, |t| (*t).clone())
+    }
+
+    /// [`Self::of`] over any items, making only the page's into `T` (a
+    /// listing sorts compact index entries, then decodes 100).
+    pub fn of_mapped<I, T: Serialize>(self, items: &[I], f: impl Fn(&I) -> T) -> Paged<T> {
         let (total, next_cursor) = self.bounds(items.len());
         Paged {
-            items: items
-                .iter()
-                .skip(self.offset)
-                .take(self.limit)
-                .map(|t| (*t).clone())
-                .collect(),
+            items: items.iter().skip(self.offset).take(self.limit).map(f).collect(),
             next_cursor,
             total,
         }

@@ -32,6 +32,7 @@ use sitesync_model::template::MAX_TEXT_LEN;
 use sitesync_model::{Component, ComponentId, DrawingId, DrawingInfo, OperationId, ProjectId, Template};
 use uuid::Uuid;
 
+use crate::index::ProjectIndex;
 use crate::jobs::{Done, Failure, JobCtx};
 use crate::service::Service;
 
@@ -422,7 +423,7 @@ impl Session {
     pub fn plan(
         &mut self,
         drawings: &BTreeMap<DrawingId, DrawingInfo>,
-        components: &HashMap<ComponentId, Component>,
+        components: &ProjectIndex,
         rows: Vec<(u64, RowInput)>,
     ) -> BatchPlan {
         let live: HashMap<String, &DrawingInfo> = drawings
@@ -440,9 +441,9 @@ impl Session {
             .filter_map(|(_, r)| r.drawing.as_deref())
             .filter_map(|n| drawing_of(n, &self.new_drawings))
             .collect();
-        let by_tag: HashMap<(DrawingId, &str), &Component> = components
-            .values()
-            .filter(|c| !c.deleted && named.contains(&c.drawing_id))
+        let on_named: Vec<Component> = named.iter().flat_map(|d| components.live_on(*d)).collect();
+        let by_tag: HashMap<(DrawingId, &str), &Component> = on_named
+            .iter()
             .map(|c| ((c.drawing_id, c.tag.as_str()), c))
             .collect();
 
@@ -495,19 +496,19 @@ impl Session {
         row: u64,
         input: &RowInput,
         drawing_of: &dyn Fn(&str, &HashMap<String, DrawingId>) -> Option<DrawingId>,
-        components: &HashMap<ComponentId, Component>,
+        components: &ProjectIndex,
         by_tag: &HashMap<(DrawingId, &str), &Component>,
         drawings: &BTreeMap<DrawingId, DrawingInfo>,
     ) -> Result<(DrawingId, Option<String>, ComponentId, Plan, usize), Vec<RowError>> {
         if !input.errors.is_empty() {
             return Err(input.errors.clone());
         }
-        let by_id = input.id.and_then(|id| components.get(&id)).filter(|c| !c.deleted);
+        let by_id = input.id.and_then(|id| components.get(id)).filter(|c| !c.deleted);
         let named = input
             .drawing
             .as_deref()
             .map(|n| drawing_of(n, &self.new_drawings));
-        if let (Some(c), Some(Some(d))) = (by_id, named)
+        if let (Some(c), Some(Some(d))) = (&by_id, named)
             && c.drawing_id != d
         {
             let on = drawings
@@ -524,9 +525,9 @@ impl Session {
         }
         let did = match named {
             Some(d) => d,
-            None => by_id.map(|c| c.drawing_id),
+            None => by_id.as_ref().map(|c| c.drawing_id),
         };
-        let existing = by_id.or_else(|| {
+        let existing = by_id.as_ref().or_else(|| {
             let tag = input.tag.as_deref()?;
             by_tag.get(&(did?, tag)).copied()
         });

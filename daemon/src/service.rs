@@ -644,7 +644,6 @@ impl Service {
     fn component_locked(&self, state: &mut State, pid: ProjectId, cid: ComponentId) -> ApiResult<Component> {
         self.index(state, pid)?
             .get(cid)
-            .cloned()
             .ok_or_else(|| ApiError::not_found("component", cid))
     }
 
@@ -736,7 +735,7 @@ impl Service {
         let index = self.index(&mut state, pid)?;
         let mut touched: Vec<(DrawingId, ComponentId)> = updates
             .iter()
-            .filter_map(|u| index.get(u.component_id).map(|c| (c.drawing_id, c.id)))
+            .filter_map(|u| index.slot(u.component_id).map(|s| (s.drawing_id, u.component_id)))
             .collect();
         touched.sort();
         touched.dedup();
@@ -767,11 +766,11 @@ impl Service {
             .map(|d| (d.id, d.number.clone()))
             .collect();
         let mut attributes = std::collections::BTreeSet::new();
-        let mut order: Vec<(&str, &str, ComponentId)> = Vec::with_capacity(index.all().len());
-        for c in index.live() {
-            attributes.extend(c.attributes.keys().cloned());
+        let mut order: Vec<(&str, &str, ComponentId)> = Vec::with_capacity(index.len());
+        for (id, c) in index.live() {
+            attributes.extend(c.attributes.iter().map(|(k, _)| k.to_string()));
             let number = drawings.get(&c.drawing_id).map_or("", String::as_str);
-            order.push((number, c.tag.as_str(), c.id));
+            order.push((number, &c.tag, id));
         }
         order.sort();
         let order = order.into_iter().map(|(_, _, id)| id).collect();
@@ -791,7 +790,7 @@ impl Service {
         let index = self.index(&mut state, pid)?;
         Ok(ids
             .iter()
-            .filter_map(|id| index.get(*id).filter(|c| !c.deleted).cloned())
+            .filter_map(|id| index.get(*id).filter(|c| !c.deleted))
             .collect())
     }
 
@@ -808,7 +807,7 @@ impl Service {
         let pid = session.project;
         let mut state = self.lock();
         let index = self.index(&mut state, pid)?;
-        let mut batch = session.plan(&index.drawings, index.all(), rows);
+        let mut batch = session.plan(&index.drawings, index, rows);
         if session.dry_run || batch.writes.is_empty() {
             return Ok(batch.reports);
         }

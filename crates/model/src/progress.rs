@@ -129,10 +129,15 @@ pub struct Tally {
 impl Tally {
     /// Counts one component (the caller skips deleted ones).
     pub fn add(&mut self, c: &Component) {
-        let hours = c.budget_hours.unwrap_or(1.0);
+        self.add_one(c.budget_hours, c.completion_percent);
+    }
+
+    /// Adds one component given only the two fields a tally reads.
+    pub fn add_one(&mut self, budget_hours: Option<f64>, completion_percent: f64) {
+        let hours = budget_hours.unwrap_or(1.0);
         self.count += 1;
         self.hours += hours;
-        self.earned += hours * c.completion_percent / 100.0;
+        self.earned += hours * completion_percent / 100.0;
     }
 
     /// Adds another tally (e.g. a drawing's to its project's).
@@ -183,14 +188,15 @@ pub fn group_key(c: &Component, drawing: Option<&DrawingInfo>, by: GroupBy) -> O
 
 /// Rolls up components (deleted ones are skipped), optionally grouped. Each
 /// component comes with its drawing's entry, for the area/system fallback.
-pub fn rollup<'a>(
-    items: impl IntoIterator<Item = (&'a Component, Option<&'a DrawingInfo>)>,
+pub fn rollup<'a, C: std::borrow::Borrow<Component>>(
+    items: impl IntoIterator<Item = (C, Option<&'a DrawingInfo>)>,
     group_by: Option<GroupBy>,
 ) -> Progress {
     let mut total = Tally::default();
     let mut groups: BTreeMap<Option<String>, Tally> = BTreeMap::new();
     let mut labels: BTreeMap<Option<String>, String> = BTreeMap::new();
     for (c, drawing) in items {
+        let c = c.borrow();
         if c.deleted {
             continue;
         }

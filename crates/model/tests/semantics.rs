@@ -713,3 +713,32 @@ fn history_lists_every_write_with_old_and_new_including_other_replicas() {
     );
     assert_eq!(component_history(b.automerge(), c).unwrap(), h);
 }
+
+/// A write that loses to a concurrent one changes no winning value, but the
+/// view lists it among the conflicts: a sync that brings only that write
+/// still names its component as changed, or the daemon's index keeps a
+/// view without the conflict (replicas then disagree on what they show).
+#[test]
+fn a_losing_write_arriving_by_sync_names_its_component_as_changed() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let mut a = replica(&f.drawing, 2);
+    let mut b = replica(&f.drawing, 3);
+    let (mut wa, mut wb) = (Writer::new("ana", 2), Writer::new("ben", 3));
+    wa.now += 60_000; // ana's write wins: it is a minute later
+    a.update_milestone(
+        &wa.ctx(K::MilestoneUpdate),
+        &update(c, "erect", V::Completed(true)),
+    )
+    .unwrap();
+    b.update_milestone(
+        &wb.ctx(K::MilestoneUpdate),
+        &update(c, "erect", V::Completed(false)),
+    )
+    .unwrap();
+    let before = a.automerge().get_heads();
+    let shown = a.component(c).unwrap();
+    a.automerge_mut().merge(&mut b.automerge_mut().clone()).unwrap();
+    assert_ne!(a.component(c).unwrap(), shown, "the view gained a conflict");
+    assert_eq!(a.changed_components(&before), vec![c]);
+}

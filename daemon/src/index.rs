@@ -173,6 +173,10 @@ impl ProjectIndex {
         self.components.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.components.is_empty()
+    }
+
     /// Components not deleted.
     pub fn live(&self) -> impl Iterator<Item = (ComponentId, &Slot)> {
         self.components

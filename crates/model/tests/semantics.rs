@@ -135,7 +135,8 @@ fn rollups_weight_by_budget_hours_and_group() {
         rollup(items, Some(GroupBy::Kind)).groups[0].key.as_deref(),
         Some("spool")
     );
-    assert_eq!(rollup(std::iter::empty(), None).completion_percent, 0.0);
+    let nothing = std::iter::empty::<(sitesync_model::Component, Option<&sitesync_model::DrawingInfo>)>();
+    assert_eq!(rollup(nothing, None).completion_percent, 0.0);
 }
 
 #[test]

@@ -1502,7 +1502,7 @@ struct JobsQuery {
 async fn list_jobs(State(app): App, QueryParams(q): QueryParams<JobsQuery>) -> ApiResult<Response> {
     let page = Page::parse(q.limit.as_deref(), q.cursor.as_deref())?;
     let project = q.project_id.as_deref().map(pid).transpose()?;
-    Ok(Json(page.of(app.jobs.list(project))).into_response())
+    Ok(Json(app.jobs.list(project, page)).into_response())
 }
 
 fn job_id(raw: &str) -> ApiResult<uuid::Uuid> {

@@ -27,6 +27,7 @@ use sitesync_model::{ProjectId, Timestamp};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::extract::{Page, Paged};
 use crate::service::Service;
 
 /// Metadata record prefix of persisted jobs.
@@ -384,10 +385,11 @@ impl Jobs {
         }
     }
 
-    /// The whole public view of an entry, its result read back if shed.
-    fn view(&self, entry: &Entry) -> Job {
-        let mut job = entry.record.job.clone();
-        if entry.result_stored {
+    /// Completes a job copied out of the table (the lock released, so a
+    /// large result is read without holding up progress): its result is
+    /// read back if it was shed.
+    fn view(&self, (mut job, shed): (Job, bool)) -> Job {
+        if shed {
             job.result = self.stored(job.id).and_then(|r| r.job.result);
         }
         job
@@ -433,32 +435,36 @@ impl Jobs {
     }
 
     pub fn get(&self, id: Uuid) -> Option<Job> {
-        let table = self.lock();
-        table.get(&id).map(|e| self.view(e))
+        let copied = self.lock().get(&id).map(Entry::copied);
+        copied.map(|c| self.view(c))
     }
 
-    /// Every job, newest first; only one project's when given.
-    pub fn list(&self, project: Option<ProjectId>) -> Vec<Job> {
-        let table = self.lock();
-        let mut jobs: Vec<Job> = table
+    /// One page of the jobs, newest first; only one project's when given.
+    /// Shed results are read back for the page's jobs only.
+    pub fn list(&self, project: Option<ProjectId>, page: Page) -> Paged<Job> {
+        let mut copied: Vec<(Job, bool)> = self
+            .lock()
             .values()
             .filter(|e| project.is_none_or(|p| e.record.job.project_id == Some(p)))
-            .map(|e| self.view(e))
+            .map(Entry::copied)
             .collect();
-        jobs.sort_by_key(|j| std::cmp::Reverse((j.created_at, j.id)));
-        jobs
+        copied.sort_by_key(|(j, _)| std::cmp::Reverse((j.created_at, j.id)));
+        page.of_mapped(&copied, |c| self.view(c.clone()))
     }
 
     /// The job and the path of the file it produced, if it produced one.
     pub fn file(&self, id: Uuid) -> Option<(Job, Option<PathBuf>)> {
-        let table = self.lock();
-        let e = table.get(&id)?;
-        let path = e
-            .record
-            .file
-            .as_ref()
-            .map(|f| self.dir.join(id.to_string()).join(f));
-        Some((self.view(e), path))
+        let (copied, path) = {
+            let table = self.lock();
+            let e = table.get(&id)?;
+            let path = e
+                .record
+                .file
+                .as_ref()
+                .map(|f| self.dir.join(id.to_string()).join(f));
+            (e.copied(), path)
+        };
+        Some((self.view(copied), path))
     }
 
     /// Applies `f` to a job and persists/publishes when `f` says so or the
@@ -540,6 +546,11 @@ impl Jobs {
 }
 
 impl Entry {
+    /// The job as held, and whether its result was shed (for [`Jobs::view`]).
+    fn copied(&self) -> (Job, bool) {
+        (self.record.job.clone(), self.result_stored)
+    }
+
     /// Drops a finished job's result from memory once it is stored.
     fn shed_result(&mut self) {
         if self.record.job.state.is_finished() && self.record.job.result.is_some() {
@@ -703,7 +714,8 @@ mod tests {
             assert!(entry.result_stored && entry.record.job.result.is_none());
         }
         assert_eq!(jobs.get(id).unwrap().result, Some(json_result()));
-        assert_eq!(jobs.list(None)[0].result, Some(json_result()));
+        let listed = jobs.list(None, Page::parse(None, None).unwrap());
+        assert_eq!(listed.items[0].result, Some(json_result()));
         assert_eq!(jobs.file(id).unwrap().0.result, Some(json_result()));
         let reopened = Jobs::open(svc.clone(), dir.path(), config).unwrap();
         assert!(reopened.lock().get(&id).unwrap().record.job.result.is_none());

@@ -114,16 +114,11 @@ impl RedbBackend {
         if !path.exists() && dir.join(SLED_CONF).exists() {
             migrate_from_sled(dir, &path)?;
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let db = loop {
-            match redb::Builder::new().set_cache_size(CACHE_BYTES).create(&path) {
-                Ok(db) => break db,
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => return Err(StoreError::backend(format!("opening {}", path.display()), e)),
-            }
-        };
+        let db = retry_while_locked(
+            || redb::Builder::new().set_cache_size(CACHE_BYTES).create(&path),
+            |e| matches!(e, redb::DatabaseError::DatabaseAlreadyOpen),
+        )
+        .map_err(|e| StoreError::backend(format!("opening {}", path.display()), e))?;
         let this = Self { db, path };
         // Create the table, so readers never meet a missing one.
         this.apply(Vec::new())?;
@@ -131,22 +126,44 @@ impl RedbBackend {
     }
 }
 
+/// Runs `open` until it succeeds, fails otherwise than `locked`, or two
+/// seconds pass: a database just dropped in this process may still hold its
+/// file lock for a moment (sled's background flusher does), while another
+/// process holding it is still refused.
+fn retry_while_locked<T, E>(
+    mut open: impl FnMut() -> Result<T, E>,
+    locked: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match open() {
+            Err(e) if locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Maps any redb error to a [`StoreError`] saying what was being done.
+fn redb_failed<E: Into<redb::Error>>(context: &str) -> impl Fn(E) -> StoreError + '_ {
+    move |e| StoreError::backend(context, e.into())
+}
+
 impl Backend for RedbBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let err = |e: redb::Error| StoreError::backend("reading", e);
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let table = tx.open_table(RECORDS).map_err(|e| err(e.into()))?;
-        let value = table.get(key).map_err(|e| err(e.into()))?;
+        let tx = self.db.begin_read().map_err(redb_failed("reading"))?;
+        let table = tx.open_table(RECORDS).map_err(redb_failed("reading"))?;
+        let value = table.get(key).map_err(redb_failed("reading"))?;
         Ok(value.map(|v| v.value().to_vec()))
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, StoreError> {
-        let err = |e: redb::Error| StoreError::backend("scanning", e);
-        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let table = tx.open_table(RECORDS).map_err(|e| err(e.into()))?;
+        let tx = self.db.begin_read().map_err(redb_failed("scanning"))?;
+        let table = tx.open_table(RECORDS).map_err(redb_failed("scanning"))?;
         let mut out = Vec::new();
-        for entry in table.range(prefix..).map_err(|e| err(e.into()))? {
-            let (k, v) = entry.map_err(|e| err(e.into()))?;
+        for entry in table.range(prefix..).map_err(redb_failed("scanning"))? {
+            let (k, v) = entry.map_err(redb_failed("scanning"))?;
             if !k.value().starts_with(prefix) {
                 break;
             }
@@ -156,21 +173,20 @@ impl Backend for RedbBackend {
     }
 
     fn apply(&self, batch: Vec<BatchOp>) -> Result<(), StoreError> {
-        let err = |e: redb::Error| StoreError::backend("writing a batch", e);
         // The default durability, `Immediate`: the commit returns once the
         // batch is on disk.
-        let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let tx = self.db.begin_write().map_err(redb_failed("writing a batch"))?;
         {
-            let mut table = tx.open_table(RECORDS).map_err(|e| err(e.into()))?;
+            let mut table = tx.open_table(RECORDS).map_err(redb_failed("writing a batch"))?;
             for op in batch {
                 match op {
                     BatchOp::Put(k, v) => table.insert(k.as_slice(), v.as_slice()).map(drop),
                     BatchOp::Delete(k) => table.remove(k.as_slice()).map(drop),
                 }
-                .map_err(|e| err(e.into()))?;
+                .map_err(redb_failed("writing a batch"))?;
             }
         }
-        tx.commit().map_err(|e| err(e.into()))
+        tx.commit().map_err(redb_failed("writing a batch"))
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -192,7 +208,12 @@ const SLED_CONF: &str = "conf";
 /// whole and the next start copies again.
 fn migrate_from_sled(dir: &Path, to: &Path) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
-    let sled = sled::Config::new().path(dir).open().map_err(|e| {
+    let sled = retry_while_locked(
+        || sled::Config::new().path(dir).open(),
+        // sled reports it as `Other` with this text.
+        |e| matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock")),
+    )
+    .map_err(|e| {
         StoreError::backend(
             format!("opening the sled store in {} to migrate it", dir.display()),
             e,
@@ -200,20 +221,21 @@ fn migrate_from_sled(dir: &Path, to: &Path) -> Result<(), StoreError> {
     })?;
     let tmp = to.with_extension("redb.migrating");
     let _ = std::fs::remove_file(&tmp);
-    let err =
-        |e: redb::Error| StoreError::backend(format!("migrating the sled store in {}", dir.display()), e);
-    let db = redb::Database::create(&tmp).map_err(|e| err(e.into()))?;
-    let tx = db.begin_write().map_err(|e| err(e.into()))?;
+    let context = format!("migrating the sled store in {}", dir.display());
+    let db = redb::Database::create(&tmp).map_err(redb_failed(&context))?;
+    let tx = db.begin_write().map_err(redb_failed(&context))?;
     let mut records = 0u64;
     {
-        let mut table = tx.open_table(RECORDS).map_err(|e| err(e.into()))?;
+        let mut table = tx.open_table(RECORDS).map_err(redb_failed(&context))?;
         for kv in sled.iter() {
             let (k, v) = kv.map_err(|e| StoreError::backend("reading the sled store to migrate it", e))?;
-            table.insert(k.as_ref(), v.as_ref()).map_err(|e| err(e.into()))?;
+            table
+                .insert(k.as_ref(), v.as_ref())
+                .map_err(redb_failed(&context))?;
             records += 1;
         }
     }
-    tx.commit().map_err(|e| err(e.into()))?;
+    tx.commit().map_err(redb_failed(&context))?;
     drop(db);
     drop(sled);
     std::fs::rename(&tmp, to).map_err(|e| StoreError::backend(format!("renaming {}", tmp.display()), e))?;

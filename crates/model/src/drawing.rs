@@ -260,24 +260,52 @@ impl DrawingDoc {
         self.component(update.component_id)
     }
 
-    /// The components whose state changed since `before` (heads this
-    /// document had), from Automerge's diff: a sync that touched one
-    /// component costs one component read, not the whole drawing's.
+    /// The components whose state may have changed since `before` (heads
+    /// this document had): those written by a change applied since. A sync
+    /// that touched one component then costs one component read, not the
+    /// whole drawing's.
+    ///
+    /// Found from the operations of the new changes, not from Automerge's
+    /// diff: the diff reports a key only when Automerge's own winner (by op
+    /// id) changes, but a register here shows every concurrent value and
+    /// picks its winner by time. A change that adds or replaces a value
+    /// that is not Automerge's winner yields no patch at all, yet changes
+    /// the view's winner or conflicts (the convergence property test found
+    /// this; a daemon's index then kept the old view until a restart).
     pub fn changed_components(&self, before: &[automerge::ChangeHash]) -> Vec<ComponentId> {
-        use automerge::{PatchAction, Prop};
-        let after = self.doc.get_heads();
+        use automerge::legacy::Key;
+        let Ok(comps) = components_obj(&self.doc) else {
+            return Vec::new();
+        };
+        let (comps_id, root_id) = (comps.to_string(), automerge::ROOT.to_string());
         let mut out = std::collections::BTreeSet::new();
-        for patch in self.doc.diff(before, &after) {
-            if !matches!(patch.path.first(), Some((_, Prop::Map(k))) if k == "components") {
-                continue;
+        // Objects written inside some component (its attributes, milestones,
+        // quantity entries), found by walking the components below.
+        let mut nested = std::collections::HashSet::new();
+        for change in self.doc.get_changes(before) {
+            for op in change.decode().operations {
+                let obj = op.obj.to_string();
+                if obj == comps_id {
+                    if let Key::Map(key) = &op.key
+                        && let Ok(id) = key.parse()
+                    {
+                        out.insert(id);
+                    }
+                } else if obj != root_id {
+                    nested.insert(obj);
+                }
             }
-            let key = match (patch.path.get(1), &patch.action) {
-                (Some((_, Prop::Map(k))), _) => Some(k.clone()),
-                (None, PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key }) => Some(key.clone()),
-                _ => None,
-            };
-            if let Some(id) = key.and_then(|k| k.parse().ok()) {
-                out.insert(id);
+        }
+        if !nested.is_empty() {
+            for key in self.doc.keys(&comps) {
+                let Ok(id) = key.parse::<ComponentId>() else {
+                    continue;
+                };
+                for (_, obj) in self.doc.get_all(&comps, key.as_str()).unwrap_or_default() {
+                    if subtree_has(&self.doc, &obj, &nested) {
+                        out.insert(id);
+                    }
+                }
             }
         }
         out.into_iter().collect()
@@ -331,6 +359,19 @@ where
     crdt::read_str(doc, &automerge::ROOT, key)?
         .parse()
         .map_err(|e| ModelError::corrupt(key, e))
+}
+
+/// Whether `obj` or an object below it is one of `ids` (object ids as text).
+fn subtree_has(doc: &Automerge, obj: &ObjId, ids: &std::collections::HashSet<String>) -> bool {
+    if ids.contains(&obj.to_string()) {
+        return true;
+    }
+    doc.keys(obj).any(|key| {
+        doc.get_all(obj, key.as_str())
+            .unwrap_or_default()
+            .into_iter()
+            .any(|(value, child)| value.is_object() && subtree_has(doc, &child, ids))
+    })
 }
 
 pub(crate) fn components_obj<D: ReadDoc>(doc: &D) -> Result<ObjId> {

@@ -252,8 +252,10 @@ impl World {
         if from == to {
             return;
         }
+        let seen = Seen::of(&self.docs[to]);
         let mut src = self.docs[from].automerge().clone();
         self.docs[to].automerge_mut().merge(&mut src).unwrap();
+        seen.assert_changes_named(&self.docs[to]);
     }
 
     /// Ships only the changes `to` lacks, as raw bytes, like a store-and-forward hop.
@@ -263,7 +265,9 @@ impl World {
         }
         let have = self.docs[to].automerge().get_heads();
         let bytes = self.docs[from].automerge().save_after(&have);
+        let seen = Seen::of(&self.docs[to]);
         self.docs[to].automerge_mut().load_incremental(&bytes).unwrap();
+        seen.assert_changes_named(&self.docs[to]);
     }
 
     /// Runs the sync protocol with per-pair states kept across calls (as a
@@ -281,16 +285,20 @@ impl World {
                 break;
             }
             if let Some(m) = ma {
+                let seen = Seen::of(&self.docs[b]);
                 self.docs[b]
                     .automerge_mut()
                     .receive_sync_message(&mut sb, m)
                     .unwrap();
+                seen.assert_changes_named(&self.docs[b]);
             }
             if let Some(m) = mb {
+                let seen = Seen::of(&self.docs[a]);
                 self.docs[a]
                     .automerge_mut()
                     .receive_sync_message(&mut sa, m)
                     .unwrap();
+                seen.assert_changes_named(&self.docs[a]);
             }
         }
         self.sync.insert((a, b), sa);
@@ -302,6 +310,38 @@ impl World {
         for _ in 0..2 {
             for a in 0..REPLICAS {
                 self.sync(a, (a + 1) % REPLICAS, 100);
+            }
+        }
+    }
+}
+
+/// A replica's heads and views before it receives changes. The daemon keeps
+/// its index current by re-reading only the components
+/// `changed_components` names after a sync, so every component whose view
+/// the changes altered (winner, conflicts, status...) must be named.
+struct Seen {
+    heads: Vec<sitesync_model::automerge::ChangeHash>,
+    views: BTreeMap<ComponentId, sitesync_model::Component>,
+}
+
+impl Seen {
+    fn of(doc: &DrawingDoc) -> Self {
+        Self {
+            heads: doc.automerge().get_heads(),
+            views: doc.components().unwrap().into_iter().map(|c| (c.id, c)).collect(),
+        }
+    }
+
+    fn assert_changes_named(&self, doc: &DrawingDoc) {
+        let named: BTreeSet<_> = doc.changed_components(&self.heads).into_iter().collect();
+        for view in doc.components().unwrap() {
+            if self.views.get(&view.id) != Some(&view) {
+                assert!(
+                    named.contains(&view.id),
+                    "{} changed but was not named: before {:?}, after {view:?}",
+                    view.id,
+                    self.views.get(&view.id)
+                );
             }
         }
     }

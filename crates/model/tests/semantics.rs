@@ -743,3 +743,39 @@ fn a_losing_write_arriving_by_sync_names_its_component_as_changed() {
     assert_ne!(a.component(c).unwrap(), shown, "the view gained a conflict");
     assert_eq!(a.changed_components(&before), vec![c]);
 }
+
+/// Three concurrent writes of one milestone, merged in every order: each
+/// merge that changes the view (its winner, picked by time, or its
+/// conflicts) names the component, even when Automerge's own winner (by op
+/// id) stays put and its diff reports nothing.
+#[test]
+fn every_merge_that_changes_a_view_names_its_component() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let mut docs: Vec<_> = (2..5).map(|n| replica(&f.drawing, n)).collect();
+    for (i, (doc, name)) in docs.iter_mut().zip(["ana", "ben", "cy"]).enumerate() {
+        let mut w = Writer::new(name, i as u128 + 2);
+        w.now += 1_000 * i as i64; // cy's write is the latest: it wins
+        doc.update_milestone(
+            &w.ctx(K::MilestoneUpdate),
+            &update(c, "erect", V::Completed(i % 2 == 0)),
+        )
+        .unwrap();
+    }
+    for order in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+        let mut into = docs[order[0]].clone();
+        for &from in &order[1..] {
+            let before = into.automerge().get_heads();
+            let shown = into.component(c).unwrap();
+            into.automerge_mut()
+                .merge(&mut docs[from].automerge_mut().clone())
+                .unwrap();
+            assert_ne!(
+                into.component(c).unwrap(),
+                shown,
+                "order {order:?}: a conflict is added"
+            );
+            assert_eq!(into.changed_components(&before), vec![c], "order {order:?}");
+        }
+    }
+}

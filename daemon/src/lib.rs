@@ -106,6 +106,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let service = state.service.clone();
+    sitesync_sync::repo::compact_in_background(service.repo());
     let app = api::router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -184,6 +184,7 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
+    sitesync_sync::repo::compact_in_background(relay.host.repo());
     let app = Router::new()
         .route("/", get(upgrade))
         .route("/healthz", get(healthz))

@@ -107,6 +107,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let service = state.service.clone();
     sitesync_sync::repo::compact_in_background(service.repo());
+    sitesync_sync::memory::trim_periodically(sitesync_sync::memory::TRIM_EVERY);
     let app = api::router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

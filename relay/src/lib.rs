@@ -185,6 +185,7 @@ where
     L::Addr: std::fmt::Debug,
 {
     sitesync_sync::repo::compact_in_background(relay.host.repo());
+    sitesync_sync::memory::trim_periodically(sitesync_sync::memory::TRIM_EVERY);
     let app = Router::new()
         .route("/", get(upgrade))
         .route("/healthz", get(healthz))

@@ -10,6 +10,7 @@
 pub mod credentials;
 pub mod host;
 pub mod link;
+pub mod memory;
 pub mod protocol;
 pub mod repo;
 pub mod session;

@@ -9,7 +9,7 @@ use automerge::{ActorId, Automerge, ObjId, ObjType, ReadDoc};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::crdt::{self, FieldReader, MergedEntry};
+use crate::crdt::{self, FieldReader, Fields, MergedEntry};
 use crate::error::{ModelError, Result};
 use crate::ids::{ComponentId, DeviceId, DrawingId, ProjectId, TemplateId};
 use crate::operation::WriteCtx;
@@ -314,38 +314,41 @@ impl DrawingDoc {
     /// One component with derived completion and status.
     pub fn component(&self, id: ComponentId) -> Result<Component> {
         let at = locate(&self.doc, id)?;
-        read_component(&self.doc, id, &at, self.project_id()?, self.drawing_id()?)
+        let fields = Fields::read(&self.doc, &at.obj)?;
+        read_component(
+            &self.doc,
+            id,
+            &fields,
+            &at.template,
+            self.project_id()?,
+            self.drawing_id()?,
+        )
     }
 
-    /// Every component, deleted ones included, ordered by tag.
+    /// Every component, deleted ones included, ordered by tag. Each object
+    /// is read in one pass ([`Fields`]) and each template once.
     pub fn components(&self) -> Result<Vec<Component>> {
         let (project, drawing) = (self.project_id()?, self.drawing_id()?);
-        let obj = components_obj(&self.doc)?;
+        let comps = Fields::read(&self.doc, &components_obj(&self.doc)?)?;
         let templates = crdt::require_map(&self.doc, &automerge::ROOT, "templates")?;
         let mut cache: HashMap<TemplateId, Template> = HashMap::new();
         let mut out = Vec::new();
-        for key in self.doc.keys(&obj) {
+        for key in comps.keys() {
             let id: ComponentId = key
                 .parse()
                 .map_err(|e| ModelError::corrupt(format!("components.{key}"), e))?;
-            let comp = crdt::require_map(&self.doc, &obj, &key)?;
-            let tid = template_id_of(&self.doc, &comp)?;
-            let template = match cache.get(&tid) {
-                Some(t) => t.clone(),
-                None => {
-                    let t = read_template(&self.doc, &templates, tid)?
-                        .ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?;
-                    cache.insert(tid, t.clone());
-                    t
-                }
+            let fields = Fields::read(&self.doc, &comps.require_map(key)?)?;
+            let tid = template_id_in(&fields)?;
+            let template = match cache.entry(tid) {
+                std::collections::hash_map::Entry::Occupied(t) => t.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => slot.insert(
+                    read_template(&self.doc, &templates, tid)?
+                        .ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?,
+                ),
             };
-            let at = Located {
-                attributes: crdt::require_map(&self.doc, &comp, "attributes")?,
-                milestones: crdt::require_map(&self.doc, &comp, "milestones")?,
-                obj: comp,
-                template,
-            };
-            out.push(read_component(&self.doc, id, &at, project, drawing)?);
+            out.push(read_component(
+                &self.doc, id, &fields, template, project, drawing,
+            )?);
         }
         out.sort_by(|a, b| a.tag.cmp(&b.tag).then(a.id.cmp(&b.id)));
         Ok(out)
@@ -380,6 +383,12 @@ pub(crate) fn components_obj<D: ReadDoc>(doc: &D) -> Result<ObjId> {
 
 fn template_id_of<D: ReadDoc>(doc: &D, comp: &ObjId) -> Result<TemplateId> {
     crdt::read_str(doc, comp, "template_id")?
+        .parse()
+        .map_err(|e| ModelError::corrupt("template_id", e))
+}
+
+fn template_id_in(comp: &Fields) -> Result<TemplateId> {
+    comp.str("template_id")?
         .parse()
         .map_err(|e| ModelError::corrupt("template_id", e))
 }
@@ -590,7 +599,7 @@ pub(crate) fn update_component(
     patch: &ComponentPatch,
 ) -> Result<usize> {
     let at = locate(tx, id)?;
-    if FieldReader::new(tx, at.obj.clone()).get("deleted", false)? {
+    if Fields::read(tx, &at.obj)?.value("deleted", false)? {
         return Err(ModelError::ComponentDeleted { component: id });
     }
     let qty_total = validate_patch(patch, &at.template)?;
@@ -650,7 +659,7 @@ pub(crate) fn apply_update(
     u: &MilestoneUpdate,
 ) -> Result<(MilestoneView, MilestoneView)> {
     let at = locate(tx, u.component_id)?;
-    if FieldReader::new(tx, at.obj.clone()).get("deleted", false)? {
+    if Fields::read(tx, &at.obj)?.value("deleted", false)? {
         return Err(ModelError::ComponentDeleted {
             component: u.component_id,
         });
@@ -720,10 +729,12 @@ pub(crate) fn apply_update(
     Ok((before, after))
 }
 
-/// One milestone's view and its progress ∈ [0, 1].
+/// One milestone's view and its progress ∈ [0, 1], from the component's
+/// `milestones` map.
 fn milestone_state<D: ReadDoc>(
     doc: &D,
-    at: &Located,
+    milestones: &Fields,
+    workflow: WorkflowType,
     def: &MilestoneDef,
     quantity_total: Option<i64>,
 ) -> Result<(MilestoneView, f64)> {
@@ -740,24 +751,23 @@ fn milestone_state<D: ReadDoc>(
         conflicts: Vec::new(),
     };
     let key = def.key.as_str();
-    let progress = match at.template.workflow_type {
+    let progress = match workflow {
         WorkflowType::Discrete => {
-            let reg = crdt::read_register::<D, bool>(doc, &at.milestones, key)?;
+            let reg = milestones.register::<bool>(key)?;
             let done = reg.as_ref().is_some_and(|r| r.winner.v);
             view.completed = Some(done);
             fill_register_meta(&mut view, reg, |v| serde_json::Value::Bool(*v));
             if done { 1.0 } else { 0.0 }
         }
         WorkflowType::Percentage => {
-            let reg = crdt::read_register::<D, f64>(doc, &at.milestones, key)?;
+            let reg = milestones.register::<f64>(key)?;
             let p = reg.as_ref().map_or(0.0, |r| r.winner.v);
             view.percent = Some(p);
             fill_register_meta(&mut view, reg, |v| serde_json::json!(v));
             p / 100.0
         }
         WorkflowType::Quantity => {
-            let entries_obj = crdt::require_map(doc, &at.milestones, key)?;
-            let entries = crdt::read_entries(doc, &entries_obj)?;
+            let entries = crdt::read_entries(doc, &milestones.require_map(key)?)?;
             let q = crdt::quantity_of(&entries);
             view.quantity = Some(crdt::from_milli(q));
             if let Some((ts, user, device)) = latest_entry_write(&entries) {
@@ -809,19 +819,24 @@ fn latest_entry_write(entries: &[MergedEntry]) -> Option<(i64, String, DeviceId)
 }
 
 fn milestone_view<D: ReadDoc>(doc: &D, at: &Located, def: &MilestoneDef) -> Result<MilestoneView> {
-    let total = FieldReader::new(doc, at.obj.clone()).get::<Option<i64>>("quantity_total", None)?;
-    Ok(milestone_state(doc, at, def, total)?.0)
+    let total = Fields::read(doc, &at.obj)?.value::<Option<i64>>("quantity_total", None)?;
+    let milestones = Fields::read(doc, &at.milestones)?;
+    Ok(milestone_state(doc, &milestones, at.template.workflow_type, def, total)?.0)
 }
 
+/// A component's view from its fields (`comp`, already read) and template.
 fn read_component<D: ReadDoc>(
     doc: &D,
     id: ComponentId,
-    at: &Located,
+    comp: &Fields,
+    template: &Template,
     project_id: ProjectId,
     drawing_id: DrawingId,
 ) -> Result<Component> {
-    let created_at = Timestamp(crdt::read_int(doc, &at.obj, "created_at")?);
-    let mut r = FieldReader::new(doc, at.obj.clone());
+    let created_at = Timestamp(comp.int("created_at")?);
+    let attribute_fields = Fields::read(doc, &comp.require_map("attributes")?)?;
+    let milestone_fields = Fields::read(doc, &comp.require_map("milestones")?)?;
+    let mut r = FieldReader::new(comp);
     let tag = r.get("tag", String::new())?;
     let kind = r.get("kind", String::new())?;
     let quantity_total: Option<i64> = r.get("quantity_total", None)?;
@@ -829,18 +844,24 @@ fn read_component<D: ReadDoc>(
     let budget_hours = r.get("budget_hours", None)?;
     let deleted = r.get("deleted", false)?;
     let mut attributes = BTreeMap::new();
-    for name in doc.keys(&at.attributes) {
-        if let Some(reg) = crdt::read_register::<D, Option<String>>(doc, &at.attributes, &name)? {
+    for name in attribute_fields.keys() {
+        if let Some(reg) = attribute_fields.register::<Option<String>>(name)? {
             r.saw(reg.winner.ts, &reg.winner.u);
             if let Some(v) = reg.winner.v {
-                attributes.insert(name, v);
+                attributes.insert(name.to_owned(), v);
             }
         }
     }
-    let mut milestones = Vec::with_capacity(at.template.milestones.len());
-    let mut parts = Vec::with_capacity(at.template.milestones.len());
-    for def in &at.template.milestones {
-        let (view, progress) = milestone_state(doc, at, def, quantity_total)?;
+    let mut milestones = Vec::with_capacity(template.milestones.len());
+    let mut parts = Vec::with_capacity(template.milestones.len());
+    for def in &template.milestones {
+        let (view, progress) = milestone_state(
+            doc,
+            &milestone_fields,
+            template.workflow_type,
+            def,
+            quantity_total,
+        )?;
         if let (Some(ts), Some(u)) = (view.updated_at, &view.updated_by) {
             r.saw(ts.millis(), u);
         }
@@ -855,8 +876,8 @@ fn read_component<D: ReadDoc>(
         drawing_id,
         tag,
         kind,
-        template_id: at.template.id,
-        workflow_type: at.template.workflow_type,
+        template_id: template.id,
+        workflow_type: template.workflow_type,
         quantity_total: quantity_total.map(crdt::from_milli),
         unit,
         budget_hours,

@@ -6,7 +6,7 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ObjId, ObjType, ReadDoc};
 use serde::{Deserialize, Serialize};
 
-use crate::crdt::{self, FieldReader};
+use crate::crdt::{self, FieldReader, Fields};
 use crate::error::{ModelError, Result};
 use crate::ids::{DrawingId, ProjectId, TemplateId};
 use crate::operation::WriteCtx;
@@ -140,8 +140,9 @@ impl ProjectDoc {
 
     /// The project's own fields.
     pub fn info(&self) -> Result<ProjectInfo> {
-        let created_at = Timestamp(crdt::read_int(&self.doc, &automerge::ROOT, "created_at")?);
-        let mut r = FieldReader::new(&self.doc, automerge::ROOT);
+        let fields = Fields::read(&self.doc, &automerge::ROOT)?;
+        let created_at = Timestamp(fields.int("created_at")?);
+        let mut r = FieldReader::new(&fields);
         let name = r.get("name", String::new())?;
         let code = r.get("code", None)?;
         let deleted = r.get("deleted", false)?;
@@ -395,14 +396,13 @@ impl ProjectDoc {
     /// Every drawing, deleted ones included, ordered by number.
     pub fn drawings(&self) -> Result<Vec<DrawingInfo>> {
         let project = self.id()?;
-        let drawings = self.drawings_obj()?;
+        let drawings = Fields::read(&self.doc, &self.drawings_obj()?)?;
         let mut out = Vec::new();
-        for key in self.doc.keys(&drawings) {
+        for key in drawings.keys() {
             let id: DrawingId = key
                 .parse()
                 .map_err(|e| ModelError::corrupt(format!("drawings.{key}"), e))?;
-            let obj = crdt::require_map(&self.doc, &drawings, &key)?;
-            out.push(read_drawing(&self.doc, obj, id, project)?);
+            out.push(read_drawing(&self.doc, drawings.require_map(key)?, id, project)?);
         }
         out.sort_by(|a, b| a.number.cmp(&b.number).then(a.id.cmp(&b.id)));
         Ok(out)
@@ -410,8 +410,9 @@ impl ProjectDoc {
 }
 
 fn read_drawing(doc: &Automerge, obj: ObjId, id: DrawingId, project_id: ProjectId) -> Result<DrawingInfo> {
-    let created_at = Timestamp(crdt::read_int(doc, &obj, "created_at")?);
-    let mut r = FieldReader::new(doc, obj);
+    let fields = Fields::read(doc, &obj)?;
+    let created_at = Timestamp(fields.int("created_at")?);
+    let mut r = FieldReader::new(&fields);
     let number = r.get("number", String::new())?;
     let title = r.get("title", None)?;
     let revision = r.get("revision", None)?;

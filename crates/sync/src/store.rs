@@ -404,6 +404,8 @@ pub struct Loaded {
     pub next_seq: u64,
     /// How many change records follow the snapshot (compaction trigger).
     pub change_records: usize,
+    /// Their payload bytes (the other compaction trigger).
+    pub change_bytes: usize,
     /// Records that could not be read (the document is rebuilt without them).
     pub damaged: Vec<Damage>,
 }
@@ -491,6 +493,7 @@ impl DocStore {
             }
         }
         let batch: Vec<u8> = changes.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        let change_bytes = batch.len();
         if doc.load_incremental(&batch).is_err() {
             // A record is not Automerge data: start again from the snapshot,
             // one record at a time, and keep all but the bad ones.
@@ -507,6 +510,7 @@ impl DocStore {
             doc: doc.with_actor(actor),
             next_seq,
             change_records,
+            change_bytes,
             damaged,
         }))
     }

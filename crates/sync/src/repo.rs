@@ -18,7 +18,7 @@ use sitesync_model::schema::{DocKind, kind_of};
 use sitesync_model::{DrawingDoc, DrawingId, ModelError, ProjectDoc, ProjectId};
 use uuid::Uuid;
 
-use crate::store::{Append, Damage, DocStore, StoreError};
+use crate::store::{Append, Compaction, Damage, DocStore, StoreError};
 
 /// Errors from the repository.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,10 @@ pub fn decode_heads(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
             .collect(),
     )
 }
+
+/// At most this many documents are compacted in one commit: one fsync for
+/// many, while each saved snapshot waits in memory only that long.
+const COMPACT_BATCH: usize = 16;
 
 /// Called with the ids of documents whose new changes just became durable.
 pub type PersistHook = Box<dyn Fn(&[Uuid]) + Send + Sync>;
@@ -235,40 +239,61 @@ impl Repo {
         let _one_at_a_time = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         let mut done = 0;
         loop {
-            let (id, cached) = {
+            let ids: Vec<Uuid> = {
                 let mut cache = self.lock();
-                let Some(id) = cache.due.iter().next().copied() else {
-                    return Ok(done);
-                };
-                cache.due.remove(&id);
+                let ids: Vec<Uuid> = cache.due.iter().take(COMPACT_BATCH).copied().collect();
+                for id in &ids {
+                    cache.due.remove(id);
+                }
+                ids
+            };
+            if ids.is_empty() {
+                return Ok(done);
+            }
+            // (document, change records and bytes folded) per compaction.
+            let mut batch = Vec::with_capacity(ids.len());
+            let mut folded = Vec::with_capacity(ids.len());
+            for id in ids {
                 // Only what is durable goes into the snapshot: a write whose
                 // records are not stored yet cannot be in the cache here
                 // (writes persist before they release the cache).
-                let cached = cache.slots.get(&id).map(|slot| {
-                    (
-                        slot.doc.automerge().save(),
-                        slot.next_seq,
-                        slot.change_records,
-                        slot.change_bytes,
-                    )
+                let cached = self.lock().slots.get(&id).map(|slot| {
+                    let c = Compaction {
+                        id,
+                        snapshot: slot.doc.automerge().save(),
+                        next_seq: slot.next_seq,
+                    };
+                    (c, slot.change_records, slot.change_bytes)
                 });
-                (id, cached)
-            };
-            let (snapshot, next_seq, records, bytes) = match cached {
-                Some(c) => c,
-                // Every record below the loaded `next_seq` is in the loaded
-                // document, and a write meanwhile appends at or above it.
-                None => match self.store.load(id, self.actor.clone())? {
-                    Some(l) => (l.doc.save(), l.next_seq, l.change_records, l.change_bytes),
-                    None => continue,
-                },
-            };
-            self.store.compact(id, &snapshot, next_seq)?;
-            if let Some(slot) = self.lock().slots.get_mut(&id) {
-                slot.change_records = slot.change_records.saturating_sub(records);
-                slot.change_bytes = slot.change_bytes.saturating_sub(bytes);
+                let (c, records, bytes) = match cached {
+                    Some(c) => c,
+                    // Every record below the loaded `next_seq` is in the
+                    // loaded document, and a write meanwhile appends at or
+                    // above it.
+                    None => match self.store.load(id, self.actor.clone())? {
+                        Some(l) => {
+                            let c = Compaction {
+                                id,
+                                snapshot: l.doc.save(),
+                                next_seq: l.next_seq,
+                            };
+                            (c, l.change_records, l.change_bytes)
+                        }
+                        None => continue,
+                    },
+                };
+                batch.push(c);
+                folded.push((id, records, bytes));
             }
-            done += 1;
+            self.store.compact(&batch)?;
+            let mut cache = self.lock();
+            for (id, records, bytes) in folded {
+                if let Some(slot) = cache.slots.get_mut(&id) {
+                    slot.change_records = slot.change_records.saturating_sub(records);
+                    slot.change_bytes = slot.change_bytes.saturating_sub(bytes);
+                }
+            }
+            done += batch.len();
         }
     }
 
@@ -457,10 +482,19 @@ impl Repo {
             let slot = cache.slots.get(id).expect("touched documents are cached");
             let heads = slot.doc.automerge().get_heads();
             if heads != slot.saved {
+                // Nothing of it stored yet (a new document, or one arriving
+                // by sync): store it whole, as a snapshot.
+                let whole = slot.saved.is_empty();
+                let doc = slot.doc.automerge();
                 appends.push(Append {
                     id: *id,
                     seq: slot.next_seq,
-                    bytes: slot.doc.automerge().save_after(&slot.saved),
+                    bytes: if whole {
+                        doc.save()
+                    } else {
+                        doc.save_after(&slot.saved)
+                    },
+                    whole,
                 });
                 metas.push((heads_meta(*id), encode_heads(&heads)));
             }
@@ -469,6 +503,9 @@ impl Repo {
         for a in &appends {
             let slot = cache.slots.get_mut(&a.id).expect("cached");
             slot.saved = slot.doc.automerge().get_heads();
+            if a.whole {
+                continue;
+            }
             slot.next_seq += 1;
             slot.change_records += 1;
             slot.change_bytes += a.bytes.len();
@@ -478,10 +515,12 @@ impl Repo {
                 cache.due.insert(a.id);
             } else if due {
                 // Compaction failing loses nothing: the change records stay.
-                match self
-                    .store
-                    .compact(a.id, &slot.doc.automerge().save(), slot.next_seq)
-                {
+                let c = Compaction {
+                    id: a.id,
+                    snapshot: slot.doc.automerge().save(),
+                    next_seq: slot.next_seq,
+                };
+                match self.store.compact(&[c]) {
                     Ok(()) => (slot.change_records, slot.change_bytes) = (0, 0),
                     Err(e) => tracing::warn!(doc = %a.id, error = %e, "compaction failed; will retry"),
                 }
@@ -756,7 +795,11 @@ mod tests {
         for n in 2..=6 {
             rename(&repo, n);
         }
-        assert_eq!(records(&repo), 6, "no write compacted inline");
+        assert_eq!(
+            records(&repo),
+            5,
+            "no write compacted inline (the creation is the snapshot)"
+        );
         assert!(
             told.load(std::sync::atomic::Ordering::SeqCst) >= 1,
             "the hook was told"
@@ -771,10 +814,10 @@ mod tests {
         assert_eq!(name, "Plant 7", "the snapshot and the later record load together");
     }
 
-    /// A document whose change records are large is due however few they
-    /// are, and one evicted before `compact_due` runs is compacted from the
-    /// store: an import writes each drawing as one large record and evicts
-    /// it long before the background task gets to it.
+    /// A new document is stored whole; a document whose change records are
+    /// large is due however few they are, and one evicted before
+    /// `compact_due` runs is compacted from the store (an import or a clone
+    /// evicts documents long before the background task gets to them).
     #[test]
     fn large_records_are_due_and_an_evicted_document_is_still_compacted() {
         let config = RepoConfig {
@@ -797,8 +840,13 @@ mod tests {
                 .change_records
         };
         create(&repo);
+        assert_eq!(
+            records(&repo, P),
+            0,
+            "a new document is stored whole, as its snapshot"
+        );
         rename(&repo, 2);
-        assert_eq!(records(&repo, P), 2, "due, not compacted inline");
+        assert_eq!(records(&repo, P), 1, "due, not compacted inline");
         assert!(
             told.load(std::sync::atomic::Ordering::SeqCst) >= 1,
             "the hook was told"
@@ -816,9 +864,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(repo.loaded(), 1);
-        assert_eq!(repo.compact_due().unwrap(), 2, "P (evicted) and the other one");
+        assert_eq!(repo.compact_due().unwrap(), 1, "P, evicted");
         assert_eq!(records(&repo, P), 0, "the evicted document was compacted");
-        assert_eq!(records(&repo, other), 0);
         rename(&repo, 4);
         repo.lock().slots.clear();
         let name = repo.read_project(P, |p| p.info().unwrap().name).unwrap();

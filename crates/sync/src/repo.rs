@@ -58,6 +58,17 @@ impl Doc {
         }
     }
 
+    /// Gives back the memory a change left allocated but unused. Applying
+    /// changes grows Automerge's columns by doubling: a drawing that takes
+    /// ~100 KB loaded from its snapshot held ~1.5 MB after applying two
+    /// bulk changes of ~7 KB, and a cache of 64 such documents was most of
+    /// a daemon's memory. A clone allocates exactly what is used (~100 KB
+    /// again) and costs ~0.05 ms (100,000-component bench store).
+    fn shrink(&mut self) {
+        let doc = self.automerge_mut();
+        *doc = doc.clone();
+    }
+
     /// Reads `doc` as its kind says; a document with no kind yet stays raw.
     fn from_automerge(doc: Automerge, typed: bool) -> Result<Self, ModelError> {
         if !typed || doc.get_heads().is_empty() {
@@ -503,6 +514,7 @@ impl Repo {
         for a in &appends {
             let slot = cache.slots.get_mut(&a.id).expect("cached");
             slot.saved = slot.doc.automerge().get_heads();
+            slot.doc.shrink();
             if a.whole {
                 continue;
             }

@@ -510,6 +510,10 @@ impl DocStore {
         }
         let batch: Vec<u8> = changes.iter().flat_map(|(_, p)| p.iter().copied()).collect();
         let change_bytes = batch.len();
+        // Applying changes leaves Automerge's columns with spare capacity
+        // (~15× the document after two bulk changes on a snapshot); a clone
+        // allocates only what is used (see `Repo`'s cache, which keeps it).
+        let shrink = !changes.is_empty();
         if doc.load_incremental(&batch).is_err() {
             // A record is not Automerge data: start again from the snapshot,
             // one record at a time, and keep all but the bad ones.
@@ -521,6 +525,9 @@ impl DocStore {
                     damaged.push(damage(not_automerge(key, e))?);
                 }
             }
+        }
+        if shrink {
+            doc = doc.clone();
         }
         Ok(Some(Loaded {
             doc: doc.with_actor(actor),

@@ -171,9 +171,11 @@ impl Default for RepoConfig {
         Self {
             compact_at: 16,
             compact_bytes: 32 * 1024,
-            // A decoded drawing of 50 components is ~1 MB: 64 keeps a
-            // day's working set within a laptop's memory budget.
-            max_cached: 64,
+            // A decoded drawing of 50 components takes ~100–200 KB (once
+            // shrunk, see `Doc::shrink`): 512 hold a quarter of a
+            // 100,000-component project in ~75 MB, and every drawing a
+            // day's work touches (the catch-up benchmark edits 500).
+            max_cached: 512,
             typed: true,
         }
     }

@@ -445,46 +445,56 @@ impl Replication {
         *self.last_synced_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now());
     }
 
-    /// A relay made `heads` of `doc` durable: this device's changes they
-    /// cover are no longer pending.
-    fn acked(&self, doc: Uuid, heads: &[ChangeHash]) {
+    /// A relay made these heads of these documents durable: this device's
+    /// changes they cover are no longer pending. Recorded in one write: a
+    /// reconnect's summary acknowledges every document at once.
+    fn acked(&self, acks: &[(Uuid, &[ChangeHash])]) {
         let repo = self.service.repo();
         let sorted = |h: &[ChangeHash]| {
             let mut h = h.to_vec();
             h.sort_unstable();
             h
         };
-        let theirs = sorted(heads);
-        // A reconnect re-announces every document's heads: most are what
-        // was recorded last time, and cost one metadata read, no write.
-        let recorded = repo.store().get_meta(&acked_key(doc)).ok().flatten();
-        if recorded.as_deref().and_then(decode_heads).map(|h| sorted(&h)) == Some(theirs.clone()) {
-            return;
-        }
-        // Keep only heads this side knows; unknown ones cover nothing yet.
-        // When they are exactly this side's heads, no need to load the doc.
-        let mine = repo.heads(doc).ok().flatten().map(|h| sorted(&h));
-        let known: Vec<ChangeHash> = if mine.as_ref() == Some(&theirs) {
-            theirs
-        } else {
-            repo.read_raw(doc, |am| {
+        let mut records = Vec::new();
+        let mut marked = Vec::new();
+        for &(doc, heads) in acks {
+            let theirs = sorted(heads);
+            // A reconnect re-announces every document's heads: most are
+            // what was recorded last time, and cost one metadata read.
+            let recorded = repo.store().get_meta(&acked_key(doc)).ok().flatten();
+            if recorded.as_deref().and_then(decode_heads).map(|h| sorted(&h)) == Some(theirs.clone()) {
+                continue;
+            }
+            // Keep only heads this side knows; unknown ones cover nothing
+            // yet. When they are exactly this side's heads, no need to
+            // load the doc.
+            let mine = repo.heads(doc).ok().flatten().map(|h| sorted(&h));
+            let known: Vec<ChangeHash> = if mine.as_ref() == Some(&theirs) {
                 theirs
-                    .iter()
-                    .filter(|h| am.get_change_meta_by_hash(h).is_some())
-                    .copied()
-                    .collect()
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-        };
-        if known.is_empty() {
+            } else {
+                repo.read_raw(doc, |am| {
+                    theirs
+                        .iter()
+                        .filter(|h| am.get_change_meta_by_hash(h).is_some())
+                        .copied()
+                        .collect()
+                })
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+            };
+            if !known.is_empty() {
+                records.push((acked_key(doc), encode_heads(&known)));
+                marked.push(doc);
+            }
+        }
+        if records.is_empty() {
             return;
         }
-        if let Err(e) = repo.store().put_meta(&acked_key(doc), &encode_heads(&known)) {
-            tracing::warn!(%doc, error = %e, "cannot record an acknowledgement");
+        if let Err(e) = repo.store().put_metas(&records) {
+            tracing::warn!(documents = records.len(), error = %e, "cannot record acknowledgements");
         }
-        self.pending.mark(&[doc]);
+        self.pending.mark(&marked);
     }
 
     fn pending_counts(&self) -> BTreeMap<Uuid, usize> {
@@ -521,6 +531,16 @@ impl Replication {
                 .flatten()
                 .and_then(|b| decode_heads(&b))
                 .unwrap_or_default();
+            // Acknowledged up to this side's heads: nothing pending, and no
+            // need to decode the document (a catch-up marks hundreds).
+            let mut heads = repo.heads(doc).ok().flatten().unwrap_or_default();
+            let mut covered = acked.clone();
+            heads.sort_unstable();
+            covered.sort_unstable();
+            if !heads.is_empty() && heads == covered {
+                fresh.push((doc, project, 0));
+                continue;
+            }
             let count = repo
                 .read_raw(doc, |am| {
                     am.get_changes(&acked)
@@ -615,53 +635,60 @@ struct PeerObserver {
 }
 
 impl Observer for PeerObserver {
-    fn event(&self, event: &Event) {
+    fn events(&self, events: &[Event]) {
         let repl = &self.repl;
         let slot = *self.peer_id.lock().unwrap_or_else(|p| p.into_inner());
-        match event {
-            Event::Ready(peer) => {
-                self.connected.store(true, Ordering::Relaxed);
-                let id = match slot {
-                    Some(id) => id,
-                    None => {
-                        // An inbound LAN peer: one entry per device.
-                        let id = peer.device;
-                        repl.peers().entry(id).or_insert_with(|| PeerSlot {
-                            view: PeerView::new(id, None, "lan", false),
-                            task: None,
+        let mut acks = Vec::new();
+        for event in events {
+            match event {
+                Event::Ready(peer) => {
+                    self.connected.store(true, Ordering::Relaxed);
+                    let id = match slot {
+                        Some(id) => id,
+                        None => {
+                            // An inbound LAN peer: one entry per device.
+                            let id = peer.device;
+                            repl.peers().entry(id).or_insert_with(|| PeerSlot {
+                                view: PeerView::new(id, None, "lan", false),
+                                task: None,
+                            });
+                            *self.peer_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                            id
+                        }
+                    };
+                    repl.update(id, |v| connected(v, peer));
+                    repl.synced_now();
+                }
+                Event::Applied { .. } => repl.synced_now(),
+                Event::Acked { doc, heads } => acks.push((*doc, heads.as_slice())),
+                Event::Presence(entry) => repl.record_presence(entry),
+                Event::Latency(ms) => {
+                    if let Some(id) = slot {
+                        repl.update(id, |v| {
+                            v.latency_ms = Some(*ms);
+                            v.quality = Some(quality(*ms));
                         });
-                        *self.peer_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
-                        id
                     }
-                };
-                repl.update(id, |v| connected(v, peer));
-                repl.synced_now();
-            }
-            Event::Applied { .. } => repl.synced_now(),
-            Event::Acked { doc, heads } => {
-                let from_relay = slot
-                    .and_then(|id| repl.peers().get(&id).map(|s| s.view.kind == "relay"))
-                    .unwrap_or(false);
-                if from_relay {
-                    repl.acked(*doc, heads);
                 }
-                repl.synced_now();
-            }
-            Event::Presence(entry) => repl.record_presence(entry),
-            Event::Latency(ms) => {
-                if let Some(id) = slot {
-                    repl.update(id, |v| {
-                        v.latency_ms = Some(*ms);
-                        v.quality = Some(quality(*ms));
-                    });
-                }
-            }
-            Event::PeerError { code, message } => {
-                if let Some(id) = slot {
-                    repl.update(id, |v| v.last_error = Some(format!("{code}: {message}")));
+                Event::PeerError { code, message } => {
+                    if let Some(id) = slot {
+                        repl.update(id, |v| v.last_error = Some(format!("{code}: {message}")));
+                    }
                 }
             }
         }
+        if acks.is_empty() {
+            return;
+        }
+        // Only a relay's acknowledgements mean "stored off this device".
+        let slot = *self.peer_id.lock().unwrap_or_else(|p| p.into_inner());
+        let from_relay = slot
+            .and_then(|id| repl.peers().get(&id).map(|s| s.view.kind == "relay"))
+            .unwrap_or(false);
+        if from_relay {
+            repl.acked(&acks);
+        }
+        repl.synced_now();
     }
 }
 

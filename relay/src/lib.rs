@@ -250,9 +250,11 @@ impl Observer for ConnectionObserver {
         self.relay.metrics.sync_latency.observe(took.as_secs_f64());
     }
 
-    fn event(&self, event: &Event) {
-        if let Event::Ready(peer) = event {
-            tracing::info!(device = %peer.device, name = %peer.name, org = %peer.org, "device connected");
+    fn events(&self, events: &[Event]) {
+        for event in events {
+            if let Event::Ready(peer) = event {
+                tracing::info!(device = %peer.device, name = %peer.name, org = %peer.org, "device connected");
+            }
         }
     }
 

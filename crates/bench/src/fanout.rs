@@ -46,13 +46,15 @@ struct DeviceObserver {
 }
 
 impl Observer for DeviceObserver {
-    fn event(&self, event: &Event) {
-        let note = match event {
-            Event::Ready(_) => Note::Ready(self.n),
-            Event::Applied { doc, .. } => Note::Applied(self.n, *doc, Instant::now()),
-            _ => return,
-        };
-        let _ = self.notes.send(note);
+    fn events(&self, events: &[Event]) {
+        for event in events {
+            let note = match event {
+                Event::Ready(_) => Note::Ready(self.n),
+                Event::Applied { doc, .. } => Note::Applied(self.n, *doc, Instant::now()),
+                _ => continue,
+            };
+            let _ = self.notes.send(note);
+        }
     }
 }
 

@@ -165,7 +165,11 @@ pub trait Observer: Send + Sync {
     fn frame_out(&self, _bytes: usize) {}
     /// How long the session took to handle one frame.
     fn handled(&self, _took: Duration) {}
-    fn event(&self, _event: &Event) {}
+    /// The events of one session step, together and in order, so an
+    /// observer that records them can do so in one write: a reconnect's
+    /// summary acknowledges every document at once (2,001 on the
+    /// benchmark's project, one durable write each took 6.7 s).
+    fn events(&self, _events: &[Event]) {}
     /// Checked on every ping tick: `Err(reason)` drops the connection
     /// (e.g. its token was revoked meanwhile).
     fn still_admitted(&self, _peer: &PeerInfo) -> Result<(), String> {
@@ -254,7 +258,28 @@ pub async fn drive<S: FrameSocket>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     loop {
-        for output in std::mem::take(&mut pending) {
+        let mut outputs = std::mem::take(&mut pending);
+        // Events first, all of one step at once: observers record state
+        // (status, acknowledgements), and a Close below ends the loop.
+        let events: Vec<Event> = outputs
+            .extract_if(.., |o| matches!(o, Output::Event(_)))
+            .filter_map(|o| match o {
+                Output::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        for e in &events {
+            if let Event::Presence(entry) = e {
+                let _ = presence_out.send(PresenceNote {
+                    from: feeds.id,
+                    entry: entry.clone(),
+                });
+            }
+        }
+        if !events.is_empty() {
+            tokio::task::block_in_place(|| observer.events(&events));
+        }
+        for output in outputs {
             match output {
                 Output::Send(m) => {
                     let frame = protocol::encode(&m);
@@ -263,16 +288,7 @@ pub async fn drive<S: FrameSocket>(
                         return Ended::transport(format!("send failed: {e}"));
                     }
                 }
-                Output::Event(e) => {
-                    if let Event::Presence(entry) = &e {
-                        let _ = presence_out.send(PresenceNote {
-                            from: feeds.id,
-                            entry: entry.clone(),
-                        });
-                    }
-                    // Observers record state (status, acknowledgements).
-                    tokio::task::block_in_place(|| observer.event(&e));
-                }
+                Output::Event(_) => {}
                 Output::Close { code, reason } => {
                     socket.close(reason.clone()).await;
                     return Ended {

@@ -637,6 +637,16 @@ impl DocStore {
             .apply(vec![BatchOp::Put(meta_key(name), encode_record(value))])
     }
 
+    /// Writes several metadata records in one durable write (all or none).
+    pub fn put_metas(&self, records: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        self.backend.apply(
+            records
+                .iter()
+                .map(|(name, value)| BatchOp::Put(meta_key(name), encode_record(value)))
+                .collect(),
+        )
+    }
+
     /// Removes a metadata record durably (absent is fine).
     pub fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
         self.backend.apply(vec![BatchOp::Delete(meta_key(name))])
@@ -661,6 +671,8 @@ impl DocStore {
 mod tests {
     use super::*;
     use sitesync_model::automerge::transaction::Transactable;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn doc_with(values: &[&str]) -> Automerge {
         let mut d = Automerge::new();
@@ -734,6 +746,50 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// A memory backend that counts its durable writes.
+    struct Counting {
+        inner: MemBackend,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl Backend for Counting {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, StoreError> {
+            self.inner.scan_prefix(prefix)
+        }
+        fn apply(&self, batch: Vec<BatchOp>) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.inner.apply(batch)
+        }
+        fn size_on_disk(&self) -> u64 {
+            0
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// A reconnect acknowledges every document at once: its records are
+    /// one durable write, not one each.
+    #[test]
+    fn many_metadata_records_are_one_write() {
+        let writes = Arc::new(AtomicUsize::new(0));
+        let store = DocStore::new(Counting {
+            inner: MemBackend::default(),
+            writes: writes.clone(),
+        });
+        let records: Vec<(String, Vec<u8>)> = (0..500u32)
+            .map(|i| (format!("acked/{i}"), i.to_le_bytes().to_vec()))
+            .collect();
+        store.put_metas(&records).unwrap();
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
+        for (name, value) in &records {
+            assert_eq!(store.get_meta(name).unwrap().as_ref(), Some(value));
+        }
     }
 
     #[test]

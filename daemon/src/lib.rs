@@ -109,7 +109,7 @@ pub async fn run(
     sitesync_sync::repo::compact_in_background(service.repo());
     sitesync_sync::memory::trim_periodically(sitesync_sync::memory::TRIM_EVERY);
     let app = api::router(state);
-    axum::serve(listener, app)
+    axum::serve(sitesync_sync::link::without_nagle(listener), app)
         .with_graceful_shutdown(shutdown)
         .await?;
     if let Err(e) = service.repo().flush() {

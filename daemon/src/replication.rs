@@ -426,7 +426,7 @@ impl Replication {
     /// devices of this daemon's own organisation.
     pub async fn serve_peers(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let app = Router::new().route("/", get(accept_peer)).with_state(self);
-        axum::serve(listener, app).await
+        axum::serve(sitesync_sync::link::without_nagle(listener), app).await
     }
 
     /// `GET /v1/sync/status`.

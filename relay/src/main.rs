@@ -245,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     println!("sitesync-relay {version} listening on ws://{addr}");
                     println!("  data directory: {}", data.data_dir.display());
+                    let listener = sitesync_sync::link::without_nagle(listener);
                     run(listener, relay, shutdown_signal()).await?;
                 }
             }

@@ -64,6 +64,22 @@ pub fn limit_upgrade(ws: axum::extract::ws::WebSocketUpgrade) -> axum::extract::
         .max_write_buffer_size(MAX_WRITE_BUFFER)
 }
 
+/// `listener` with Nagle's algorithm off on every accepted connection (the
+/// client side sets it in [`connect`]). Sync frames are small and come in
+/// bursts; with Nagle on, a frame written while the previous one is not yet
+/// acknowledged waits for the peer's delayed ACK (up to 40 ms on Linux).
+pub fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt as _;
+    fn set(tcp: &mut tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    }
+    listener.tap_io(set as fn(&mut tokio::net::TcpStream))
+}
+
 /// Opens a WebSocket to `url` (`ws://`, or `wss://` checked against `tls`).
 pub async fn connect(
     url: &str,

@@ -389,11 +389,7 @@ impl Service {
         }
         let mut changed = false;
         for (did, cids) in by_drawing {
-            let fresh = self.repo.read_drawing(did, |d| {
-                cids.iter()
-                    .map(|c| d.component(*c))
-                    .collect::<Result<Vec<_>, _>>()
-            })??;
+            let fresh = self.repo.read_drawing(did, |d| d.components_of(&cids))??;
             changed |= self.absorb(index, pid, fresh, origin);
         }
         if changed {

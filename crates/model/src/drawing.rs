@@ -313,45 +313,73 @@ impl DrawingDoc {
 
     /// One component with derived completion and status.
     pub fn component(&self, id: ComponentId) -> Result<Component> {
-        let at = locate(&self.doc, id)?;
-        let fields = Fields::read(&self.doc, &at.obj)?;
-        read_component(
-            &self.doc,
-            id,
-            &fields,
-            &at.template,
-            self.project_id()?,
-            self.drawing_id()?,
-        )
+        ComponentReader::new(&self.doc)?.read(id)
     }
 
-    /// Every component, deleted ones included, ordered by tag. Each object
-    /// is read in one pass ([`Fields`]) and each template once.
+    /// The components `ids`, in that order; `component_not_found` for an
+    /// id not in this drawing. One pass over the components map and each
+    /// template parsed once, where `component` per id repeats both: a bulk
+    /// update re-reads every component it touched.
+    pub fn components_of(&self, ids: &[ComponentId]) -> Result<Vec<Component>> {
+        let mut reader = ComponentReader::new(&self.doc)?;
+        ids.iter().map(|id| reader.read(*id)).collect()
+    }
+
+    /// Every component, deleted ones included, ordered by tag.
     pub fn components(&self) -> Result<Vec<Component>> {
-        let (project, drawing) = (self.project_id()?, self.drawing_id()?);
-        let comps = Fields::read(&self.doc, &components_obj(&self.doc)?)?;
-        let templates = crdt::require_map(&self.doc, &automerge::ROOT, "templates")?;
-        let mut cache: HashMap<TemplateId, Template> = HashMap::new();
+        let mut reader = ComponentReader::new(&self.doc)?;
         let mut out = Vec::new();
-        for key in comps.keys() {
+        let keys: Vec<String> = reader.comps.keys().map(str::to_owned).collect();
+        for key in keys {
             let id: ComponentId = key
                 .parse()
                 .map_err(|e| ModelError::corrupt(format!("components.{key}"), e))?;
-            let fields = Fields::read(&self.doc, &comps.require_map(key)?)?;
-            let tid = template_id_in(&fields)?;
-            let template = match cache.entry(tid) {
-                std::collections::hash_map::Entry::Occupied(t) => t.into_mut(),
-                std::collections::hash_map::Entry::Vacant(slot) => slot.insert(
-                    read_template(&self.doc, &templates, tid)?
-                        .ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?,
-                ),
-            };
-            out.push(read_component(
-                &self.doc, id, &fields, template, project, drawing,
-            )?);
+            out.push(reader.read(id)?);
         }
         out.sort_by(|a, b| a.tag.cmp(&b.tag).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+}
+
+/// Reads components of one drawing: the components map in one pass
+/// ([`Fields`]), each object in one pass, each template parsed once.
+struct ComponentReader<'a> {
+    doc: &'a Automerge,
+    project: ProjectId,
+    drawing: DrawingId,
+    comps: Fields,
+    templates: ObjId,
+    /// Templates parsed so far; a drawing uses few.
+    parsed: HashMap<TemplateId, Template>,
+}
+
+impl<'a> ComponentReader<'a> {
+    fn new(doc: &'a Automerge) -> Result<Self> {
+        Ok(Self {
+            doc,
+            project: root_id(doc, "project_id")?,
+            drawing: root_id(doc, "drawing_id")?,
+            comps: Fields::read(doc, &components_obj(doc)?)?,
+            templates: crdt::require_map(doc, &automerge::ROOT, "templates")?,
+            parsed: HashMap::new(),
+        })
+    }
+
+    fn read(&mut self, id: ComponentId) -> Result<Component> {
+        let obj = self
+            .comps
+            .map(&id.to_string())?
+            .ok_or(ModelError::ComponentNotFound { id })?;
+        let fields = Fields::read(self.doc, &obj)?;
+        let tid = template_id_in(&fields)?;
+        let template = match self.parsed.entry(tid) {
+            std::collections::hash_map::Entry::Occupied(t) => t.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(
+                read_template(self.doc, &self.templates, tid)?
+                    .ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?,
+            ),
+        };
+        read_component(self.doc, id, &fields, template, self.project, self.drawing)
     }
 }
 

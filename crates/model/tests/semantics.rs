@@ -779,3 +779,28 @@ fn every_merge_that_changes_a_view_names_its_component() {
         }
     }
 }
+
+#[test]
+fn components_of_reads_the_asked_components_in_order() {
+    let mut f = Fixture::new();
+    let a = f.component(1, DISCRETE);
+    let b = f.component(2, PERCENT);
+    let c = f.component(3, QUANTITY);
+    let ctx = f.writer.ctx(K::MilestoneUpdate);
+    f.drawing
+        .update_milestone(&ctx, &update(b, "prime", V::Percent(50.0)))
+        .unwrap();
+    let got = f.drawing.components_of(&[c, a, b]).unwrap();
+    let one_by_one: Vec<_> = [c, a, b]
+        .iter()
+        .map(|id| f.drawing.component(*id).unwrap())
+        .collect();
+    assert_eq!(got, one_by_one);
+    assert_eq!(got[2].completion_percent, 25.0);
+
+    let missing = sitesync_model::ComponentId(uuid::Uuid::from_u128(99));
+    assert!(matches!(
+        f.drawing.components_of(&[a, missing]),
+        Err(sitesync_model::ModelError::ComponentNotFound { id }) if id == missing
+    ));
+}

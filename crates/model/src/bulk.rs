@@ -124,9 +124,13 @@ pub fn apply_bulk(
     let mut counts = vec![0usize; txs.len()];
     let mut results = Vec::with_capacity(updates.len());
     let mut failed = 0;
+    // Each document keeps its own copy of a template; none changes here.
+    let mut templates: Vec<drawing::Templates> = txs.iter().map(|_| Default::default()).collect();
     for (index, u) in updates.iter().enumerate() {
         let outcome = match home.get(&u.component_id) {
-            Some(&i) => drawing::apply_update(&mut txs[i], ctx, u).inspect(|_| counts[i] += 1),
+            Some(&i) => {
+                drawing::apply_update(&mut txs[i], ctx, u, &mut templates[i]).inspect(|_| counts[i] += 1)
+            }
             None => Err(ModelError::ComponentNotFound { id: u.component_id }),
         };
         results.push(match outcome {

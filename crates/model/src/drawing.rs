@@ -158,6 +158,9 @@ schema::document_plumbing!(DrawingDoc, DocKind::Drawing);
 /// The objects of one component, located once per operation.
 pub(crate) struct Located {
     pub obj: ObjId,
+    /// `obj`'s fields as read when located: one pass serves the template
+    /// id, the nested maps and the checks before a write (stale after it).
+    pub fields: Fields,
     pub attributes: ObjId,
     pub milestones: ObjId,
     pub template: Template,
@@ -256,7 +259,9 @@ impl DrawingDoc {
 
     /// Applies one milestone update as its own operation.
     pub fn update_milestone(&mut self, ctx: &WriteCtx, update: &MilestoneUpdate) -> Result<Component> {
-        schema::transact(&mut self.doc, ctx, |tx| Ok((apply_update(tx, ctx, update)?, 1)))?;
+        schema::transact(&mut self.doc, ctx, |tx| {
+            Ok((apply_update(tx, ctx, update, &mut Templates::default())?, 1))
+        })?;
         self.component(update.component_id)
     }
 
@@ -409,12 +414,6 @@ pub(crate) fn components_obj<D: ReadDoc>(doc: &D) -> Result<ObjId> {
     crdt::require_map(doc, &automerge::ROOT, "components")
 }
 
-fn template_id_of<D: ReadDoc>(doc: &D, comp: &ObjId) -> Result<TemplateId> {
-    crdt::read_str(doc, comp, "template_id")?
-        .parse()
-        .map_err(|e| ModelError::corrupt("template_id", e))
-}
-
 fn template_id_in(comp: &Fields) -> Result<TemplateId> {
     comp.str("template_id")?
         .parse()
@@ -423,15 +422,33 @@ fn template_id_in(comp: &Fields) -> Result<TemplateId> {
 
 /// Finds a component's objects and its template.
 pub(crate) fn locate<D: ReadDoc>(doc: &D, id: ComponentId) -> Result<Located> {
+    locate_with(doc, id, &mut Templates::default())
+}
+
+/// Templates parsed so far, by id: a bulk locates many components of few
+/// templates, and parsing one's JSON costs more than a clone.
+pub(crate) type Templates = HashMap<TemplateId, Template>;
+
+/// [`locate`], reusing and filling `parsed`.
+pub(crate) fn locate_with<D: ReadDoc>(doc: &D, id: ComponentId, parsed: &mut Templates) -> Result<Located> {
     let comps = components_obj(doc)?;
     let obj = crdt::read_map(doc, &comps, &id.to_string())?.ok_or(ModelError::ComponentNotFound { id })?;
-    let tid = template_id_of(doc, &obj)?;
-    let templates = crdt::require_map(doc, &automerge::ROOT, "templates")?;
-    let template = read_template(doc, &templates, tid)?
-        .ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?;
+    let fields = Fields::read(doc, &obj)?;
+    let tid = template_id_in(&fields)?;
+    let template = match parsed.get(&tid) {
+        Some(t) => t.clone(),
+        None => {
+            let templates = crdt::require_map(doc, &automerge::ROOT, "templates")?;
+            let t = read_template(doc, &templates, tid)?
+                .ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?;
+            parsed.insert(tid, t.clone());
+            t
+        }
+    };
     Ok(Located {
-        attributes: crdt::require_map(doc, &obj, "attributes")?,
-        milestones: crdt::require_map(doc, &obj, "milestones")?,
+        attributes: fields.require_map("attributes")?,
+        milestones: fields.require_map("milestones")?,
+        fields,
         obj,
         template,
     })
@@ -627,7 +644,7 @@ pub(crate) fn update_component(
     patch: &ComponentPatch,
 ) -> Result<usize> {
     let at = locate(tx, id)?;
-    if Fields::read(tx, &at.obj)?.value("deleted", false)? {
+    if at.fields.value("deleted", false)? {
         return Err(ModelError::ComponentDeleted { component: id });
     }
     let qty_total = validate_patch(patch, &at.template)?;
@@ -685,9 +702,10 @@ pub(crate) fn apply_update(
     tx: &mut Transaction<'_>,
     ctx: &WriteCtx,
     u: &MilestoneUpdate,
+    templates: &mut Templates,
 ) -> Result<(MilestoneView, MilestoneView)> {
-    let at = locate(tx, u.component_id)?;
-    if Fields::read(tx, &at.obj)?.value("deleted", false)? {
+    let at = locate_with(tx, u.component_id, templates)?;
+    if at.fields.value("deleted", false)? {
         return Err(ModelError::ComponentDeleted {
             component: u.component_id,
         });
@@ -847,7 +865,8 @@ fn latest_entry_write(entries: &[MergedEntry]) -> Option<(i64, String, DeviceId)
 }
 
 fn milestone_view<D: ReadDoc>(doc: &D, at: &Located, def: &MilestoneDef) -> Result<MilestoneView> {
-    let total = Fields::read(doc, &at.obj)?.value::<Option<i64>>("quantity_total", None)?;
+    // A milestone write leaves `quantity_total` as located.
+    let total = at.fields.value::<Option<i64>>("quantity_total", None)?;
     let milestones = Fields::read(doc, &at.milestones)?;
     Ok(milestone_state(doc, &milestones, at.template.workflow_type, def, total)?.0)
 }

@@ -284,8 +284,8 @@ impl DrawingDoc {
         };
         let (comps_id, root_id) = (comps.to_string(), automerge::ROOT.to_string());
         let mut out = std::collections::BTreeSet::new();
-        // Objects written inside some component (its attributes, milestones,
-        // quantity entries), found by walking the components below.
+        // Objects written inside some component: the component's own map,
+        // its attributes, milestones, quantity entries.
         let mut nested = std::collections::HashSet::new();
         for change in self.doc.get_changes(before) {
             for op in change.decode().operations {
@@ -301,15 +301,23 @@ impl DrawingDoc {
                 }
             }
         }
-        if !nested.is_empty() {
-            for key in self.doc.keys(&comps) {
-                let Ok(id) = key.parse::<ComponentId>() else {
-                    continue;
-                };
-                for (_, obj) in self.doc.get_all(&comps, key.as_str()).unwrap_or_default() {
-                    if subtree_has(&self.doc, &obj, &nested) {
+        // Walk up from each to the component that holds it: a few hops
+        // each, where walking every component's subtree down cost a seek
+        // per key (half of a daemon's time applying a catch-up).
+        for obj in nested {
+            // The id's text is this document's own (from its changes), so
+            // `import_obj` (hidden in Automerge's docs, but public) finds it.
+            let Ok(parents) = self.doc.import_obj(&obj).and_then(|id| self.doc.parents(id)) else {
+                continue;
+            };
+            for parent in parents {
+                if parent.obj == comps {
+                    if let automerge::Prop::Map(key) = &parent.prop
+                        && let Ok(id) = key.parse()
+                    {
                         out.insert(id);
                     }
+                    break;
                 }
             }
         }
@@ -395,19 +403,6 @@ where
     crdt::read_str(doc, &automerge::ROOT, key)?
         .parse()
         .map_err(|e| ModelError::corrupt(key, e))
-}
-
-/// Whether `obj` or an object below it is one of `ids` (object ids as text).
-fn subtree_has(doc: &Automerge, obj: &ObjId, ids: &std::collections::HashSet<String>) -> bool {
-    if ids.contains(&obj.to_string()) {
-        return true;
-    }
-    doc.keys(obj).any(|key| {
-        doc.get_all(obj, key.as_str())
-            .unwrap_or_default()
-            .into_iter()
-            .any(|(value, child)| value.is_object() && subtree_has(doc, &child, ids))
-    })
 }
 
 pub(crate) fn components_obj<D: ReadDoc>(doc: &D) -> Result<ObjId> {

@@ -462,7 +462,13 @@ impl Replication {
             // A reconnect re-announces every document's heads: most are
             // what was recorded last time, and cost one metadata read.
             let recorded = repo.store().get_meta(&acked_key(doc)).ok().flatten();
-            if recorded.as_deref().and_then(decode_heads).map(|h| sorted(&h)) == Some(theirs.clone()) {
+            if recorded
+                .as_deref()
+                .and_then(decode_heads)
+                .map(|h| sorted(&h))
+                .as_ref()
+                == Some(&theirs)
+            {
                 continue;
             }
             // Keep only heads this side knows; unknown ones cover nothing

@@ -361,9 +361,8 @@ struct ComponentReader<'a> {
     project: ProjectId,
     drawing: DrawingId,
     comps: Fields,
-    templates: ObjId,
     /// Templates parsed so far; a drawing uses few.
-    parsed: HashMap<TemplateId, Template>,
+    parsed: Templates,
 }
 
 impl<'a> ComponentReader<'a> {
@@ -373,8 +372,7 @@ impl<'a> ComponentReader<'a> {
             project: root_id(doc, "project_id")?,
             drawing: root_id(doc, "drawing_id")?,
             comps: Fields::read(doc, &components_obj(doc)?)?,
-            templates: crdt::require_map(doc, &automerge::ROOT, "templates")?,
-            parsed: HashMap::new(),
+            parsed: Templates::default(),
         })
     }
 
@@ -384,14 +382,7 @@ impl<'a> ComponentReader<'a> {
             .map(&id.to_string())?
             .ok_or(ModelError::ComponentNotFound { id })?;
         let fields = Fields::read(self.doc, &obj)?;
-        let tid = template_id_in(&fields)?;
-        let template = match self.parsed.entry(tid) {
-            std::collections::hash_map::Entry::Occupied(t) => t.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(
-                read_template(self.doc, &self.templates, tid)?
-                    .ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?,
-            ),
-        };
+        let template = template_of(self.doc, &fields, &mut self.parsed)?;
         read_component(self.doc, id, &fields, template, self.project, self.drawing)
     }
 }
@@ -409,10 +400,22 @@ pub(crate) fn components_obj<D: ReadDoc>(doc: &D) -> Result<ObjId> {
     crdt::require_map(doc, &automerge::ROOT, "components")
 }
 
-fn template_id_in(comp: &Fields) -> Result<TemplateId> {
-    comp.str("template_id")?
+/// The template of the component whose fields are `comp`, parsed from
+/// this document's copy on first use and kept in `parsed`.
+fn template_of<'t, D: ReadDoc>(doc: &D, comp: &Fields, parsed: &'t mut Templates) -> Result<&'t Template> {
+    let tid: TemplateId = comp
+        .str("template_id")?
         .parse()
-        .map_err(|e| ModelError::corrupt("template_id", e))
+        .map_err(|e| ModelError::corrupt("template_id", e))?;
+    match parsed.entry(tid) {
+        std::collections::hash_map::Entry::Occupied(t) => Ok(t.into_mut()),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            let templates = crdt::require_map(doc, &automerge::ROOT, "templates")?;
+            let t = read_template(doc, &templates, tid)?
+                .ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?;
+            Ok(slot.insert(t))
+        }
+    }
 }
 
 /// Finds a component's objects and its template.
@@ -429,17 +432,7 @@ pub(crate) fn locate_with<D: ReadDoc>(doc: &D, id: ComponentId, parsed: &mut Tem
     let comps = components_obj(doc)?;
     let obj = crdt::read_map(doc, &comps, &id.to_string())?.ok_or(ModelError::ComponentNotFound { id })?;
     let fields = Fields::read(doc, &obj)?;
-    let tid = template_id_in(&fields)?;
-    let template = match parsed.get(&tid) {
-        Some(t) => t.clone(),
-        None => {
-            let templates = crdt::require_map(doc, &automerge::ROOT, "templates")?;
-            let t = read_template(doc, &templates, tid)?
-                .ok_or_else(|| ModelError::corrupt(format!("templates.{tid}"), "missing"))?;
-            parsed.insert(tid, t.clone());
-            t
-        }
-    };
+    let template = template_of(doc, &fields, parsed)?.clone();
     Ok(Located {
         attributes: fields.require_map("attributes")?,
         milestones: fields.require_map("milestones")?,

@@ -304,6 +304,7 @@ pub async fn drive<S: FrameSocket>(
                         return Ended::transport(format!("send failed: {e}"));
                     }
                 }
+                // Handled above, before the sends.
                 Output::Event(_) => {}
                 Output::Close { code, reason } => {
                     socket.close(reason.clone()).await;

@@ -746,6 +746,15 @@ impl Session {
             theirs.sort_unstable();
             mine.sort_unstable();
             if theirs != mine {
+                // What the summary says replaces what this side last heard,
+                // and nothing is in flight any more: an exchange that
+                // ended on this side's message leaves Automerge waiting
+                // for an answer, and it would generate nothing for a
+                // document the peer changed without sending (a change
+                // its feed missed, say).
+                let state = self.state(peer.device, doc, host)?;
+                state.their_heads = Some(theirs.clone());
+                state.in_flight = false;
                 self.window.enqueue(project, doc);
             }
             if !theirs.is_empty() {

@@ -150,9 +150,9 @@ impl Relay {
         let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
         let (presence, _) = broadcast::channel(1024);
         let notify = changes.clone();
-        repo.set_persist_hook(Box::new(move |ids| {
-            for id in ids {
-                let _ = notify.send(*id);
+        repo.set_persist_hook(Box::new(move |persisted| {
+            for p in persisted {
+                let _ = notify.send(p.id);
             }
         }));
         Ok(Arc::new(Self {

@@ -119,8 +119,23 @@ pub fn decode_heads(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
 /// many, while each saved snapshot waits in memory only that long.
 const COMPACT_BATCH: usize = 16;
 
-/// Called with the ids of documents whose new changes just became durable.
-pub type PersistHook = Box<dyn Fn(&[Uuid]) + Send + Sync>;
+/// One document whose new changes just became durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Persisted {
+    pub id: Uuid,
+    /// Heads stored before this write (empty for a document new here).
+    pub before: Vec<ChangeHash>,
+    /// Heads stored now.
+    pub heads: Vec<ChangeHash>,
+    /// How many of the new changes this process made (its actor's): what
+    /// an owner counting unacknowledged local changes adds without
+    /// decoding the document again.
+    pub own_changes: usize,
+}
+
+/// Called, from inside the repository's lock (so it must not read the
+/// repository), with the documents whose new changes just became durable.
+pub type PersistHook = Box<dyn Fn(&[Persisted]) + Send + Sync>;
 
 /// Called when a document has enough change records to be compacted; the
 /// owner then calls [`Repo::compact_due`] off the write path.
@@ -490,11 +505,27 @@ impl Repo {
         metas: &[(String, Vec<u8>)],
     ) -> Result<(), StoreError> {
         let mut appends = Vec::new();
+        let mut persisted = Vec::new();
         let mut metas = metas.to_vec();
         for id in touched {
             let slot = cache.slots.get(id).expect("touched documents are cached");
             let heads = slot.doc.automerge().get_heads();
             if heads != slot.saved {
+                if self.on_persist.get().is_some() {
+                    let own_changes = slot
+                        .doc
+                        .automerge()
+                        .get_changes_meta(&slot.saved)
+                        .iter()
+                        .filter(|c| *c.actor == self.actor)
+                        .count();
+                    persisted.push(Persisted {
+                        id: *id,
+                        before: slot.saved.clone(),
+                        heads: heads.clone(),
+                        own_changes,
+                    });
+                }
                 // Nothing of it stored yet (a new document, or one arriving
                 // by sync): store it whole, as a snapshot.
                 let whole = slot.saved.is_empty();
@@ -540,11 +571,10 @@ impl Repo {
                 }
             }
         }
-        if !appends.is_empty()
+        if !persisted.is_empty()
             && let Some(hook) = self.on_persist.get()
         {
-            let ids: Vec<Uuid> = appends.iter().map(|a| a.id).collect();
-            hook(&ids);
+            hook(&persisted);
         }
         if !cache.due.is_empty()
             && let Some(hook) = self.on_compaction_due.get()

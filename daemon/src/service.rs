@@ -284,13 +284,13 @@ impl Service {
             };
         }
         if doc.0 == pid.0 {
-            let known: Vec<DrawingId> = state.index[&pid].drawings.keys().copied().collect();
+            let known = &state.index[&pid].drawings;
             let listed: Vec<DrawingId> = self
                 .repo
                 .read_project(pid, |p| p.drawings())??
                 .into_iter()
                 .map(|d| d.id)
-                .filter(|d| !known.contains(d))
+                .filter(|d| !known.contains_key(d))
                 .collect();
             self.refresh_from(state, pid, &listed, true, origin)
         } else {
@@ -369,6 +369,31 @@ impl Service {
         }
         if changed {
             self.publish_progress(index, pid);
+        }
+        Ok(())
+    }
+
+    /// Re-reads just these drawings' entries in the project document after
+    /// a local write that added or changed them. Re-reading every entry
+    /// (`refresh` with `project_changed`) costs O(drawings) a write: an
+    /// import of 500,000 components spent a fifth of its time there.
+    fn refresh_drawing_entries(
+        &self,
+        state: &mut State,
+        pid: ProjectId,
+        dids: &[DrawingId],
+    ) -> ApiResult<()> {
+        if dids.is_empty() {
+            return Ok(());
+        }
+        let index = self.index(state, pid)?;
+        let fresh = self.repo.read_project(pid, |p| {
+            dids.iter()
+                .map(|did| p.drawing(*did))
+                .collect::<Result<Vec<_>, _>>()
+        })??;
+        for info in fresh {
+            index.drawings.insert(info.id, info);
         }
         Ok(())
     }
@@ -552,7 +577,7 @@ impl Service {
             self.bind(tx, pid, did.0);
             Ok(())
         })?;
-        self.refresh(&mut state, pid, &[], true)?;
+        self.refresh_drawing_entries(&mut state, pid, &[did])?;
         self.drawing_locked(&mut state, pid, did)
     }
 
@@ -596,7 +621,7 @@ impl Service {
         let ctx = self.ctx(user, OperationKind::DrawingUpdate);
         self.repo
             .write(|tx| Ok(tx.project(pid)?.update_drawing(&ctx, did, &patch)?))?;
-        self.refresh(&mut state, pid, &[], true)?;
+        self.refresh_drawing_entries(&mut state, pid, &[did])?;
         self.drawing_locked(&mut state, pid, did)
     }
 
@@ -606,7 +631,7 @@ impl Service {
         let ctx = self.ctx(user, OperationKind::DrawingDelete);
         self.repo
             .write(|tx| Ok(tx.project(pid)?.set_drawing_deleted(&ctx, did, true)?))?;
-        self.refresh(&mut state, pid, &[], true)
+        self.refresh_drawing_entries(&mut state, pid, &[did])
     }
 
     // ---- components ----
@@ -847,9 +872,8 @@ impl Service {
         match written {
             Ok(()) => {
                 session.wrote = true;
-                if !batch.new_drawings.is_empty() {
-                    self.refresh(&mut state, pid, &[], true)?;
-                }
+                let created: Vec<DrawingId> = batch.new_drawings.iter().map(|(did, _)| *did).collect();
+                self.refresh_drawing_entries(&mut state, pid, &created)?;
                 let touched: Vec<(DrawingId, ComponentId)> = batch
                     .writes
                     .iter()

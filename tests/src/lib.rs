@@ -277,7 +277,14 @@ impl Client {
         };
         let mut resp = result.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        // A finished import's job lists every row: ~30 MB at 500,000 rows,
+        // past ureq's default limit of 10 MB.
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
         let json = if text.is_empty() {
             Value::Null
         } else {

@@ -403,7 +403,7 @@ impl Repo {
             }
         };
         let touched = HashSet::from([id]);
-        if let Err(e) = self.persist(&mut cache, &touched, &metas) {
+        if let Err(e) = self.persist(&mut cache, &touched, &metas, false) {
             cache.slots.remove(&id);
             return Err(e.into());
         }
@@ -488,7 +488,7 @@ impl Repo {
                 return Err(e);
             }
         };
-        if let Err(e) = self.persist(&mut cache, &touched, &metas) {
+        if let Err(e) = self.persist(&mut cache, &touched, &metas, true) {
             for id in &touched {
                 cache.slots.remove(id);
             }
@@ -498,11 +498,18 @@ impl Repo {
         Ok(out)
     }
 
+    /// `local`: the new changes were made here ([`Repo::write`]), not
+    /// received ([`Repo::sync_doc`]). Received changes are never this
+    /// process's own (its actor is fresh for every start), so they are not
+    /// inspected: a cloned document arrives whole, and reading all its
+    /// change metadata is work a clone does not need (20,000-component
+    /// clone: 3.6 → 3.4 s, its RSS 422 → 376 MB, one run each).
     fn persist(
         &self,
         cache: &mut Cache,
         touched: &HashSet<Uuid>,
         metas: &[(String, Vec<u8>)],
+        local: bool,
     ) -> Result<(), StoreError> {
         let mut appends = Vec::new();
         let mut persisted = Vec::new();
@@ -512,13 +519,16 @@ impl Repo {
             let heads = slot.doc.automerge().get_heads();
             if heads != slot.saved {
                 if self.on_persist.get().is_some() {
-                    let own_changes = slot
-                        .doc
-                        .automerge()
-                        .get_changes_meta(&slot.saved)
-                        .iter()
-                        .filter(|c| *c.actor == self.actor)
-                        .count();
+                    let own_changes = if local {
+                        slot.doc
+                            .automerge()
+                            .get_changes_meta(&slot.saved)
+                            .iter()
+                            .filter(|c| *c.actor == self.actor)
+                            .count()
+                    } else {
+                        0
+                    };
                     persisted.push(Persisted {
                         id: *id,
                         before: slot.saved.clone(),

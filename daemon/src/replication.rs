@@ -490,22 +490,17 @@ impl Replication {
     /// reconnect's summary acknowledges every document at once.
     fn acked(&self, acks: &[(Uuid, &[ChangeHash])]) {
         let repo = self.service.repo();
-        let sorted = |h: &[ChangeHash]| {
-            let mut h = h.to_vec();
-            h.sort_unstable();
-            h
-        };
         let mut records = Vec::new();
         let mut marked = Vec::new();
         for &(doc, heads) in acks {
-            let theirs = sorted(heads);
+            let theirs = sorted_heads(heads);
             // A reconnect re-announces every document's heads: most are
             // what was recorded last time, and cost one metadata read.
             let recorded = repo.store().get_meta(&acked_key(doc)).ok().flatten();
             if recorded
                 .as_deref()
                 .and_then(decode_heads)
-                .map(|h| sorted(&h))
+                .map(|h| sorted_heads(&h))
                 .as_ref()
                 == Some(&theirs)
             {
@@ -514,7 +509,7 @@ impl Replication {
             // Keep only heads this side knows; unknown ones cover nothing
             // yet. When they are exactly this side's heads, no need to
             // load the doc.
-            let mine = repo.heads(doc).ok().flatten().map(|h| sorted(&h));
+            let mine = repo.heads(doc).ok().flatten().map(|h| sorted_heads(&h));
             let known: Vec<ChangeHash> = if mine.as_ref() == Some(&theirs) {
                 theirs
             } else {
@@ -585,62 +580,47 @@ impl Replication {
                 .and_then(|b| decode_heads(&b))
                 .unwrap_or_default();
             let heads = sorted_heads(&repo.heads(doc).ok().flatten().unwrap_or_default());
-            // Acknowledged up to this side's heads: nothing pending, and no
-            // need to decode the document (a catch-up marks hundreds).
-            if !heads.is_empty() && heads == sorted_heads(&acked) {
-                counts.insert(
-                    doc,
-                    Counted {
-                        project,
-                        heads,
-                        count: 0,
-                    },
-                );
-                continue;
-            }
-            // Only writes since the last count: add their own changes. A
-            // document new since then starts from no heads and nothing.
-            let none = Vec::new();
-            let start = counts.get(&doc).map_or((&none, 0), |c| (&c.heads, c.count));
-            let followed = (!what.recount)
-                .then(|| {
-                    what.grew.iter().try_fold(start, |(at, n), (before, after, own)| {
+            let followed = if !heads.is_empty() && heads == sorted_heads(&acked) {
+                // Acknowledged up to this side's heads: nothing pending, and
+                // no need to decode the document (a catch-up marks hundreds).
+                Some(0)
+            } else if what.recount {
+                None
+            } else {
+                // Only writes since the last count: add their own changes.
+                // A document new since then starts from no heads and nothing.
+                let none = Vec::new();
+                let start = counts.get(&doc).map_or((&none, 0), |c| (&c.heads, c.count));
+                what.grew
+                    .iter()
+                    .try_fold(start, |(at, n), (before, after, own)| {
                         (before == at).then_some((after, n + own))
                     })
-                })
-                .flatten()
-                .filter(|(at, _)| **at == heads)
-                .map(|(_, n)| n);
-            if let Some(count) = followed {
-                counts.insert(
-                    doc,
-                    Counted {
-                        project,
-                        heads,
-                        count,
-                    },
-                );
-                continue;
-            }
-            // Counted from the document, with the heads it was counted at
-            // (a write may land between reading the heads and this).
-            let counted = repo
-                .read_raw(doc, |am| {
-                    let own = am
-                        .get_changes_meta(&acked)
-                        .iter()
-                        .filter(|c| {
-                            c.message
-                                .as_deref()
-                                .and_then(OpMeta::decode)
-                                .is_some_and(|m| m.device == me)
-                        })
-                        .count();
-                    (sorted_heads(&am.get_heads()), own)
-                })
-                .ok()
-                .flatten();
-            let (heads, count) = counted.unwrap_or((heads, 0));
+                    .filter(|(at, _)| **at == heads)
+                    .map(|(_, n)| n)
+            };
+            let (heads, count) = match followed {
+                Some(count) => (heads, count),
+                // Counted from the document, with the heads it was counted
+                // at (a write may land between reading the heads and this).
+                None => repo
+                    .read_raw(doc, |am| {
+                        let own = am
+                            .get_changes_meta(&acked)
+                            .iter()
+                            .filter(|c| {
+                                c.message
+                                    .as_deref()
+                                    .and_then(OpMeta::decode)
+                                    .is_some_and(|m| m.device == me)
+                            })
+                            .count();
+                        (sorted_heads(&am.get_heads()), own)
+                    })
+                    .ok()
+                    .flatten()
+                    .unwrap_or((heads, 0)),
+            };
             counts.insert(
                 doc,
                 Counted {

@@ -583,24 +583,14 @@ impl Replication {
             let followed = if !heads.is_empty() && heads == sorted_heads(&acked) {
                 // Acknowledged up to this side's heads: nothing pending, and
                 // no need to decode the document (a catch-up marks hundreds).
-                Some(0)
+                Some((heads.clone(), 0))
             } else if what.recount {
                 None
             } else {
-                // Only writes since the last count: add their own changes.
-                // A document new since then starts from no heads and nothing.
-                let none = Vec::new();
-                let start = counts.get(&doc).map_or((&none, 0), |c| (&c.heads, c.count));
-                what.grew
-                    .iter()
-                    .try_fold(start, |(at, n), (before, after, own)| {
-                        (before == at).then_some((after, n + own))
-                    })
-                    .filter(|(at, _)| **at == heads)
-                    .map(|(_, n)| n)
+                Pending::follow(counts.get(&doc), &what.grew)
             };
             let (heads, count) = match followed {
-                Some(count) => (heads, count),
+                Some(followed) => followed,
                 // Counted from the document, with the heads it was counted
                 // at (a write may land between reading the heads and this).
                 None => repo
@@ -689,6 +679,35 @@ impl Replication {
 }
 
 impl Pending {
+    /// A document's count carried forward over the writes since it was
+    /// made, without reading the document; `None` when the writes do not
+    /// chain on from the counted heads (then it is counted afresh).
+    ///
+    /// Counting races writes, two ways, and neither must force a decode:
+    /// a count read from the document may already include writes whose
+    /// entries arrive after it (skipped here: the count's heads are one of
+    /// their `after`s), and writes may land after the entries were taken
+    /// (the result is then the count at the chain's end, not at the
+    /// document's latest heads; the next count carries it on from there).
+    fn follow(
+        counted: Option<&Counted>,
+        grew: &[(Vec<ChangeHash>, Vec<ChangeHash>, usize)],
+    ) -> Option<(Vec<ChangeHash>, usize)> {
+        // A document new since the last count starts from no heads and nothing.
+        let none = Vec::new();
+        let start = counted.map_or((&none, 0), |c| (&c.heads, c.count));
+        let covered = grew
+            .iter()
+            .rposition(|(_, after, _)| after == start.0)
+            .map_or(0, |i| i + 1);
+        grew[covered..]
+            .iter()
+            .try_fold(start, |(at, n), (before, after, own)| {
+                (before == at).then_some((after, n + own))
+            })
+            .map(|(at, n)| (at.clone(), n))
+    }
+
     /// These documents were acknowledged: count them from their documents.
     fn recount(&self, docs: &[Uuid]) {
         if let Some(dirty) = self.dirty.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
@@ -840,10 +859,7 @@ mod tests {
     use crate::events::EventBus;
     use crate::service::Clock;
 
-    /// The first pending count reads the repository; every durable write
-    /// marks documents pending from inside the repository's lock. Both at
-    /// once, many times over, must finish: with the count holding the
-    /// pending lock while it read the repository, they deadlocked.
+    /// A replication over an in-memory repository, its first count done.
     fn replication() -> (Arc<Service>, Arc<Replication>) {
         let repo = Repo::new(
             DocStore::new(MemBackend::default()),
@@ -858,6 +874,12 @@ mod tests {
         ));
         let tls = link::client_tls(&[]).unwrap();
         let repl = Replication::new(service.clone(), None, "t".into(), SyncTiming::default(), tls);
+        // The first count runs in the background; once it has taken the
+        // (empty) dirty set it takes nothing else, so the tests' own counts
+        // are the only ones consuming what writes record.
+        while repl.pending.dirty.lock().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         (service, repl)
     }
 
@@ -909,6 +931,86 @@ mod tests {
         assert_eq!(repl.pending_counts()[&pid.0], 7, "counted from scratch");
     }
 
+    /// Counting races writes: a write can land after a count took the
+    /// entries but before it read the heads, and a write's entry can arrive
+    /// after a count that already read the document past it. Neither may
+    /// make a count decode a document, and both must count right. (The
+    /// background first count hit this in CI.)
+    #[test]
+    fn a_count_racing_a_write_neither_decodes_nor_miscounts() {
+        type Grew = Vec<(Vec<ChangeHash>, Vec<ChangeHash>, usize)>;
+        let (service, repl) = replication();
+        let new = NewProject {
+            name: "P".into(),
+            code: None,
+        };
+        let pid = service.create_project("ana", new).unwrap().id;
+        let add = |n: usize| {
+            let new = sitesync_model::NewDrawing {
+                number: format!("D-{n}"),
+                ..Default::default()
+            };
+            service.add_drawing("ana", pid, new).unwrap();
+        };
+        // The entries recorded since the last count, taken out.
+        let take = || -> Vec<(Uuid, Grew)> {
+            let mut dirty = repl.pending.dirty.lock().unwrap();
+            let taken = std::mem::take(dirty.as_mut().unwrap());
+            taken.into_iter().map(|(doc, what)| (doc, what.grew)).collect()
+        };
+        let put = |entries: &[(Uuid, Grew)]| {
+            let mut dirty = repl.pending.dirty.lock().unwrap();
+            for (doc, grew) in entries {
+                let what = dirty.as_mut().unwrap().entry(*doc).or_default();
+                what.grew.extend(grew.iter().cloned());
+            }
+        };
+        let before = repl.pending_counts()[&pid.0];
+
+        // Two drawings; the second one's entries arrive only after a count
+        // (which reads the project's heads past the entries it has).
+        add(0);
+        add(1);
+        let (mut now, mut late) = (Vec::new(), Vec::new());
+        for (doc, mut grew) in take() {
+            late.push((doc, vec![grew.pop().unwrap()]));
+            now.push((doc, grew));
+        }
+        put(&now);
+        service.repo().evict_all();
+        repl.pending_counts();
+        assert_eq!(
+            service.repo().loaded(),
+            0,
+            "a write that outran the count decoded nothing"
+        );
+        put(&late);
+        let counted = repl.pending_counts();
+        assert_eq!(
+            service.repo().loaded(),
+            0,
+            "the late entries carried on from the count"
+        );
+        assert_eq!(counted[&pid.0], before + 4, "two drawings: two changes each");
+
+        // A count that covers a third drawing, whose entries then arrive again.
+        add(2);
+        let early = take();
+        put(&early);
+        repl.pending_counts();
+        put(&early);
+        service.repo().evict_all();
+        let followed = repl.pending_counts();
+        assert_eq!(service.repo().loaded(), 0, "entries the count covers are skipped");
+        assert_eq!(followed[&pid.0], before + 6, "each change counted once");
+        *repl.pending.dirty.lock().unwrap() = None;
+        assert_eq!(repl.pending_counts(), followed, "counted from scratch");
+    }
+
+    /// The first pending count reads the repository; every durable write
+    /// marks documents pending from inside the repository's lock. Both at
+    /// once, many times over, must finish: with the count holding the
+    /// pending lock while it read the repository, they deadlocked.
     #[test]
     fn counting_pending_changes_never_blocks_a_write() {
         let (service, repl) = replication();

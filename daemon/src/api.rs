@@ -1031,7 +1031,7 @@ async fn events(
         Ok(SseEvent::default()
             .id(e.id.to_string())
             .event(e.kind)
-            .data(e.data.to_string()))
+            .data(&*e.data))
     };
     let first = resume.resync_required.then(|| {
         Ok(SseEvent::default().event("resync.required").data(

@@ -148,7 +148,7 @@ impl ProjectIndex {
             match repo.read_drawing(id, |d| d.components()) {
                 Ok(list) => {
                     for c in list? {
-                        index.put(c);
+                        index.put(&c);
                     }
                 }
                 Err(RepoError::NotFound { .. }) => {}
@@ -209,8 +209,8 @@ impl ProjectIndex {
 
     /// Puts a fresh view in, keeping its drawing's tally current. Returns
     /// what changed, or `None` when the view is what the index held.
-    pub fn put(&mut self, c: Component) -> Option<Change> {
-        let packed = pack(&c);
+    pub fn put(&mut self, c: &Component) -> Option<Change> {
+        let packed = pack(c);
         let change = match self.components.get(&c.id) {
             None => Change::Created,
             Some(old) if old.packed == packed => return None,
@@ -224,7 +224,7 @@ impl ProjectIndex {
             .collect();
         let slot = Slot {
             drawing_id: c.drawing_id,
-            tag: c.tag.into_boxed_str(),
+            tag: c.tag.as_str().into(),
             kind: self.intern(&c.kind),
             status: c.status,
             deleted: c.deleted,
@@ -463,7 +463,7 @@ mod tests {
         let mut index = empty();
         for c in [plain, conflicted] {
             assert_eq!(unpack(&pack(&c)), c);
-            index.put(c.clone());
+            index.put(&c);
             assert_eq!(index.get(c.id), Some(c.clone()));
             let slot = index.slot(c.id).unwrap();
             assert_eq!(
@@ -509,7 +509,7 @@ mod tests {
                 (next(5) * 25) as f64,
                 next(6) == 0,
             );
-            index.put(c);
+            index.put(&c);
             let all: Vec<Component> = index.components.values().map(Slot::component).collect();
             let full = rollup(all.iter().map(|c| (c, None)), None);
             let kept = index.rollup(None);
@@ -529,15 +529,21 @@ mod tests {
     #[test]
     fn put_says_what_changed() {
         let mut index = empty();
-        assert_eq!(index.put(component(1, 1, 2.0, 0.0, false)), Some(Change::Created));
-        assert_eq!(index.put(component(1, 1, 2.0, 0.0, false)), None);
         assert_eq!(
-            index.put(component(1, 1, 2.0, 50.0, false)),
+            index.put(&component(1, 1, 2.0, 0.0, false)),
+            Some(Change::Created)
+        );
+        assert_eq!(index.put(&component(1, 1, 2.0, 0.0, false)), None);
+        assert_eq!(
+            index.put(&component(1, 1, 2.0, 50.0, false)),
             Some(Change::Updated)
         );
-        assert_eq!(index.put(component(1, 1, 2.0, 50.0, true)), Some(Change::Deleted));
         assert_eq!(
-            index.put(component(1, 1, 2.0, 50.0, false)),
+            index.put(&component(1, 1, 2.0, 50.0, true)),
+            Some(Change::Deleted)
+        );
+        assert_eq!(
+            index.put(&component(1, 1, 2.0, 50.0, false)),
             Some(Change::Updated)
         );
         assert_eq!(index.drawing_tally(DrawingId::from_u128(1)).earned, 1.0);
@@ -547,7 +553,7 @@ mod tests {
     fn a_query_pages_in_order_without_overlap() {
         let mut index = empty();
         for n in 0..25 {
-            index.put(component(n, n % 3, 1.0, ((n * 7) % 5 * 25) as f64, n == 4));
+            index.put(&component(n, n % 3, 1.0, ((n * 7) % 5 * 25) as f64, n == 4));
         }
         let q = ComponentQuery {
             sort: Sort::CompletionDesc,

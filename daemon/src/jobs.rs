@@ -692,7 +692,8 @@ mod tests {
         let mut seen = Vec::new();
         while let Ok(e) = events.try_recv() {
             assert_eq!(e.kind, "job.updated");
-            seen.push((e.data["state"].clone(), e.data["stage"].clone()));
+            let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+            seen.push((data["state"].clone(), data["stage"].clone()));
         }
         // queued, running, reading, importing, completed — not 20,000.
         assert_eq!(seen.len(), 5, "{seen:?}");

@@ -282,6 +282,11 @@ impl DrawingDoc {
         let Ok(comps) = components_obj(&self.doc) else {
             return Vec::new();
         };
+        if before.is_empty() {
+            // New here (a clone, a drawing created elsewhere): every
+            // component is, and listing them beats rebuilding every change.
+            return self.doc.keys(&comps).filter_map(|k| k.parse().ok()).collect();
+        }
         let (comps_id, root_id) = (comps.to_string(), automerge::ROOT.to_string());
         let mut out = std::collections::BTreeSet::new();
         // Objects written inside some component: the component's own map,

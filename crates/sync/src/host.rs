@@ -14,10 +14,12 @@ use std::sync::Arc;
 
 use sitesync_model::automerge::Automerge;
 use sitesync_model::automerge::ChangeHash;
-use sitesync_model::automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc as _};
+use sitesync_model::automerge::sync::{
+    Message as SyncMessage, MessageVersion, State as SyncState, SyncDoc as _,
+};
 use uuid::Uuid;
 
-use crate::repo::{Repo, RepoError};
+use crate::repo::{Arrived, Repo, RepoError};
 use crate::session::{Host, HostError, Incoming};
 
 fn project_key(project: Uuid) -> String {
@@ -171,9 +173,22 @@ impl Host for RepoHost {
             // The first organisation to bring a project owns it.
             _ => records.push(project_record(ctx.project, ctx.org)),
         }
+        // Automerge sends a peer that has none of a document (or lacks a
+        // third of it) the whole document, as one saved chunk.
+        let arrived = (message.version == MessageVersion::V2 && message.changes.len() == 1)
+            .then(|| message.changes.iter().next())
+            .flatten()
+            .map(|bytes| {
+                let mut heads = message.heads.clone();
+                heads.sort_unstable();
+                Arrived {
+                    bytes: bytes.to_vec(),
+                    heads,
+                }
+            });
         let ((applied, before), heads) = self
             .repo
-            .sync_doc(ctx.doc, |am| {
+            .sync_doc(ctx.doc, arrived, |am| {
                 let before = am.get_heads();
                 let applied = am.receive_sync_message(state, message);
                 records.push((sync_key(ctx.peer, ctx.doc), state.encode()));

@@ -16,7 +16,7 @@ pub mod repo;
 pub mod session;
 pub mod store;
 
-pub use repo::{Doc, Persisted, Repo, RepoConfig, RepoError, Tx};
+pub use repo::{Arrived, Doc, Persisted, Repo, RepoConfig, RepoError, Tx};
 pub use store::{Backend, DocStore, MemBackend, RedbBackend, StoreError};
 
 /// Re-exported so the layers above depend on one model version.

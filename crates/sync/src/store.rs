@@ -364,7 +364,7 @@ pub fn describe_key(key: &[u8]) -> String {
     }
 }
 
-fn doc_prefix(id: Uuid) -> Vec<u8> {
+pub(crate) fn doc_prefix(id: Uuid) -> Vec<u8> {
     let mut k = Vec::with_capacity(26);
     k.push(b'd');
     k.extend_from_slice(id.as_bytes());

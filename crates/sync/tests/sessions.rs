@@ -95,7 +95,7 @@ fn rename(host: &RepoHost, pid: ProjectId, name: &str) {
 fn touch(host: &RepoHost, doc: Uuid) {
     use sitesync_model::automerge::transaction::Transactable as _;
     host.repo()
-        .sync_doc(doc, |am| {
+        .sync_doc(doc, None, |am| {
             am.transact::<_, _, sitesync_model::automerge::AutomergeError>(|tx| {
                 tx.put(sitesync_model::automerge::ROOT, "touched", 1)?;
                 Ok(())

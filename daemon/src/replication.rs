@@ -206,10 +206,13 @@ struct Counted {
 struct Dirty {
     /// Acknowledged meanwhile: count it from its acknowledged heads.
     recount: bool,
-    /// Durable writes, in order: heads before, heads after (both sorted),
-    /// and how many of the new changes are this process's own.
-    grew: Vec<(Vec<ChangeHash>, Vec<ChangeHash>, usize)>,
+    /// Durable writes, in order.
+    grew: Vec<Grew>,
 }
+
+/// One durable write to a document: heads before, heads after (both
+/// sorted), and how many of the new changes are this process's own.
+type Grew = (Vec<ChangeHash>, Vec<ChangeHash>, usize);
 
 fn sorted_heads(h: &[ChangeHash]) -> Vec<ChangeHash> {
     let mut h = h.to_vec();
@@ -689,10 +692,7 @@ impl Pending {
     /// their `after`s), and writes may land after the entries were taken
     /// (the result is then the count at the chain's end, not at the
     /// document's latest heads; the next count carries it on from there).
-    fn follow(
-        counted: Option<&Counted>,
-        grew: &[(Vec<ChangeHash>, Vec<ChangeHash>, usize)],
-    ) -> Option<(Vec<ChangeHash>, usize)> {
+    fn follow(counted: Option<&Counted>, grew: &[Grew]) -> Option<(Vec<ChangeHash>, usize)> {
         // A document new since the last count starts from no heads and nothing.
         let none = Vec::new();
         let start = counted.map_or((&none, 0), |c| (&c.heads, c.count));
@@ -877,7 +877,12 @@ mod tests {
         // The first count runs in the background; once it has taken the
         // (empty) dirty set it takes nothing else, so the tests' own counts
         // are the only ones consuming what writes record.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while repl.pending.dirty.lock().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first count never started"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         (service, repl)
@@ -938,7 +943,6 @@ mod tests {
     /// background first count hit this in CI.)
     #[test]
     fn a_count_racing_a_write_neither_decodes_nor_miscounts() {
-        type Grew = Vec<(Vec<ChangeHash>, Vec<ChangeHash>, usize)>;
         let (service, repl) = replication();
         let new = NewProject {
             name: "P".into(),
@@ -953,12 +957,12 @@ mod tests {
             service.add_drawing("ana", pid, new).unwrap();
         };
         // The entries recorded since the last count, taken out.
-        let take = || -> Vec<(Uuid, Grew)> {
+        let take = || -> Vec<(Uuid, Vec<Grew>)> {
             let mut dirty = repl.pending.dirty.lock().unwrap();
             let taken = std::mem::take(dirty.as_mut().unwrap());
             taken.into_iter().map(|(doc, what)| (doc, what.grew)).collect()
         };
-        let put = |entries: &[(Uuid, Grew)]| {
+        let put = |entries: &[(Uuid, Vec<Grew>)]| {
             let mut dirty = repl.pending.dirty.lock().unwrap();
             for (doc, grew) in entries {
                 let what = dirty.as_mut().unwrap().entry(*doc).or_default();

@@ -178,13 +178,9 @@ impl Host for RepoHost {
         let arrived = (message.version == MessageVersion::V2 && message.changes.len() == 1)
             .then(|| message.changes.iter().next())
             .flatten()
-            .map(|bytes| {
-                let mut heads = message.heads.clone();
-                heads.sort_unstable();
-                Arrived {
-                    bytes: bytes.to_vec(),
-                    heads,
-                }
+            .map(|bytes| Arrived {
+                bytes: bytes.to_vec(),
+                heads: message.heads.clone(),
             });
         let ((applied, before), heads) = self
             .repo

@@ -137,7 +137,7 @@ pub struct Persisted {
 /// one sync message: what [`Repo::sync_doc`] may store as is.
 pub struct Arrived {
     pub bytes: Vec<u8>,
-    /// The heads the sender announced with it, sorted.
+    /// The heads the sender announced with it.
     pub heads: Vec<ChangeHash>,
 }
 
@@ -434,9 +434,10 @@ impl Repo {
         let whole = arrived
             .filter(|a| {
                 let slot = &cache.slots[&id];
-                let mut heads = slot.doc.automerge().get_heads();
-                heads.sort_unstable();
-                slot.saved.is_empty() && a.heads == heads
+                let (mut theirs, mut ours) = (a.heads.clone(), slot.doc.automerge().get_heads());
+                theirs.sort_unstable();
+                ours.sort_unstable();
+                slot.saved.is_empty() && theirs == ours
             })
             .map(|a| a.bytes);
         let touched = HashSet::from([id]);
@@ -848,9 +849,7 @@ mod tests {
             ActorId::random(),
             RepoConfig::default(),
         );
-        let mut heads = sender.get_heads();
-        heads.sort_unstable();
-        receive(&repo, Uuid::from_u128(7), heads);
+        receive(&repo, Uuid::from_u128(7), sender.get_heads());
         assert_eq!(stored(&repo, Uuid::from_u128(7)), sent, "stored as sent");
         receive(&repo, Uuid::from_u128(8), Vec::new());
         let saved = stored(&repo, Uuid::from_u128(8));

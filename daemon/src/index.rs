@@ -9,7 +9,8 @@
 //! Costs that must not grow with the project: a write touches only its own
 //! components' entries and its drawing's [`Tally`], and project totals are
 //! a sum over drawings, never a walk over components. A listing filters and
-//! sorts the compact entries and decodes only the page it returns.
+//! sorts the compact entries (scanning small keys first) and decodes only
+//! the page it returns.
 //!
 //! Memory: a component is held as a [`Slot`]: the fields filters, sorts and
 //! tallies read (shared strings interned), plus the whole view packed into
@@ -34,9 +35,20 @@ use crate::extract::{Page, Paged};
 /// Derived state of one project.
 pub struct ProjectIndex {
     pub drawings: BTreeMap<DrawingId, DrawingInfo>,
-    components: HashMap<ComponentId, Slot>,
-    /// Per drawing: the ids of its components and the tally of the live
-    /// ones, recomputed from those few entries when one of them changes.
+    /// Every component, deleted ones included (a delete is a flag, so
+    /// entries are never removed), in one dense array a listing walks.
+    components: Vec<Slot>,
+    /// Beside each entry of `components`, the fields most listings filter
+    /// on, packed small: a listing scans these 2.4 MB at 100,000
+    /// components, and reads an entry (~150 bytes and its attribute list,
+    /// two cache misses) only when its key matches. The bench's listing
+    /// (kind, status and one attribute) took 4.5 ms over a hash map of
+    /// entries, 0.6 ms over these.
+    keys: Vec<Key>,
+    /// Where each component sits in `components`.
+    positions: HashMap<ComponentId, u32>,
+    /// Per drawing: the positions of its components and the tally of the
+    /// live ones, recomputed from those few entries when one of them changes.
     members: HashMap<DrawingId, Members>,
     /// Kinds, attribute names and values: a few hundred distinct strings
     /// shared by 100,000 components.
@@ -45,6 +57,7 @@ pub struct ProjectIndex {
 
 /// One component in the index.
 pub struct Slot {
+    pub id: ComponentId,
     pub drawing_id: DrawingId,
     pub tag: Box<str>,
     pub kind: Arc<str>,
@@ -102,9 +115,51 @@ fn unpack(bytes: &[u8]) -> Component {
     }
 }
 
+/// A component's deleted flag, status, kind (the address of its interned
+/// string: equal kinds share one) and attribute pairs (a one-word Bloom
+/// filter), see [`ProjectIndex::keys`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    kind: usize,
+    /// One bit per attribute pair, [`attribute_bit`]. A component whose
+    /// bits lack a pair's bit lacks the pair, so an attribute filter reads
+    /// the entry (a cache miss on its attribute list) of only the
+    /// components that have the pair, plus a few percent that share bits.
+    attributes: u64,
+    status: Status,
+    deleted: bool,
+}
+
+impl Key {
+    fn of(slot: &Slot) -> Self {
+        Self {
+            kind: interned_address(&slot.kind),
+            attributes: slot
+                .attributes
+                .iter()
+                .map(|(k, v)| attribute_bit(k, v))
+                .fold(0, |a, b| a | b),
+            status: slot.status,
+            deleted: slot.deleted,
+        }
+    }
+}
+
+/// Identifies an interned string: only compared, never turned back into one.
+fn interned_address(s: &Arc<str>) -> usize {
+    Arc::as_ptr(s).cast::<u8>() as usize
+}
+
+/// The bit of an attribute pair (interned name and value) in [`Key::attributes`].
+fn attribute_bit(name: &Arc<str>, value: &Arc<str>) -> u64 {
+    let mixed = (interned_address(name) as u64 ^ (interned_address(value) as u64).rotate_left(32))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    1 << (mixed >> 58)
+}
+
 #[derive(Default)]
 struct Members {
-    ids: Vec<ComponentId>,
+    positions: Vec<u32>,
     tally: Tally,
 }
 
@@ -137,7 +192,9 @@ impl ProjectIndex {
             .collect();
         let mut index = Self {
             drawings,
-            components: HashMap::new(),
+            components: Vec::new(),
+            keys: Vec::new(),
+            positions: HashMap::new(),
             members: HashMap::new(),
             strings: HashSet::new(),
         };
@@ -160,12 +217,12 @@ impl ProjectIndex {
 
     /// The component, deleted or not.
     pub fn get(&self, cid: ComponentId) -> Option<Component> {
-        self.components.get(&cid).map(Slot::component)
+        self.slot(cid).map(Slot::component)
     }
 
     /// The component's entry, deleted or not.
     pub fn slot(&self, cid: ComponentId) -> Option<&Slot> {
-        self.components.get(&cid)
+        self.positions.get(&cid).map(|&at| &self.components[at as usize])
     }
 
     /// How many components, deleted ones included.
@@ -178,11 +235,8 @@ impl ProjectIndex {
     }
 
     /// Components not deleted.
-    pub fn live(&self) -> impl Iterator<Item = (ComponentId, &Slot)> {
-        self.components
-            .iter()
-            .filter(|(_, s)| !s.deleted)
-            .map(|(id, s)| (*id, s))
+    pub fn live(&self) -> impl Iterator<Item = &Slot> {
+        self.components.iter().filter(|s| !s.deleted)
     }
 
     /// The live components of one drawing.
@@ -190,9 +244,9 @@ impl ProjectIndex {
         let Some(m) = self.members.get(&did) else {
             return Vec::new();
         };
-        m.ids
+        m.positions
             .iter()
-            .filter_map(|id| self.components.get(id))
+            .map(|&at| &self.components[at as usize])
             .filter(|s| !s.deleted)
             .map(Slot::component)
             .collect()
@@ -211,7 +265,7 @@ impl ProjectIndex {
     /// what changed, or `None` when the view is what the index held.
     pub fn put(&mut self, c: &Component) -> Option<Change> {
         let packed = pack(c);
-        let change = match self.components.get(&c.id) {
+        let change = match self.slot(c.id) {
             None => Change::Created,
             Some(old) if old.packed == packed => return None,
             Some(old) if !old.deleted && c.deleted => Change::Deleted,
@@ -223,6 +277,7 @@ impl ProjectIndex {
             .map(|(k, v)| (self.intern(k), self.intern(v)))
             .collect();
         let slot = Slot {
+            id: c.id,
             drawing_id: c.drawing_id,
             tag: c.tag.as_str().into(),
             kind: self.intern(&c.kind),
@@ -236,12 +291,20 @@ impl ProjectIndex {
         };
         let members = self.members.entry(c.drawing_id).or_default();
         if change == Change::Created {
-            members.ids.push(c.id);
+            let at = u32::try_from(self.components.len()).expect("fewer than 2^32 components");
+            self.positions.insert(c.id, at);
+            members.positions.push(at);
+            self.keys.push(Key::of(&slot));
+            self.components.push(slot);
+        } else {
+            let at = self.positions[&c.id] as usize;
+            self.keys[at] = Key::of(&slot);
+            self.components[at] = slot;
         }
-        self.components.insert(c.id, slot);
         let mut tally = Tally::default();
-        for id in &members.ids {
-            if let Some(s) = self.components.get(id).filter(|s| !s.deleted) {
+        for &at in &members.positions {
+            let s = &self.components[at as usize];
+            if !s.deleted {
                 tally.add_one(s.budget_hours, s.completion_percent);
             }
         }
@@ -267,7 +330,7 @@ impl ProjectIndex {
             }
             Some(_) => rollup(
                 self.live()
-                    .map(|(_, s)| (s.component(), self.drawings.get(&s.drawing_id))),
+                    .map(|s| (s.component(), self.drawings.get(&s.drawing_id))),
                 group_by,
             ),
         }
@@ -276,25 +339,51 @@ impl ProjectIndex {
     /// One page of the components matching `q`, in its order. Filters and
     /// sorts the compact entries; only the page is decoded.
     pub fn query(&self, q: &ComponentQuery, page: Page) -> Paged<Component> {
-        let needle = q.q.as_ref().map(|s| s.to_lowercase());
-        let mut hits: Vec<(&ComponentId, &Slot)> = self
-            .components
+        // Every kind and attribute string in the index is interned, so the
+        // filters compare pointers; one no component has matches nothing.
+        let interned = |s: &str| self.strings.get(s);
+        let kind = match q.kind.as_deref().map(interned) {
+            None => None,
+            Some(Some(k)) => Some(interned_address(k)),
+            Some(None) => return page.of(Vec::new()),
+        };
+        let mut attributes = Vec::with_capacity(q.attributes.len());
+        for (k, v) in &q.attributes {
+            match (interned(k), interned(v)) {
+                (Some(k), Some(v)) => attributes.push((k, v)),
+                _ => return page.of(Vec::new()),
+            }
+        }
+        let attribute_bits = attributes
             .iter()
-            .filter(|(_, c)| q.include_deleted || !c.deleted)
-            .filter(|(_, c)| q.drawing_id.is_none_or(|d| c.drawing_id == d))
-            .filter(|(_, c)| q.status.is_none_or(|s| c.status == s))
-            .filter(|(_, c)| q.kind.as_ref().is_none_or(|k| *c.kind == **k))
-            .filter(|(_, c)| needle.as_ref().is_none_or(|n| c.tag.to_lowercase().contains(n)))
-            .filter(|(_, c)| {
-                q.attributes
-                    .iter()
-                    .all(|(k, v)| c.attribute(k) == Some(v.as_str()))
+            .map(|(k, v)| attribute_bit(k, v))
+            .fold(0, |a, b| a | b);
+        let needle = q.q.as_ref().map(|s| s.to_lowercase());
+        let mut hits: Vec<&Slot> = self
+            .keys
+            .iter()
+            .zip(&self.components)
+            .filter(|(key, _)| {
+                (q.include_deleted || !key.deleted)
+                    && q.status.is_none_or(|s| key.status == s)
+                    && kind.is_none_or(|k| key.kind == k)
+                    && key.attributes & attribute_bits == attribute_bits
             })
-            .filter(|(_, c)| q.min_completion.is_none_or(|m| c.completion_percent >= m))
-            .filter(|(_, c)| q.max_completion.is_none_or(|m| c.completion_percent <= m))
+            .map(|(_, c)| c)
+            .filter(|c| q.drawing_id.is_none_or(|d| c.drawing_id == d))
+            .filter(|c| {
+                attributes.iter().all(|(k, v)| {
+                    c.attributes
+                        .iter()
+                        .any(|(ck, cv)| Arc::ptr_eq(ck, k) && Arc::ptr_eq(cv, v))
+                })
+            })
+            .filter(|c| q.min_completion.is_none_or(|m| c.completion_percent >= m))
+            .filter(|c| q.max_completion.is_none_or(|m| c.completion_percent <= m))
+            .filter(|c| needle.as_ref().is_none_or(|n| c.tag.to_lowercase().contains(n)))
             .collect();
         hits.sort_unstable_by(|a, b| q.sort.compare(a, b));
-        page.of_mapped(&hits, |(_, s)| s.component())
+        page.of_mapped(&hits, |s| s.component())
     }
 }
 
@@ -338,11 +427,10 @@ impl Sort {
         })
     }
 
-    fn compare(self, a: &(&ComponentId, &Slot), b: &(&ComponentId, &Slot)) -> Ordering {
-        type Entry<'a> = (&'a ComponentId, &'a Slot);
-        let by_tag = |a: &Entry, b: &Entry| a.1.tag.cmp(&b.1.tag).then(a.0.cmp(b.0));
-        let by_completion = |a: &Entry, b: &Entry| a.1.completion_percent.total_cmp(&b.1.completion_percent);
-        let by_updated = |a: &Entry, b: &Entry| a.1.updated_at.cmp(&b.1.updated_at);
+    fn compare(self, a: &Slot, b: &Slot) -> Ordering {
+        let by_tag = |a: &Slot, b: &Slot| a.tag.cmp(&b.tag).then(a.id.cmp(&b.id));
+        let by_completion = |a: &Slot, b: &Slot| a.completion_percent.total_cmp(&b.completion_percent);
+        let by_updated = |a: &Slot, b: &Slot| a.updated_at.cmp(&b.updated_at);
         match self {
             Self::Tag => by_tag(a, b),
             Self::TagDesc => by_tag(b, a),
@@ -422,7 +510,9 @@ mod tests {
     fn empty() -> ProjectIndex {
         ProjectIndex {
             drawings: BTreeMap::new(),
-            components: HashMap::new(),
+            components: Vec::new(),
+            keys: Vec::new(),
+            positions: HashMap::new(),
             members: HashMap::new(),
             strings: HashSet::new(),
         }
@@ -510,7 +600,7 @@ mod tests {
                 next(6) == 0,
             );
             index.put(&c);
-            let all: Vec<Component> = index.components.values().map(Slot::component).collect();
+            let all: Vec<Component> = index.components.iter().map(Slot::component).collect();
             let full = rollup(all.iter().map(|c| (c, None)), None);
             let kept = index.rollup(None);
             assert_eq!(kept.component_count, full.component_count);
@@ -547,6 +637,80 @@ mod tests {
             Some(Change::Updated)
         );
         assert_eq!(index.drawing_tally(DrawingId::from_u128(1)).earned, 1.0);
+    }
+
+    /// Every query returns exactly the live (or all) components a plain
+    /// filter over the whole views picks, after creates and updates that
+    /// change kinds, attributes, status and deletion: the packed keys, the
+    /// interned comparisons and the attribute bits never drop a match or
+    /// let a non-match through.
+    #[test]
+    fn a_query_picks_what_a_plain_filter_over_the_views_picks() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        const KINDS: [&str; 3] = ["spool", "weld", "pipe"];
+        const NAMES: [&str; 3] = ["area", "system", "line"];
+        const VALUES: [&str; 4] = ["U01", "U02", "SYS-1", "L-7"];
+        let mut index = empty();
+        let mut views: BTreeMap<ComponentId, Component> = BTreeMap::new();
+        for _ in 0..1_500 {
+            let n = u128::from(next(400));
+            let mut c = component(n, n % 9, 1.0, (next(5) * 25) as f64, next(5) == 0);
+            c.kind = KINDS[next(3) as usize].into();
+            for name in NAMES {
+                if next(3) > 0 {
+                    c.attributes.insert(name.into(), VALUES[next(4) as usize].into());
+                }
+            }
+            index.put(&c);
+            views.insert(c.id, c);
+        }
+        for _ in 0..400 {
+            let pick = |n: u64, of: &[&str]| of.get(n as usize).map(|s| s.to_string());
+            let mut attributes = Vec::new();
+            for _ in 0..next(3) {
+                // Now and then a name or value no component has.
+                let name = pick(next(4), &NAMES).unwrap_or_else(|| "nowhere".into());
+                let value = pick(next(5), &VALUES).unwrap_or_else(|| "U99".into());
+                attributes.push((name, value));
+            }
+            let q = ComponentQuery {
+                kind: match next(5) {
+                    0 => Some("nothing".into()),
+                    1 => None,
+                    n => pick(n - 2, &KINDS),
+                },
+                status: [
+                    None,
+                    Some(Status::NotStarted),
+                    Some(Status::InProgress),
+                    Some(Status::Completed),
+                ][next(4) as usize],
+                attributes,
+                min_completion: (next(3) == 0).then_some(50.0),
+                include_deleted: next(2) == 0,
+                ..Default::default()
+            };
+            let expected: Vec<ComponentId> = views
+                .values()
+                .filter(|c| q.include_deleted || !c.deleted)
+                .filter(|c| q.kind.as_ref().is_none_or(|k| &c.kind == k))
+                .filter(|c| q.status.is_none_or(|s| c.status == s))
+                .filter(|c| q.min_completion.is_none_or(|m| c.completion_percent >= m))
+                .filter(|c| q.attributes.iter().all(|(k, v)| c.attributes.get(k) == Some(v)))
+                .map(|c| c.id)
+                .collect();
+            let page = index.query(&q, Page::parse(Some("1000"), None).unwrap());
+            let mut got: Vec<ComponentId> = page.items.iter().map(|c| c.id).collect();
+            got.sort();
+            assert_eq!(got, expected, "{q:?}");
+            assert_eq!(page.total, expected.len());
+        }
     }
 
     #[test]

@@ -810,10 +810,10 @@ impl Service {
             .collect();
         let mut attributes = std::collections::BTreeSet::new();
         let mut order: Vec<(&str, &str, ComponentId)> = Vec::with_capacity(index.len());
-        for (id, c) in index.live() {
+        for c in index.live() {
             attributes.extend(c.attributes.iter().map(|(k, _)| k.to_string()));
             let number = drawings.get(&c.drawing_id).map_or("", String::as_str);
-            order.push((number, &c.tag, id));
+            order.push((number, &c.tag, c.id));
         }
         order.sort();
         let order = order.into_iter().map(|(_, _, id)| id).collect();

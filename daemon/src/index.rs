@@ -51,7 +51,8 @@ pub struct ProjectIndex {
     /// live ones, recomputed from those few entries when one of them changes.
     members: HashMap<DrawingId, Members>,
     /// Kinds, attribute names and values: a few hundred distinct strings
-    /// shared by 100,000 components.
+    /// shared by 100,000 components. Never shrinks, so an interned
+    /// string's address identifies it (see [`Key`]).
     strings: HashSet<Arc<str>>,
 }
 
@@ -118,10 +119,9 @@ fn unpack(bytes: &[u8]) -> Component {
 /// A component's deleted flag, status, kind (the address of its interned
 /// string: equal kinds share one) and attribute pairs (a one-word Bloom
 /// filter), see [`ProjectIndex::keys`].
-#[derive(Clone, Copy, PartialEq, Eq)]
 struct Key {
     kind: usize,
-    /// One bit per attribute pair, [`attribute_bit`]. A component whose
+    /// One bit per attribute pair, [`attribute_bits`]. A component whose
     /// bits lack a pair's bit lacks the pair, so an attribute filter reads
     /// the entry (a cache miss on its attribute list) of only the
     /// components that have the pair, plus a few percent that share bits.
@@ -134,11 +134,7 @@ impl Key {
     fn of(slot: &Slot) -> Self {
         Self {
             kind: interned_address(&slot.kind),
-            attributes: slot
-                .attributes
-                .iter()
-                .map(|(k, v)| attribute_bit(k, v))
-                .fold(0, |a, b| a | b),
+            attributes: attribute_bits(slot.attributes.iter().map(|(k, v)| (k, v))),
             status: slot.status,
             deleted: slot.deleted,
         }
@@ -150,11 +146,16 @@ fn interned_address(s: &Arc<str>) -> usize {
     Arc::as_ptr(s).cast::<u8>() as usize
 }
 
-/// The bit of an attribute pair (interned name and value) in [`Key::attributes`].
-fn attribute_bit(name: &Arc<str>, value: &Arc<str>) -> u64 {
-    let mixed = (interned_address(name) as u64 ^ (interned_address(value) as u64).rotate_left(32))
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    1 << (mixed >> 58)
+/// The bits of attribute pairs (interned names and values) in
+/// [`Key::attributes`]: one bit per pair.
+fn attribute_bits<'a>(pairs: impl Iterator<Item = (&'a Arc<str>, &'a Arc<str>)>) -> u64 {
+    pairs
+        .map(|(name, value)| {
+            let mixed = (interned_address(name) as u64 ^ (interned_address(value) as u64).rotate_left(32))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            1 << (mixed >> 58)
+        })
+        .fold(0, |bits, bit| bits | bit)
 }
 
 #[derive(Default)]
@@ -354,10 +355,7 @@ impl ProjectIndex {
                 _ => return page.of(Vec::new()),
             }
         }
-        let attribute_bits = attributes
-            .iter()
-            .map(|(k, v)| attribute_bit(k, v))
-            .fold(0, |a, b| a | b);
+        let wanted_bits = attribute_bits(attributes.iter().copied());
         let needle = q.q.as_ref().map(|s| s.to_lowercase());
         let mut hits: Vec<&Slot> = self
             .keys
@@ -367,7 +365,7 @@ impl ProjectIndex {
                 (q.include_deleted || !key.deleted)
                     && q.status.is_none_or(|s| key.status == s)
                     && kind.is_none_or(|k| key.kind == k)
-                    && key.attributes & attribute_bits == attribute_bits
+                    && key.attributes & wanted_bits == wanted_bits
             })
             .map(|(_, c)| c)
             .filter(|c| q.drawing_id.is_none_or(|d| c.drawing_id == d))
@@ -507,6 +505,16 @@ mod tests {
         }
     }
 
+    /// A repeatable pseudo-random sequence: each call gives a number below `m`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |m| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        }
+    }
+
     fn empty() -> ProjectIndex {
         ProjectIndex {
             drawings: BTreeMap::new(),
@@ -583,13 +591,7 @@ mod tests {
     #[test]
     fn kept_totals_match_a_full_rollup() {
         let mut index = empty();
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |m: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % m
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..2_000 {
             let n = u128::from(next(300));
             let c = component(
@@ -646,13 +648,7 @@ mod tests {
     /// let a non-match through.
     #[test]
     fn a_query_picks_what_a_plain_filter_over_the_views_picks() {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |m: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % m
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         const KINDS: [&str; 3] = ["spool", "weld", "pipe"];
         const NAMES: [&str; 3] = ["area", "system", "line"];
         const VALUES: [&str; 4] = ["U01", "U02", "SYS-1", "L-7"];

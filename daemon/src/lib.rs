@@ -27,6 +27,7 @@ pub mod service;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sitesync_model::DeviceId;
 use sitesync_model::automerge::ActorId;
@@ -99,7 +100,12 @@ pub fn open_service(data_dir: &Path, max_cached: usize) -> Result<Service, Start
     ))
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then flushes.
+/// How often the project index's changed entries are saved. A drawing
+/// changed since is read from its document at the next start (~5 ms).
+pub const INDEX_SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Serves the API on `listener` until `shutdown` resolves, then saves the
+/// index and flushes.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -108,12 +114,38 @@ pub async fn run(
     let service = state.service.clone();
     sitesync_sync::repo::compact_in_background(service.repo());
     sitesync_sync::memory::trim_periodically(sitesync_sync::memory::TRIM_EVERY);
+    save_index_periodically(&service, INDEX_SAVE_EVERY);
     let app = api::router(state);
     axum::serve(sitesync_sync::link::without_nagle(listener), app)
         .with_graceful_shutdown(shutdown)
         .await?;
+    let svc = service.clone();
+    match tokio::task::spawn_blocking(move || svc.save_index()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "saving the index at shutdown failed; the next start reads those drawings")
+        }
+        Err(e) => tracing::warn!(error = %e, "saving the index at shutdown failed"),
+    }
     if let Err(e) = service.repo().flush() {
         tracing::error!(error = %e, "flush at shutdown failed");
     }
     Ok(())
+}
+
+/// Saves the index's changed entries every `every`, on a blocking thread,
+/// until the service is dropped.
+fn save_index_periodically(service: &Arc<Service>, every: Duration) {
+    let service = Arc::downgrade(service);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(svc) = service.upgrade() else { return };
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || svc.save_index()).await {
+                tracing::warn!(error = %e, "saving the index failed; retried at the next tick");
+            }
+        }
+    });
 }

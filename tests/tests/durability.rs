@@ -116,3 +116,51 @@ fn graceful_shutdown_keeps_everything() {
     assert_eq!(c["milestones"][0]["completed"], json!(true));
     assert_eq!(c["completion_percent"], json!(40.0));
 }
+
+/// A graceful stop saves the project index; after the next start a write,
+/// then a SIGKILL (which saves nothing), must still show in listings once
+/// the daemon is back: a saved entry is used only while its drawing's
+/// document is unchanged since the save.
+#[test]
+fn a_write_after_the_index_was_saved_lists_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("daemon");
+    let mut daemon = Daemon::start(&data, &[]);
+    let s = seed(&daemon);
+    let listing = format!("/v1/projects/{}/components?status=in_progress", s.project);
+    let in_progress = |d: &Daemon| {
+        let (status, page) = d.call("GET", &listing, None);
+        assert_eq!(status, 200, "{page}");
+        let mut ids: Vec<String> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = in_progress(&daemon);
+    assert!(!before.contains(&s.spool));
+    assert!(daemon.stop().success());
+
+    let mut daemon = Daemon::start(&data, &[]);
+    assert_eq!(in_progress(&daemon), before, "read back from the saved index");
+    let path = format!(
+        "/v1/projects/{}/components/{}/milestones/erect",
+        s.project, s.spool
+    );
+    assert_eq!(
+        daemon.call("PUT", &path, Some(&json!({"completed": true}))).0,
+        200
+    );
+    daemon.kill();
+
+    let daemon = Daemon::start(&data, &[]);
+    let after = in_progress(&daemon);
+    assert!(
+        after.contains(&s.spool),
+        "the write after the save lists: {after:?}"
+    );
+    assert_eq!(after.len(), before.len() + 1);
+}

@@ -577,7 +577,8 @@ pub fn sync_flags(token: &str, relay: &Relay) -> Vec<String> {
 }
 
 /// The daemon restarts on its store: time until it serves, the first
-/// component query (which builds the project index), resident memory.
+/// component query (which builds the project index from its saved entries),
+/// resident memory.
 pub fn startup(
     data: &std::path::Path,
     args: &[String],
@@ -618,7 +619,7 @@ pub fn startup(
         .target(Stat::Value, 2000.0)
         .note("spawn until GET /v1/health answers"),
         Figure::ms("daemon", "first component query after start-up", &first)
-            .note("builds the project index from the documents"),
+            .note("builds the project index: saved entries, and documents changed since they were saved"),
         Figure::new("daemon", "resident memory after the first query", "MB", rss).target(Stat::Value, 300.0),
     ])
 }

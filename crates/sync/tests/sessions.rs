@@ -48,6 +48,11 @@ fn project(host: &RepoHost, pid: ProjectId, drawings: u128) -> Vec<DrawingId> {
     let dids: Vec<DrawingId> = (0..drawings)
         .map(|n| DrawingId(Uuid::from_u128(pid.0.as_u128() * 1000 + n + 1)))
         .collect();
+    project_with(host, pid, dids)
+}
+
+/// [`project`] with these drawing ids.
+fn project_with(host: &RepoHost, pid: ProjectId, dids: Vec<DrawingId>) -> Vec<DrawingId> {
     host.repo()
         .write(|tx| {
             let new = NewProject {
@@ -555,4 +560,22 @@ fn a_document_the_peer_never_answers_gives_its_slot_away_in_time() {
     let next = synced(&b.handle(&ping, NOW + STALL_MS, &hb));
     assert_eq!(next.len(), 2, "{next:?}");
     assert!(next.iter().all(|d| !first.contains(d)), "{first:?} then {next:?}");
+}
+
+/// A peer receiving a project syncs its project document first, whatever
+/// its place in the summary: a daemon indexes each drawing as it arrives
+/// only once it holds the project's drawing list.
+#[test]
+fn the_project_document_is_synced_before_its_drawings() {
+    let (ha, hb) = (host(), host());
+    // Its id sorts after its drawings', so the summary lists it last.
+    let pid = ProjectId::from_u128(u128::MAX);
+    project_with(&ha, pid, (1..=6).map(|n| DrawingId(Uuid::from_u128(n))).collect());
+    assert_eq!(ha.summary(pid.0).unwrap().last().map(|(d, _)| *d), Some(pid.0));
+    let (a, b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let (mut a, mut b) = (a.with_window(2), b.with_window(2));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    assert_eq!(t.synced_docs.first(), Some(&pid.0), "{:?}", t.synced_docs);
+    assert_eq!(hb.summary(pid.0).unwrap().len(), 7);
 }

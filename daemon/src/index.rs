@@ -230,9 +230,13 @@ impl ProjectIndex {
         for id in ids {
             if let Some(heads) = repo.heads(id.0)?
                 && let Some(views) = saved(repo, pid, id, heads)
+                && let Some(views) = saved_views(&views, id)
             {
-                for (c, packed) in views {
-                    index.put_packed(&c, packed);
+                for view in views {
+                    match view {
+                        SavedView::Packed(head, packed) => index.put_head(&head, packed.into()),
+                        SavedView::Whole(c, packed) => index.put_head(&Head::of(&c), packed.into()),
+                    };
                 }
                 built.saved += 1;
                 continue;
@@ -305,11 +309,12 @@ impl ProjectIndex {
     /// drawing is due for saving either way: its document's heads moved.
     pub fn put(&mut self, c: &Component) -> Option<Change> {
         self.unsaved.insert(c.drawing_id);
-        self.put_packed(c, pack(c))
+        self.put_head(&Head::of(c), pack(c))
     }
 
-    /// [`Self::put`] of a view already packed, leaving what is saved alone.
-    fn put_packed(&mut self, c: &Component, packed: Box<[u8]>) -> Option<Change> {
+    /// [`Self::put`] of a view's entry fields and its packed bytes,
+    /// leaving what is saved alone.
+    fn put_head(&mut self, c: &Head<'_>, packed: Box<[u8]>) -> Option<Change> {
         let change = match self.slot(c.id) {
             None => Change::Created,
             Some(old) if old.packed == packed => return None,
@@ -324,8 +329,8 @@ impl ProjectIndex {
         let slot = Slot {
             id: c.id,
             drawing_id: c.drawing_id,
-            tag: c.tag.as_str().into(),
-            kind: self.intern(&c.kind),
+            tag: c.tag.into(),
+            kind: self.intern(c.kind),
             status: c.status,
             deleted: c.deleted,
             completion_percent: c.completion_percent,
@@ -483,7 +488,7 @@ const SAVED_PREFIX: &str = "index/";
 /// format is ignored (its drawing is read from the document again), never
 /// decoded. `the_packed_view_format_is_pinned` fails when the packed bytes
 /// change, as a reminder.
-const SAVED_FORMAT: u32 = 1;
+const SAVED_FORMAT: u32 = 2;
 
 /// A decoded view is at most this large, so a record that is not what its
 /// format says (a missed bump) cannot make a length allocate the machine.
@@ -503,8 +508,8 @@ pub struct Unsaved {
 
 impl Unsaved {
     /// The metadata record: the format (4 bytes, little-endian), then,
-    /// deflated, the head count and the sorted heads, then each packed view
-    /// after its length. Deflate: views repeat their ids, template and
+    /// deflated, the head count and the sorted heads, the view count, then
+    /// each packed view after its length. Deflate: views repeat their ids, template and
     /// milestone names, and 100,000 of them take ~50 MB packed.
     pub fn record(&self) -> (String, Vec<u8>) {
         let mut heads = self.heads.clone();
@@ -515,6 +520,7 @@ impl Unsaved {
         for h in &heads {
             raw.extend_from_slice(&h.0);
         }
+        raw.extend_from_slice(&(self.views.len() as u32).to_le_bytes());
         for v in &self.views {
             raw.extend_from_slice(&(v.len() as u32).to_le_bytes());
             raw.extend_from_slice(v);
@@ -531,16 +537,11 @@ impl Unsaved {
     }
 }
 
-/// The views of a drawing's saved record, if it holds exactly the
-/// document's `heads` in this format and every view reads back as one of
-/// that drawing's. Anything else (no record, stale, damaged, another
+/// The packed views of a drawing's saved record (still to read with
+/// [`saved_views`]), if the record holds exactly the document's `heads`
+/// in this format. Anything else (no record, stale, damaged, another
 /// format) is `None`: the caller reads the document, the truth.
-fn saved(
-    repo: &Repo,
-    pid: ProjectId,
-    did: DrawingId,
-    mut heads: Vec<ChangeHash>,
-) -> Option<Vec<(Component, Box<[u8]>)>> {
+fn saved(repo: &Repo, pid: ProjectId, did: DrawingId, mut heads: Vec<ChangeHash>) -> Option<Vec<u8>> {
     let record = match repo.store().get_meta(&saved_name(pid, did)) {
         Ok(record) => record?,
         Err(e) => {
@@ -549,10 +550,11 @@ fn saved(
         }
     };
     heads.sort();
-    decode_saved(&record, did, &heads)
+    open_saved(&record, &heads)
 }
 
-fn decode_saved(record: &[u8], did: DrawingId, heads: &[ChangeHash]) -> Option<Vec<(Component, Box<[u8]>)>> {
+/// [`saved`] of a record in hand.
+fn open_saved(record: &[u8], heads: &[ChangeHash]) -> Option<Vec<u8>> {
     let (format, deflated) = record.split_first_chunk::<4>()?;
     if u32::from_le_bytes(*format) != SAVED_FORMAT {
         return None;
@@ -561,25 +563,133 @@ fn decode_saved(record: &[u8], did: DrawingId, heads: &[ChangeHash]) -> Option<V
     flate2::read::DeflateDecoder::new(deflated)
         .read_to_end(&mut raw)
         .ok()?;
-    let mut rest = raw.as_slice();
-    let mut take = |n: usize| -> Option<&[u8]> {
-        let (head, tail) = rest.split_at_checked(n)?;
-        rest = tail;
-        Some(head)
-    };
-    let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-    if count != heads.len() || heads.iter().any(|h| take(32) != Some(&h.0[..])) {
+    let (count, rest) = raw.split_first_chunk::<4>()?;
+    let count = u32::from_le_bytes(*count) as usize;
+    let saved_heads = rest.get(..32 * count)?;
+    if count != heads.len()
+        || saved_heads
+            .chunks_exact(32)
+            .zip(heads)
+            .any(|(saved, h)| saved != h.0)
+    {
         return None;
     }
-    let mut views = Vec::new();
-    while let Some(len) = take(4) {
-        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-        let packed = take(len)?;
-        let limited = bincode::config::standard().with_limit::<SAVED_VIEW_LIMIT>();
-        let c = decode(packed, limited).filter(|c| c.drawing_id == did)?;
-        views.push((c, Box::from(packed)));
+    raw.drain(..4 + 32 * count);
+    Some(raw)
+}
+
+/// One view of a saved record: its entry fields read straight from its
+/// packed bytes, or (a view packed as JSON, with a conflict) decoded whole.
+enum SavedView<'r> {
+    Packed(Head<'r>, &'r [u8]),
+    Whole(Component, &'r [u8]),
+}
+
+/// The views in `packed` (a record's views, as [`saved`] gives them), if
+/// every one reads back as one of drawing `did`'s; all or nothing, so a
+/// damaged record never leaves part of itself in the index.
+fn saved_views(packed: &[u8], did: DrawingId) -> Option<Vec<SavedView<'_>>> {
+    let (count, mut packed) = packed.split_first_chunk::<4>()?;
+    let count = u32::from_le_bytes(*count) as usize;
+    let mut views = Vec::with_capacity(count.min(4096));
+    while let Some((len, rest)) = packed.split_first_chunk::<4>() {
+        let (view, rest) = rest.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+        packed = rest;
+        let view = match view.split_first()? {
+            (0, bincode) => SavedView::Packed(Head::read_packed(bincode)?, view),
+            _ => SavedView::Whole(decode(view, bincode::config::standard())?, view),
+        };
+        let drawing = match &view {
+            SavedView::Packed(head, _) => head.drawing_id,
+            SavedView::Whole(c, _) => c.drawing_id,
+        };
+        if drawing != did {
+            return None;
+        }
+        views.push(view);
     }
-    Some(views)
+    (packed.is_empty() && views.len() == count).then_some(views)
+}
+
+/// What an entry keeps of a view, borrowed from the view or from its
+/// packed bytes.
+#[derive(Debug, PartialEq)]
+struct Head<'a> {
+    id: ComponentId,
+    drawing_id: DrawingId,
+    tag: &'a str,
+    kind: &'a str,
+    status: Status,
+    deleted: bool,
+    completion_percent: f64,
+    budget_hours: Option<f64>,
+    updated_at: Timestamp,
+    attributes: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Head<'a> {
+    fn of(c: &'a Component) -> Self {
+        Self {
+            id: c.id,
+            drawing_id: c.drawing_id,
+            tag: &c.tag,
+            kind: &c.kind,
+            status: c.status,
+            deleted: c.deleted,
+            completion_percent: c.completion_percent,
+            budget_hours: c.budget_hours,
+            updated_at: c.updated_at,
+            attributes: c
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+        }
+    }
+
+    /// Reads the fields from a view packed with bincode (after [`pack`]'s
+    /// tag byte) without decoding the rest: a start reads 100,000 saved
+    /// views, and decoding each whole (milestones, a dozen strings) was
+    /// most of its time, in malloc and free.
+    fn read_packed(bincode: &'a [u8]) -> Option<Self> {
+        /// [`Component`]'s fields in order up to `updated_at` (bincode is
+        /// positional), strings borrowed from the bytes.
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)] // Some fields are read only to skip them.
+        struct Prefix<'a> {
+            id: ComponentId,
+            project_id: ProjectId,
+            drawing_id: DrawingId,
+            tag: &'a str,
+            kind: &'a str,
+            template_id: sitesync_model::TemplateId,
+            workflow_type: sitesync_model::WorkflowType,
+            quantity_total: Option<f64>,
+            unit: Option<&'a str>,
+            budget_hours: Option<f64>,
+            #[serde(borrow)]
+            attributes: Vec<(&'a str, &'a str)>,
+            completion_percent: f64,
+            status: Status,
+            deleted: bool,
+            created_at: &'a str,
+            updated_at: Timestamp,
+        }
+        let limited = bincode::config::standard().with_limit::<SAVED_VIEW_LIMIT>();
+        let (p, _): (Prefix<'a>, usize) = bincode::serde::borrow_decode_from_slice(bincode, limited).ok()?;
+        Some(Self {
+            id: p.id,
+            drawing_id: p.drawing_id,
+            tag: p.tag,
+            kind: p.kind,
+            status: p.status,
+            deleted: p.deleted,
+            completion_percent: p.completion_percent,
+            budget_hours: p.budget_hours,
+            updated_at: p.updated_at,
+            attributes: p.attributes,
+        })
+    }
 }
 
 /// Filters and order of a component listing.
@@ -814,7 +924,7 @@ mod tests {
         assert_eq!(
             (SAVED_FORMAT, hex.as_str()),
             (
-                1,
+                2,
                 concat!(
                     "00100000000000000000000000000000000110000000000000000000000000000000011000000000",
                     "00000000000000000000000105542d3030310573706f6f6c10000000000000000000000000000000",
@@ -829,6 +939,41 @@ mod tests {
         );
     }
 
+    /// A saved record's views read back whole, as a start puts them.
+    fn decode_saved(record: &[u8], did: DrawingId, heads: &[ChangeHash]) -> Option<Vec<Component>> {
+        let raw = open_saved(record, heads)?;
+        let views = saved_views(&raw, did)?;
+        Some(
+            views
+                .into_iter()
+                .map(|v| match v {
+                    SavedView::Packed(head, packed) => {
+                        let c = unpack(packed);
+                        assert_eq!(head, Head::of(&c), "the head read from the bytes is the view's");
+                        c
+                    }
+                    SavedView::Whole(c, packed) => {
+                        assert_eq!(packed, &*pack(&c));
+                        c
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// An entry's fields read straight from a packed view are the view's,
+    /// every optional field set or not.
+    #[test]
+    fn a_packed_views_head_is_its_entry_fields() {
+        let mut bare = component(7, 2, 0.0, 0.0, true);
+        bare.budget_hours = None;
+        for c in [full_view(), bare] {
+            let packed = pack(&c);
+            assert_eq!(packed[0], 0, "packed with bincode");
+            assert_eq!(Head::read_packed(&packed[1..]), Some(Head::of(&c)));
+        }
+    }
+
     /// A record reads back at exactly the heads it was saved with, and is
     /// ignored otherwise: other heads, another format, cut
     /// short, or views of another drawing.
@@ -838,7 +983,15 @@ mod tests {
         let heads = vec![ChangeHash([7; 32]), ChangeHash([3; 32])];
         let mut second = component(2, 1, 1.0, 0.0, true);
         second.kind = "weld".into();
-        let views = [full_view(), second];
+        let mut conflicted = component(3, 1, 1.0, 25.0, false);
+        conflicted.milestones = full_view().milestones;
+        conflicted.milestones[0].conflicts = vec![sitesync_model::drawing::ConflictView {
+            value: serde_json::json!({"completed": false}),
+            updated_by: "bob".into(),
+            updated_at: sitesync_model::Timestamp(2),
+            device_id: sitesync_model::DeviceId::from_u128(6),
+        }];
+        let views = [full_view(), second, conflicted];
         let unsaved = |drawing: DrawingId, views: &[Component]| Unsaved {
             project: ProjectId::from_u128(1),
             drawing,
@@ -852,8 +1005,7 @@ mod tests {
         let mut sorted = heads.clone();
         sorted.sort();
         let read = decode_saved(&record, did, &sorted).expect("read back at its heads");
-        assert_eq!(read.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>(), views);
-        assert!(read.iter().zip(&views).all(|((_, packed), c)| *packed == pack(c)));
+        assert_eq!(read, views);
 
         assert!(decode_saved(&record, did, &sorted[..1]).is_none(), "fewer heads");
         assert!(
@@ -871,6 +1023,10 @@ mod tests {
             "cut short"
         );
         assert!(decode_saved(&record[..3], did, &sorted).is_none(), "no format");
+        let (_, first_two) = unsaved(did, &views[..2]).record();
+        let mut raw = open_saved(&first_two, &sorted).unwrap();
+        raw[..4].copy_from_slice(&3u32.to_le_bytes());
+        assert!(saved_views(&raw, did).is_none(), "a view short of its count");
         let (_, elsewhere) = unsaved(DrawingId::from_u128(2), &views).record();
         assert!(
             decode_saved(&elsewhere, DrawingId::from_u128(2), &sorted).is_none(),

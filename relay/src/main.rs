@@ -68,6 +68,18 @@ enum Command {
         /// How often to ping each device (latency, liveness, revocation).
         #[arg(long, default_value_t = 5000, value_name = "MS")]
         ping_interval_ms: u64,
+        /// Most documents (one per drawing, one per project) kept decoded
+        /// in memory, ~120 KB each for a drawing of 50 components; others
+        /// load from the store when a change arrives (2–3 ms each, on the
+        /// way to every device). Size it to the drawings devices work on.
+        #[arg(
+            long,
+            env = "SITESYNC_RELAY_MAX_CACHED_DOCUMENTS",
+            default_value_t = sitesync_relay::DEFAULT_MAX_CACHED as u64,
+            value_name = "N",
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
+        max_cached_documents: u64,
     },
     /// Manage organisations.
     Org {
@@ -213,12 +225,14 @@ async fn main() -> anyhow::Result<()> {
             ping_interval_ms,
             tls_cert,
             tls_key,
+            max_cached_documents,
         } => {
             std::fs::create_dir_all(&data.data_dir)
                 .with_context(|| format!("creating {}", data.data_dir.display()))?;
             let ping_every = Duration::from_millis(ping_interval_ms.max(10));
             let config = RelayConfig {
                 max_connections,
+                max_cached: max_cached_documents as usize,
                 timing: LinkTiming {
                     ping_every,
                     idle_timeout: (ping_every * 6).max(Duration::from_secs(2)),

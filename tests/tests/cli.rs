@@ -61,18 +61,25 @@ fn settings_come_from_the_environment_too() {
 
 #[test]
 fn a_document_cache_of_zero_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(binary("sitesync-daemon"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0", "--max-cached-documents", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--max-cached-documents"), "{err}");
-    assert!(
-        !dir.path().join("api-token").exists(),
-        "nothing is created when refusing"
-    );
+    for (binary_name, command) in [("sitesync-daemon", &[][..]), ("sitesync-relay", &["serve"][..])] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(binary(binary_name))
+            .args(command)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--max-cached-documents", "0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{binary_name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("invalid value '0' for '--max-cached-documents"),
+            "{binary_name}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{binary_name} created nothing when refusing"
+        );
+    }
 }

@@ -1039,7 +1039,13 @@ impl Service {
                     if taken.len() >= BATCH {
                         break;
                     }
-                    taken.extend(index.take_unsaved(&self.repo, *pid, BATCH - taken.len())?);
+                    match index.take_unsaved(&self.repo, *pid, BATCH - taken.len()) {
+                        Ok(more) => taken.extend(more),
+                        Err(e) => {
+                            Self::give_back(&mut state, &taken);
+                            return Err(e);
+                        }
+                    }
                 }
                 taken
             };
@@ -1048,15 +1054,19 @@ impl Service {
             }
             let records: Vec<(String, Vec<u8>)> = taken.iter().map(|u| u.record()).collect();
             if let Err(e) = self.repo.store().put_metas(&records) {
-                let mut state = self.lock();
-                for u in &taken {
-                    if let Some(index) = state.index.get_mut(&u.project) {
-                        index.mark_unsaved(u.drawing);
-                    }
-                }
+                Self::give_back(&mut self.lock(), &taken);
                 return Err(e.into());
             }
             saved += taken.len();
+        }
+    }
+
+    /// Marks drawings taken for saving but not saved as due again.
+    fn give_back(state: &mut State, taken: &[crate::index::Unsaved]) {
+        for u in taken {
+            if let Some(index) = state.index.get_mut(&u.project) {
+                index.mark_unsaved(u.drawing);
+            }
         }
     }
 

@@ -124,15 +124,15 @@ fn pack(c: &Component) -> Box<[u8]> {
 /// Reads back what [`pack`] wrote in this process (never input from
 /// outside), so a failure is a bug, not a condition to handle.
 fn unpack(bytes: &[u8]) -> Component {
-    decode(bytes, bincode::config::standard()).expect("the index reads back what it packed")
+    decode(bytes).expect("the index reads back what it packed")
 }
 
-/// Reads back a packed view, `None` when the bytes are not exactly one
-/// (or, with a limit in `config`, claim more than it).
-fn decode(bytes: &[u8], config: impl bincode::config::Config) -> Option<Component> {
+/// Reads back a packed view, `None` when the bytes are not exactly one.
+fn decode(bytes: &[u8]) -> Option<Component> {
     match bytes.split_first()? {
         (0, rest) => {
-            let (c, read) = bincode::serde::decode_from_slice::<Component, _>(rest, config).ok()?;
+            let (c, read) =
+                bincode::serde::decode_from_slice::<Component, _>(rest, bincode::config::standard()).ok()?;
             (read == rest.len()).then_some(c)
         }
         (_, rest) => serde_json::from_slice(rest).ok(),
@@ -595,7 +595,7 @@ fn saved_views(packed: &[u8], did: DrawingId) -> Option<Vec<SavedView<'_>>> {
         packed = rest;
         let view = match view.split_first()? {
             (0, bincode) => SavedView::Packed(Head::read_packed(bincode)?, view),
-            _ => SavedView::Whole(decode(view, bincode::config::standard())?, view),
+            _ => SavedView::Whole(decode(view)?, view),
         };
         let drawing = match &view {
             SavedView::Packed(head, _) => head.drawing_id,
@@ -820,6 +820,22 @@ mod tests {
         }
     }
 
+    /// A done weld milestone with every optional field set.
+    fn milestone(conflicts: Vec<sitesync_model::drawing::ConflictView>) -> sitesync_model::MilestoneView {
+        sitesync_model::MilestoneView {
+            key: "weld".into(),
+            name: "Weld".into(),
+            weight: 50.0,
+            completed: Some(true),
+            percent: None,
+            quantity: Some(2.5),
+            updated_at: Some(sitesync_model::Timestamp(1_700_000_000_123)),
+            updated_by: Some("ann".into()),
+            device_id: Some(sitesync_model::DeviceId::from_u128(5)),
+            conflicts,
+        }
+    }
+
     fn empty() -> ProjectIndex {
         ProjectIndex {
             drawings: BTreeMap::new(),
@@ -837,19 +853,6 @@ mod tests {
     /// fields match it.
     #[test]
     fn a_view_reads_back_whole_from_its_packed_entry() {
-        let milestone =
-            |conflicts: Vec<sitesync_model::drawing::ConflictView>| sitesync_model::MilestoneView {
-                key: "weld".into(),
-                name: "Weld".into(),
-                weight: 50.0,
-                completed: Some(true),
-                percent: None,
-                quantity: Some(2.5),
-                updated_at: Some(sitesync_model::Timestamp(1_700_000_000_123)),
-                updated_by: Some("ann".into()),
-                device_id: Some(sitesync_model::DeviceId::from_u128(5)),
-                conflicts,
-            };
         let conflict = sitesync_model::drawing::ConflictView {
             value: serde_json::json!({"completed": false, "note": [1, "x"]}),
             updated_by: "bob".into(),
@@ -892,24 +895,13 @@ mod tests {
         );
     }
 
-    /// A view with every field set, as [`a_view_reads_back_whole_from_its_packed_entry`] builds.
+    /// A view with every field set.
     fn full_view() -> Component {
         let mut c = component(1, 1, 2.0, 50.0, false);
         c.attributes = BTreeMap::from([("area".into(), "U03".into())]);
         c.unit = Some("m".into());
         c.quantity_total = Some(12.0);
-        c.milestones = vec![sitesync_model::MilestoneView {
-            key: "weld".into(),
-            name: "Weld".into(),
-            weight: 50.0,
-            completed: Some(true),
-            percent: None,
-            quantity: Some(2.5),
-            updated_at: Some(sitesync_model::Timestamp(1_700_000_000_123)),
-            updated_by: Some("ann".into()),
-            device_id: Some(sitesync_model::DeviceId::from_u128(5)),
-            conflicts: Vec::new(),
-        }];
+        c.milestones = vec![milestone(Vec::new())];
         c
     }
 

@@ -1139,9 +1139,8 @@ mod tests {
         assert_eq!(host.summary(pid.0).unwrap().len(), 2);
     }
 
-    #[test]
-    fn the_history_index_matches_a_full_scan_as_writes_arrive() {
-        let svc = service();
+    /// A project with one discrete template of one milestone, `erect`.
+    fn project_with_template(svc: &Service) -> (ProjectView, Template) {
         let p = svc
             .create_project(
                 "ana",
@@ -1166,6 +1165,13 @@ mod tests {
                 },
             )
             .unwrap();
+        (p, t)
+    }
+
+    #[test]
+    fn the_history_index_matches_a_full_scan_as_writes_arrive() {
+        let svc = service();
+        let (p, t) = project_with_template(&svc);
         let d = svc
             .add_drawing(
                 "ana",
@@ -1212,30 +1218,7 @@ mod tests {
     fn a_restart_reads_saved_entries_and_rereads_drawings_changed_since() {
         let dir = tempfile::tempdir().unwrap();
         let svc = crate::open_service(dir.path(), 512).unwrap();
-        let p = svc
-            .create_project(
-                "ana",
-                NewProject {
-                    name: "P".into(),
-                    code: None,
-                },
-            )
-            .unwrap();
-        let t = svc
-            .add_template(
-                "ana",
-                p.id,
-                NewTemplate {
-                    name: "Spool".into(),
-                    workflow_type: WorkflowType::Discrete,
-                    milestones: vec![MilestoneDef {
-                        key: "erect".into(),
-                        name: "Erect".into(),
-                        weight: 1.0,
-                    }],
-                },
-            )
-            .unwrap();
+        let (p, t) = project_with_template(&svc);
         let mut components = Vec::new();
         for n in 0..3 {
             let d = svc

@@ -318,3 +318,32 @@ async fn upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Respo
         drop(permit);
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sitesync_sync::model::automerge::{ROOT, transaction::Transactable as _};
+
+    /// The relay's repository keeps at most `max_cached` documents decoded.
+    #[test]
+    fn the_relay_keeps_at_most_its_configured_documents_decoded() {
+        assert_eq!(RelayConfig::default().max_cached, DEFAULT_MAX_CACHED);
+        let dir = tempfile::tempdir().unwrap();
+        let config = RelayConfig {
+            max_cached: 2,
+            ..RelayConfig::default()
+        };
+        let relay = Relay::open(dir.path(), config).unwrap();
+        let repo = relay.host().repo();
+        for n in 0..5u128 {
+            repo.sync_doc(uuid::Uuid::from_u128(n + 1), None, |am| {
+                let mut tx = am.transaction();
+                tx.put(ROOT, "n", n as i64).unwrap();
+                tx.commit();
+                ((), Vec::new())
+            })
+            .unwrap();
+        }
+        assert_eq!(repo.loaded(), 2);
+    }
+}

@@ -641,6 +641,18 @@ pub struct Seeded {
     pub spool: String,
 }
 
+impl Seeded {
+    /// Completes the spool's `erect` milestone (40% of its credit).
+    pub fn erect_spool(&self, d: &Daemon) {
+        let path = format!(
+            "/v1/projects/{}/components/{}/milestones/erect",
+            self.project, self.spool
+        );
+        let (status, body) = d.call("PUT", &path, Some(&serde_json::json!({"completed": true})));
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 pub fn seed(d: &Daemon) -> Seeded {
     let project = ok(
         d.call(

@@ -12,11 +12,7 @@ fn a_damaged_record_is_reported_and_the_daemon_serves_the_rest() {
     let data = dir.path().join("d");
     let mut d = Daemon::start(&data, &[]);
     let s = seed(&d);
-    let path = format!(
-        "/v1/projects/{}/components/{}/milestones/erect",
-        s.project, s.spool
-    );
-    assert_eq!(d.call("PUT", &path, Some(&json!({"completed": true}))).0, 200);
+    s.erect_spool(&d);
     assert!(d.stop().success());
 
     // Flip a byte in the newest change record of the drawing document: the
@@ -60,5 +56,5 @@ fn a_damaged_record_is_reported_and_the_daemon_serves_the_rest() {
         "{health}"
     );
     // And it still takes writes.
-    assert_eq!(d.call("PUT", &path, Some(&json!({"completed": true}))).0, 200);
+    s.erect_spool(&d);
 }

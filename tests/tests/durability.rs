@@ -97,14 +97,7 @@ fn graceful_shutdown_keeps_everything() {
     let data = dir.path().join("daemon");
     let mut daemon = Daemon::start(&data, &[]);
     let s = seed(&daemon);
-    let path = format!(
-        "/v1/projects/{}/components/{}/milestones/erect",
-        s.project, s.spool
-    );
-    assert_eq!(
-        daemon.call("PUT", &path, Some(&json!({"completed": true}))).0,
-        200
-    );
+    s.erect_spool(&daemon);
     let status = daemon.stop();
     assert!(status.success(), "exit status {status}");
     let daemon = Daemon::start(&data, &[]);
@@ -146,14 +139,7 @@ fn a_write_after_the_index_was_saved_lists_after_sigkill() {
 
     let mut daemon = Daemon::start(&data, &[]);
     assert_eq!(in_progress(&daemon), before, "read back from the saved index");
-    let path = format!(
-        "/v1/projects/{}/components/{}/milestones/erect",
-        s.project, s.spool
-    );
-    assert_eq!(
-        daemon.call("PUT", &path, Some(&json!({"completed": true}))).0,
-        200
-    );
+    s.erect_spool(&daemon);
     daemon.kill();
 
     let daemon = Daemon::start(&data, &[]);

@@ -184,7 +184,19 @@ struct Cache {
     /// [`RepoConfig::compact_bytes`]), waiting for [`Repo::compact_due`]
     /// (when a compaction hook is installed). They stay due when evicted.
     due: HashSet<Uuid>,
+    /// Documents evicted with change records, kept decoded until
+    /// [`Repo::compact_due`] folds them (at most [`EVICTED_KEPT`]; they are
+    /// also in `due`). Saving a document already in memory is the cheap
+    /// moment to fold it: replaying its records on the next load cost
+    /// twice its snapshot's load (`perf` of the offline catch-up's receiving
+    /// daemon: a third of its CPU in applying stored change records). A
+    /// document asked for meanwhile comes back from here, not the store.
+    evicted: HashMap<Uuid, Slot>,
 }
+
+/// At most this many evicted documents wait for compaction in memory
+/// (~100–200 KB each); past it an evicted document is dropped as before.
+const EVICTED_KEPT: usize = 64;
 
 /// Tuning knobs; the defaults suit a laptop.
 #[derive(Clone, Copy, Debug)]
@@ -307,14 +319,27 @@ impl Repo {
                 // Only what is durable goes into the snapshot: a write whose
                 // records are not stored yet cannot be in the cache here
                 // (writes persist before they release the cache).
-                let cached = self.lock().slots.get(&id).map(|slot| {
-                    let c = Compaction {
-                        id,
-                        snapshot: slot.doc.automerge().save(),
-                        next_seq: slot.next_seq,
+                let cached = {
+                    let mut cache = self.lock();
+                    let fold = |slot: &Slot| {
+                        let c = Compaction {
+                            id,
+                            snapshot: slot.doc.automerge().save(),
+                            next_seq: slot.next_seq,
+                        };
+                        (c, slot.change_records, slot.change_bytes)
                     };
-                    (c, slot.change_records, slot.change_bytes)
-                });
+                    match cache.slots.get(&id) {
+                        Some(slot) => Some(fold(slot)),
+                        // Saved outside the lock: it is out of the cache
+                        // now, and a load meanwhile appends at or above
+                        // its `next_seq`, as below.
+                        None => cache.evicted.remove(&id).map(|slot| {
+                            drop(cache);
+                            fold(&slot)
+                        }),
+                    }
+                };
                 let (c, records, bytes) = match cached {
                     Some(c) => c,
                     // Every record below the loaded `next_seq` is in the
@@ -634,6 +659,13 @@ impl Repo {
     fn slot<'c>(&self, cache: &'c mut Cache, id: Uuid) -> Result<&'c mut Slot, RepoError> {
         cache.tick += 1;
         let tick = cache.tick;
+        if !cache.slots.contains_key(&id)
+            && let Some(slot) = cache.evicted.remove(&id)
+        {
+            // Still durable as evicted: every write goes through a slot.
+            // It stays due; compaction then folds it from here.
+            cache.slots.insert(id, slot);
+        }
         if !cache.slots.contains_key(&id) {
             let loaded = self
                 .store
@@ -669,14 +701,30 @@ impl Repo {
         }
         let mut by_age: Vec<(u64, Uuid)> = cache.slots.iter().map(|(id, s)| (s.last_used, *id)).collect();
         by_age.sort_unstable();
+        let compacting_later = self.on_compaction_due.get();
+        let mut queued = false;
         for (_, id) in by_age.into_iter().take(excess) {
-            cache.slots.remove(&id);
+            let Some(slot) = cache.slots.remove(&id) else {
+                continue;
+            };
+            if slot.change_records > 0 && compacting_later.is_some() && cache.evicted.len() < EVICTED_KEPT {
+                cache.due.insert(id);
+                cache.evicted.insert(id, slot);
+                queued = true;
+            }
+        }
+        if queued && let Some(hook) = compacting_later {
+            hook();
         }
     }
 
-    /// Drops every cached document (e.g. when idle); they reload on demand.
+    /// Drops every cached document (e.g. when idle), and those waiting for
+    /// compaction; they reload on demand, and due ones are compacted from
+    /// the store.
     pub fn evict_all(&self) {
-        self.lock().slots.clear();
+        let mut cache = self.lock();
+        cache.slots.clear();
+        cache.evicted.clear();
     }
 
     /// How many documents are in memory now.
@@ -964,11 +1012,11 @@ mod tests {
     }
 
     /// A new document is stored whole; a document whose change records are
-    /// large is due however few they are, and one evicted before
-    /// `compact_due` runs is compacted from the store (an import or a clone
-    /// evicts documents long before the background task gets to them).
+    /// large is due however few they are, and one dropped from memory
+    /// before `compact_due` runs is compacted from the store (an import or a
+    /// clone evicts documents faster than the background task folds them).
     #[test]
-    fn large_records_are_due_and_an_evicted_document_is_still_compacted() {
+    fn large_records_are_due_and_a_dropped_document_is_still_compacted() {
         let config = RepoConfig {
             compact_at: 1000,
             compact_bytes: 1,
@@ -1013,8 +1061,9 @@ mod tests {
         })
         .unwrap();
         assert_eq!(repo.loaded(), 1);
-        assert_eq!(repo.compact_due().unwrap(), 1, "P, evicted");
-        assert_eq!(records(&repo, P), 0, "the evicted document was compacted");
+        repo.evict_all();
+        assert_eq!(repo.compact_due().unwrap(), 1, "P, from the store");
+        assert_eq!(records(&repo, P), 0, "the dropped document was compacted");
         rename(&repo, 4);
         repo.lock().slots.clear();
         let name = repo.read_project(P, |p| p.info().unwrap().name).unwrap();
@@ -1022,6 +1071,80 @@ mod tests {
             name, "Plant 4",
             "nothing lost through the compaction from the store"
         );
+    }
+
+    /// A document evicted with a change record, far below both compaction
+    /// thresholds, is due: it waits decoded, comes back from there when
+    /// asked for, and is folded with whatever was written to it since.
+    #[test]
+    fn an_evicted_document_with_change_records_is_folded_from_memory() {
+        let config = RepoConfig {
+            compact_at: 1000,
+            compact_bytes: 1 << 30,
+            max_cached: 1,
+            typed: true,
+        };
+        let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = told.clone();
+        repo.set_compaction_hook(Box::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let records = |repo: &Repo, id: ProjectId| {
+            repo.store
+                .load(id.0, ActorId::random())
+                .unwrap()
+                .unwrap()
+                .change_records
+        };
+        let other = ProjectId::from_u128(2);
+        let create_other = |repo: &Repo| {
+            repo.write(|tx| {
+                let new = NewProject {
+                    name: "Other".into(),
+                    code: None,
+                };
+                let doc = ProjectDoc::create(other, &new, &ctx(3), tx.actor())?;
+                tx.insert(other.0, Doc::Project(doc));
+                Ok(())
+            })
+            .unwrap()
+        };
+        create(&repo);
+        rename(&repo, 2);
+        assert_eq!(records(&repo, P), 1);
+        assert_eq!(
+            told.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "not due by size or count"
+        );
+        create_other(&repo);
+        assert!(repo.lock().evicted.contains_key(&P.0), "P waits, decoded");
+        assert_eq!(
+            told.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the hook was told"
+        );
+
+        // Asked for while waiting: back from memory, still due.
+        rename(&repo, 4);
+        assert!(repo.lock().slots.contains_key(&P.0));
+        assert!(repo.lock().due.contains(&P.0));
+        assert_eq!(records(&repo, P), 2);
+        assert_eq!(repo.compact_due().unwrap(), 1);
+        assert_eq!(records(&repo, P), 0, "both records folded");
+
+        // Evicted (by reading the other document) and folded from the
+        // queue; the other, with no change records, is not queued.
+        rename(&repo, 5);
+        repo.read_project(other, |_| ()).unwrap();
+        assert_eq!(repo.lock().evicted.keys().collect::<Vec<_>>(), [&P.0]);
+        assert_eq!(repo.compact_due().unwrap(), 1);
+        assert!(repo.lock().evicted.is_empty());
+        assert_eq!(records(&repo, P), 0);
+        repo.evict_all();
+        let name = repo.read_project(P, |p| p.info().unwrap().name).unwrap();
+        assert_eq!(name, "Plant 5", "nothing lost through the folds");
     }
 
     #[test]

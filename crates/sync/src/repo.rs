@@ -727,7 +727,8 @@ impl Repo {
         cache.evicted.clear();
     }
 
-    /// How many documents are in memory now.
+    /// How many documents the cache holds decoded now (not counting the
+    /// at most 64 evicted ones waiting for compaction, `EVICTED_KEPT`).
     pub fn loaded(&self) -> usize {
         self.lock().slots.len()
     }
@@ -909,16 +910,43 @@ mod tests {
     }
 
     fn create(repo: &Repo) {
+        create_project(repo, P, "Plant", 1);
+    }
+
+    /// A second project, to push P out of a one-document cache.
+    const OTHER: ProjectId = ProjectId::from_u128(2);
+
+    fn create_project(repo: &Repo, id: ProjectId, name: &str, n: u128) {
         repo.write(|tx| {
             let new = NewProject {
-                name: "Plant".into(),
+                name: name.into(),
                 code: None,
             };
-            let doc = ProjectDoc::create(P, &new, &ctx(1), tx.actor())?;
-            tx.insert(P.0, Doc::Project(doc));
+            let doc = ProjectDoc::create(id, &new, &ctx(n), tx.actor())?;
+            tx.insert(id.0, Doc::Project(doc));
             Ok(())
         })
         .unwrap();
+    }
+
+    /// A repository in memory with a compaction hook that counts its calls.
+    fn with_counting_hook(config: RepoConfig) -> (Repo, Arc<std::sync::atomic::AtomicUsize>) {
+        let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = told.clone();
+        repo.set_compaction_hook(Box::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        (repo, told)
+    }
+
+    /// Change records stored after `id`'s snapshot.
+    fn records(repo: &Repo, id: ProjectId) -> usize {
+        repo.store
+            .load(id.0, ActorId::random())
+            .unwrap()
+            .unwrap()
+            .change_records
     }
 
     fn rename(repo: &Repo, n: u128) {
@@ -975,25 +1003,13 @@ mod tests {
             typed: true,
             ..RepoConfig::default()
         };
-        let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
-        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = told.clone();
-        repo.set_compaction_hook(Box::new(move || {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }));
-        let records = |repo: &Repo| {
-            repo.store
-                .load(P.0, ActorId::random())
-                .unwrap()
-                .unwrap()
-                .change_records
-        };
+        let (repo, told) = with_counting_hook(config);
         create(&repo);
         for n in 2..=6 {
             rename(&repo, n);
         }
         assert_eq!(
-            records(&repo),
+            records(&repo, P),
             5,
             "no write compacted inline (the creation is the snapshot)"
         );
@@ -1002,10 +1018,10 @@ mod tests {
             "the hook was told"
         );
         assert_eq!(repo.compact_due().unwrap(), 1);
-        assert_eq!(records(&repo), 0, "folded into the snapshot");
+        assert_eq!(records(&repo, P), 0, "folded into the snapshot");
         assert_eq!(repo.compact_due().unwrap(), 0, "nothing is due twice");
         rename(&repo, 7);
-        assert_eq!(records(&repo), 1);
+        assert_eq!(records(&repo, P), 1);
         repo.lock().slots.clear(); // read back from the store
         let name = repo.read_project(P, |p| p.info().unwrap().name).unwrap();
         assert_eq!(name, "Plant 7", "the snapshot and the later record load together");
@@ -1023,19 +1039,7 @@ mod tests {
             max_cached: 1,
             typed: true,
         };
-        let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
-        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = told.clone();
-        repo.set_compaction_hook(Box::new(move || {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }));
-        let records = |repo: &Repo, id: ProjectId| {
-            repo.store
-                .load(id.0, ActorId::random())
-                .unwrap()
-                .unwrap()
-                .change_records
-        };
+        let (repo, told) = with_counting_hook(config);
         create(&repo);
         assert_eq!(
             records(&repo, P),
@@ -1049,17 +1053,7 @@ mod tests {
             "the hook was told"
         );
         // Another document pushes P out of the one-document cache.
-        let other = ProjectId::from_u128(2);
-        repo.write(|tx| {
-            let new = NewProject {
-                name: "Other".into(),
-                code: None,
-            };
-            let doc = ProjectDoc::create(other, &new, &ctx(3), tx.actor())?;
-            tx.insert(other.0, Doc::Project(doc));
-            Ok(())
-        })
-        .unwrap();
+        create_project(&repo, OTHER, "Other", 3);
         assert_eq!(repo.loaded(), 1);
         repo.evict_all();
         assert_eq!(repo.compact_due().unwrap(), 1, "P, from the store");
@@ -1084,32 +1078,7 @@ mod tests {
             max_cached: 1,
             typed: true,
         };
-        let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
-        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = told.clone();
-        repo.set_compaction_hook(Box::new(move || {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }));
-        let records = |repo: &Repo, id: ProjectId| {
-            repo.store
-                .load(id.0, ActorId::random())
-                .unwrap()
-                .unwrap()
-                .change_records
-        };
-        let other = ProjectId::from_u128(2);
-        let create_other = |repo: &Repo| {
-            repo.write(|tx| {
-                let new = NewProject {
-                    name: "Other".into(),
-                    code: None,
-                };
-                let doc = ProjectDoc::create(other, &new, &ctx(3), tx.actor())?;
-                tx.insert(other.0, Doc::Project(doc));
-                Ok(())
-            })
-            .unwrap()
-        };
+        let (repo, told) = with_counting_hook(config);
         create(&repo);
         rename(&repo, 2);
         assert_eq!(records(&repo, P), 1);
@@ -1118,7 +1087,7 @@ mod tests {
             0,
             "not due by size or count"
         );
-        create_other(&repo);
+        create_project(&repo, OTHER, "Other", 3);
         assert!(repo.lock().evicted.contains_key(&P.0), "P waits, decoded");
         assert_eq!(
             told.load(std::sync::atomic::Ordering::SeqCst),
@@ -1137,7 +1106,7 @@ mod tests {
         // Evicted (by reading the other document) and folded from the
         // queue; the other, with no change records, is not queued.
         rename(&repo, 5);
-        repo.read_project(other, |_| ()).unwrap();
+        repo.read_project(OTHER, |_| ()).unwrap();
         assert_eq!(repo.lock().evicted.keys().collect::<Vec<_>>(), [&P.0]);
         assert_eq!(repo.compact_due().unwrap(), 1);
         assert!(repo.lock().evicted.is_empty());

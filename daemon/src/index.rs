@@ -388,22 +388,31 @@ impl ProjectIndex {
 
     /// Takes up to `max` drawings due for saving, each with its document's
     /// heads and its entries as they are now. The caller holds the lock
-    /// that orders writes, so heads and entries match; it encodes and
-    /// writes the records after releasing it, and gives back with
-    /// [`Self::mark_unsaved`] what it failed to write.
+    /// that orders writes, so heads and entries match, except for a
+    /// document `unindexed` names (another device's changes applied but not
+    /// yet indexed), which stays due; `unindexed` is asked after the heads
+    /// are read, so an apply that starts in between is caught. The caller
+    /// encodes and writes the records after releasing the lock, and gives
+    /// back with [`Self::mark_unsaved`] what it failed to write.
     pub fn take_unsaved(
         &mut self,
         repo: &Repo,
         pid: ProjectId,
         max: usize,
+        unindexed: &dyn Fn(DrawingId) -> bool,
     ) -> Result<Vec<Unsaved>, RepoError> {
         let taken: Vec<DrawingId> = self.unsaved.iter().take(max).copied().collect();
         let mut out = Vec::with_capacity(taken.len());
+        let mut kept = Vec::new();
         for &did in &taken {
             // Not held here (listed before it arrived): nothing to save.
             let Some(heads) = repo.heads(did.0)? else {
                 continue;
             };
+            if unindexed(did) {
+                kept.push(did);
+                continue;
+            }
             let views = self.members.get(&did).map_or_else(Vec::new, |m| {
                 m.positions
                     .iter()
@@ -418,7 +427,7 @@ impl ProjectIndex {
             });
         }
         // Only once all were taken: on an error above, every one stays due.
-        for did in &taken {
+        for did in taken.iter().filter(|d| !kept.contains(d)) {
             self.unsaved.remove(did);
         }
         Ok(out)

@@ -295,6 +295,8 @@ impl Replication {
             tls,
             next_connection: AtomicU64::new(1),
         });
+        // Changes applied here are indexed on their own thread.
+        repl.service.start_indexer();
         let weak = Arc::downgrade(&repl);
         repl.service.repo().set_persist_hook(Box::new(move |persisted| {
             if let Some(repl) = weak.upgrade() {

@@ -160,7 +160,7 @@ fn main() -> anyhow::Result<()> {
             }
         };
     attempt("HTTP writes on A", &mut figures, &mut || {
-        scenarios::writes(&a.client(), &project, &sizes)
+        scenarios::writes(&a.client(), &b.client(), &project, &sizes)
     });
     attempt("component queries on A", &mut figures, &mut || {
         Ok(vec![scenarios::queries(&a.client(), &project, &sizes)?])

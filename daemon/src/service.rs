@@ -1319,40 +1319,24 @@ mod tests {
     #[test]
     fn the_history_index_matches_a_full_scan_as_writes_arrive() {
         let svc = service();
-        let (p, t) = project_with_template(&svc);
-        let d = svc
-            .add_drawing(
-                "ana",
-                p.id,
-                NewDrawing {
-                    number: "D1".into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        let new = NewComponent {
-            tag: "C1".into(),
-            kind: "spool".into(),
-            template_id: Some(t.id),
-            ..Default::default()
-        };
-        let c = svc.add_component("ana", p.id, d.info.id, new).unwrap();
+        let (pid, did, ids) = drawing_with_components(&svc, 1);
+        let cid = ids[0];
         let full = |svc: &Service| {
             svc.repo()
-                .read_drawing(d.info.id, |doc| component_history(doc.automerge(), c.id).unwrap())
+                .read_drawing(did, |doc| component_history(doc.automerge(), cid).unwrap())
                 .unwrap()
         };
-        assert_eq!(svc.history(p.id, c.id).unwrap(), full(&svc));
+        assert_eq!(svc.history(pid, cid).unwrap(), full(&svc));
         for (i, done) in [true, false, true].into_iter().enumerate() {
             let u = MilestoneUpdate {
-                component_id: c.id,
+                component_id: cid,
                 milestone: "erect".into(),
                 value: MilestoneValue::Completed(done),
                 effective_date: None,
             };
-            svc.update_milestone(if i % 2 == 0 { "ana" } else { "ben" }, p.id, u, None)
+            svc.update_milestone(if i % 2 == 0 { "ana" } else { "ben" }, pid, u, None)
                 .unwrap();
-            let h = svc.history(p.id, c.id).unwrap();
+            let h = svc.history(pid, cid).unwrap();
             assert_eq!(h, full(&svc), "after write {i}");
             assert_eq!(h.len(), i + 2);
         }
@@ -1451,8 +1435,17 @@ mod tests {
     /// A project on `a` with one drawing of `n` components, each with the
     /// one milestone `erect`; received whole by `b`.
     fn shared_drawing(a: &Service, b: &Service, n: usize) -> (ProjectId, DrawingId, Vec<ComponentId>) {
-        let (p, t) = project_with_template(a);
-        let d = a
+        let (pid, did, ids) = drawing_with_components(a, n);
+        receive(a, b, pid, pid.0, || {});
+        receive(a, b, pid, did.0, || {});
+        (pid, did, ids)
+    }
+
+    /// A project on `svc` with one drawing, `D1`, of `n` components `C0`…,
+    /// each of 2 budget hours and the one milestone `erect`.
+    fn drawing_with_components(svc: &Service, n: usize) -> (ProjectId, DrawingId, Vec<ComponentId>) {
+        let (p, t) = project_with_template(svc);
+        let d = svc
             .add_drawing(
                 "ana",
                 p.id,
@@ -1471,11 +1464,9 @@ mod tests {
                     budget_hours: Some(2.0),
                     ..Default::default()
                 };
-                a.add_component("ana", p.id, d.info.id, new).unwrap().id
+                svc.add_component("ana", p.id, d.info.id, new).unwrap().id
             })
             .collect();
-        receive(a, b, p.id, p.id.0, || {});
-        receive(a, b, p.id, d.info.id.0, || {});
         (p.id, d.info.id, ids)
     }
 

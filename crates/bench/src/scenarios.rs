@@ -138,10 +138,10 @@ pub fn put_toggle(c: &Client, p: &Project, ids: &[&str], k: usize, key: &str) ->
 
 /// Single milestone updates and bulk updates over HTTP, each acknowledged
 /// only once durable. Each bulk of 10,000 starts once the previous one has
-/// reached the relay and B: its 500 drawings' sync, still running
-/// otherwise, shares the two cores with the next round (and since session
-/// 16 no longer waits behind a bulk on A's service lock), which times
-/// this machine's three processes, not a daemon's write.
+/// reached the relay and B: otherwise the sync of its 500 drawings (which
+/// A's connection carries on while a bulk runs) shares the two cores with
+/// the next round, and the figure times three processes on one machine
+/// rather than a daemon's write.
 pub fn writes(a: &Client, b: &Client, p: &Project, s: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let spools = p.of_kind(Kind::Spool);
     let welds = p.of_kind(Kind::Weld);

@@ -24,7 +24,7 @@ use sitesync_model::{
     BulkOptions, Component, ComponentId, ComponentPatch, DeviceId, DrawingDoc, DrawingId, DrawingInfo,
     DrawingPatch, GroupBy, HistoryEntry, MilestoneUpdate, ModelError, NewComponent, NewDrawing, NewProject,
     NewTemplate, OperationId, OperationInfo, OperationKind, Progress, ProjectDoc, ProjectId, ProjectPatch,
-    Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk,
+    Spread, Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk,
 };
 use sitesync_sync::host::{RepoHost, binding_records, project_record};
 use sitesync_sync::session::{Host as _, HostError};
@@ -594,10 +594,12 @@ impl Service {
             for (did, cid) in touched {
                 by_drawing.entry(*did).or_default().push(*cid);
             }
+            let fresh = self
+                .repo
+                .read_drawings(by_drawing.into_iter().collect(), |d, cids| d.components_of(&cids))?;
             let mut changed = false;
-            for (did, cids) in by_drawing {
-                let fresh = self.repo.read_drawing(did, |d| d.components_of(&cids))??;
-                changed |= self.absorb(index, pid, fresh, origin);
+            for fresh in fresh {
+                changed |= self.absorb(index, pid, fresh?, origin);
             }
             if changed {
                 self.publish_progress(index, pid);
@@ -967,7 +969,13 @@ impl Service {
         let ctx = self.ctx(user, OperationKind::BulkUpdate).with_reason(reason);
         let outcome = self.repo.write(|tx| {
             let mut docs = tx.drawings(&drawings)?;
-            Ok(apply_bulk(&mut docs, &updates, &options, &ctx)?)
+            Ok(apply_bulk(
+                &mut docs,
+                &updates,
+                &options,
+                &ctx,
+                &self.repo.workers(),
+            )?)
         })?;
         if outcome.applied > 0 {
             self.refresh_components(&mut state, pid, &touched, "local")?;
@@ -1052,12 +1060,21 @@ impl Service {
                 tx.insert(did.0, Doc::Drawing(doc));
                 self.bind(tx, pid, did.0);
             }
-            for (did, planned) in &batch.writes {
+            // Each drawing's rows are one commit of its own document, so
+            // the drawings are written side by side.
+            let dids: Vec<DrawingId> = batch.writes.keys().copied().collect();
+            let docs = tx.drawings(&dids)?;
+            let session = &*session;
+            let work: Vec<_> = docs.into_iter().zip(&batch.writes).collect();
+            let written = self.repo.workers().map(work, |(doc, (_, planned))| {
                 let rows: Vec<_> = planned
                     .iter()
                     .map(|p| (p.id, &p.plan, session.template(p.template)))
                     .collect();
-                tx.drawing(*did)?.apply_import(&ctx, &rows)?;
+                doc.apply_import(&ctx, &rows)
+            });
+            for w in written {
+                w?;
             }
             Ok(())
         });

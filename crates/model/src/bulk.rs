@@ -95,17 +95,48 @@ impl BulkOutcome {
     }
 }
 
+/// How a batch's independent per-document work is run: [`InOrder`] here
+/// and in tests, on threads in the daemon (`sitesync_sync::workers`). The
+/// model never starts a thread itself, so it stays a pure function of its
+/// inputs; `map` must return one result per item, in the items' order, and
+/// the outcome of a batch is then the same however the work was spread.
+pub trait Spread: Sync {
+    /// `f` over every item; the results in the items' order.
+    fn map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R>;
+}
+
+/// Runs every item in turn on the calling thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InOrder;
+
+impl Spread for InOrder {
+    fn map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+        items.into_iter().map(f).collect()
+    }
+}
+
+/// One document's share of a batch: its open transaction and, per update
+/// it holds, the update's index in the request and what applying it gave.
+type DocPart<'d> = (
+    automerge::transaction::Transaction<'d>,
+    Vec<(usize, Result<(MilestoneView, MilestoneView)>)>,
+);
+
 /// Applies `updates` to the drawing documents that hold their components.
 ///
 /// `docs` are the documents the caller found the components in; an update
 /// whose component is in none of them fails with `component_not_found`.
-/// Returns `Err` only for a batch over the size limit (nothing examined) or a
-/// damaged document (nothing written).
+/// Each document's updates run in request order inside its own transaction,
+/// and documents are independent, so `spread` may run them at once (a bulk
+/// of 10,000 touches ~500 drawings). Returns `Err` only for a batch over
+/// the size limit (nothing examined) or a damaged document (nothing
+/// written; the first damage in request order is reported).
 pub fn apply_bulk(
     docs: &mut [&mut DrawingDoc],
     updates: &[MilestoneUpdate],
     options: &BulkOptions,
     ctx: &WriteCtx,
+    spread: &impl Spread,
 ) -> Result<BulkOutcome> {
     if updates.len() > MAX_BULK_UPDATES {
         return Err(ModelError::TooMany {
@@ -114,25 +145,55 @@ pub fn apply_bulk(
             got: updates.len(),
         });
     }
+    let ids = spread.map(docs.iter().map(|d| &**d).collect(), DrawingDoc::component_ids);
     let mut home: HashMap<ComponentId, usize> = HashMap::new();
-    for (i, doc) in docs.iter().enumerate() {
-        for id in doc.component_ids()? {
+    for (i, ids) in ids.into_iter().enumerate() {
+        for id in ids? {
             home.insert(id, i);
         }
     }
-    let mut txs: Vec<_> = docs.iter_mut().map(|d| d.automerge_mut().transaction()).collect();
-    let mut counts = vec![0usize; txs.len()];
-    let mut results = Vec::with_capacity(updates.len());
-    let mut failed = 0;
-    // Each document keeps its own copy of a template; none changes here.
-    let mut templates: Vec<drawing::Templates> = txs.iter().map(|_| Default::default()).collect();
+    let mut mine: Vec<Vec<usize>> = vec![Vec::new(); docs.len()];
+    let mut outcomes: Vec<(usize, Result<(MilestoneView, MilestoneView)>)> = Vec::new();
     for (index, u) in updates.iter().enumerate() {
-        let outcome = match home.get(&u.component_id) {
-            Some(&i) => {
-                drawing::apply_update(&mut txs[i], ctx, u, &mut templates[i]).inspect(|_| counts[i] += 1)
+        match home.get(&u.component_id) {
+            Some(&i) => mine[i].push(index),
+            None => outcomes.push((index, Err(ModelError::ComponentNotFound { id: u.component_id }))),
+        }
+    }
+    let work: Vec<(&mut DrawingDoc, Vec<usize>)> = docs
+        .iter_mut()
+        .zip(mine)
+        .filter(|(_, mine)| !mine.is_empty())
+        .map(|(d, mine)| (&mut **d, mine))
+        .collect();
+    let parts: Vec<DocPart<'_>> = spread.map(work, |(doc, mine)| {
+        let mut tx = doc.automerge_mut().transaction();
+        // Each document keeps its own copy of a template; none changes here.
+        let mut templates = drawing::Templates::default();
+        let mut results = Vec::with_capacity(mine.len());
+        for index in mine {
+            let outcome = drawing::apply_update(&mut tx, ctx, &updates[index], &mut templates);
+            let damaged = matches!(
+                outcome,
+                Err(ModelError::Corrupt { .. } | ModelError::UnsupportedSchema { .. })
+            );
+            results.push((index, outcome));
+            if damaged {
+                break;
             }
-            None => Err(ModelError::ComponentNotFound { id: u.component_id }),
-        };
+        }
+        (tx, results)
+    });
+    let mut txs = Vec::with_capacity(parts.len());
+    for (tx, results) in parts {
+        let count = results.iter().filter(|(_, r)| r.is_ok()).count();
+        txs.push((tx, count));
+        outcomes.extend(results);
+    }
+    outcomes.sort_by_key(|(index, _)| *index);
+    let mut results = Vec::with_capacity(outcomes.len());
+    let mut failed = 0;
+    for (index, outcome) in outcomes {
         results.push(match outcome {
             Ok((before, after)) => ItemResult {
                 index,
@@ -161,14 +222,19 @@ pub fn apply_bulk(
     let refused = options.atomic && failed > 0;
     let write = !(options.validate_only || refused);
     let mut applied = 0;
-    for (tx, count) in txs.into_iter().zip(counts) {
+    let mut commits = Vec::with_capacity(txs.len());
+    for (tx, count) in txs {
         if write && count > 0 {
-            tx.commit_with(ctx.commit_options(count));
             applied += count;
+            commits.push((tx, count));
         } else {
             tx.rollback();
         }
     }
+    // A commit hashes its change: worth spreading too.
+    spread.map(commits, |(tx, count)| {
+        tx.commit_with(ctx.commit_options(count));
+    });
     Ok(BulkOutcome {
         operation_id: (applied > 0).then_some(ctx.op),
         applied,

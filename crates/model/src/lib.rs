@@ -38,7 +38,7 @@ pub mod template;
 pub mod time;
 pub mod undo;
 
-pub use bulk::{BulkOptions, BulkOutcome, MAX_BULK_UPDATES, apply_bulk};
+pub use bulk::{BulkOptions, BulkOutcome, InOrder, MAX_BULK_UPDATES, Spread, apply_bulk};
 pub use drawing::{
     Component, ComponentPatch, DrawingDoc, MilestoneUpdate, MilestoneValue, MilestoneView, NewComponent,
 };

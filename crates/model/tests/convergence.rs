@@ -19,7 +19,7 @@ use proptest::prelude::*;
 use sitesync_model::automerge::sync::{State, SyncDoc};
 use sitesync_model::history::component_history;
 use sitesync_model::{
-    BulkOptions, ComponentId, ComponentPatch, DrawingDoc, GroupBy, MilestoneValue as V, OperationId,
+    BulkOptions, ComponentId, ComponentPatch, DrawingDoc, GroupBy, InOrder, MilestoneValue as V, OperationId,
     OperationKind as K, apply_bulk, operations, rollup,
 };
 
@@ -184,8 +184,14 @@ impl World {
                     K::MilestoneUpdate
                 };
                 let ctx = w.ctx(kind);
-                let out =
-                    apply_bulk(&mut [doc], &[update(id, &key, v)], &BulkOptions::default(), &ctx).unwrap();
+                let out = apply_bulk(
+                    &mut [doc],
+                    &[update(id, &key, v)],
+                    &BulkOptions::default(),
+                    &ctx,
+                    &InOrder,
+                )
+                .unwrap();
                 if out.applied == 1 {
                     let r = &out.results[0];
                     match v {

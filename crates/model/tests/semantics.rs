@@ -8,8 +8,8 @@ use common::*;
 use sitesync_model::history::component_history;
 use sitesync_model::operation::OpMeta;
 use sitesync_model::{
-    BulkOptions, ComponentPatch, DrawingDoc, DrawingId, GroupBy, MilestoneValue as V, NewDrawing,
-    OperationKind as K, Status, apply_bulk, operations, rollup,
+    BulkOptions, ComponentPatch, DrawingDoc, DrawingId, GroupBy, InOrder, MilestoneValue as V, NewDrawing,
+    OperationKind as K, Spread, Status, apply_bulk, operations, rollup,
 };
 
 fn completed(f: &Fixture, c: sitesync_model::ComponentId, key: &str) -> Option<bool> {
@@ -374,22 +374,27 @@ fn every_commit_records_who_where_when_and_which_operation() {
 
 /// A second drawing document in the same project, for multi-document bulk.
 fn second_drawing(f: &mut Fixture) -> (DrawingDoc, sitesync_model::ComponentId) {
-    let d2 = DrawingId::from_u128(3);
+    extra_drawing(f, 0)
+}
+
+/// Drawing `3 + n` (number `P-10{2 + n}`) with one spool component.
+fn extra_drawing(f: &mut Fixture, n: u128) -> (DrawingDoc, sitesync_model::ComponentId) {
+    let d2 = DrawingId::from_u128(3 + n);
     f.project
         .add_drawing(
             &f.writer.ctx(K::DrawingCreate),
             d2,
             &NewDrawing {
-                number: "P-102".into(),
+                number: format!("P-10{}", 2 + n),
                 ..Default::default()
             },
         )
         .unwrap();
     let mut doc = DrawingDoc::create(PROJECT, d2, &f.writer.ctx(K::DrawingCreate), actor(1)).unwrap();
-    let id = sitesync_model::ComponentId::from_u128(5000);
+    let id = sitesync_model::ComponentId::from_u128(5000 + n);
     let t = f.template(DISCRETE);
     let new = sitesync_model::NewComponent {
-        tag: "X-1".into(),
+        tag: format!("X-{}", 1 + n),
         kind: "spool".into(),
         template_id: Some(DISCRETE),
         ..Default::default()
@@ -397,6 +402,27 @@ fn second_drawing(f: &mut Fixture) -> (DrawingDoc, sitesync_model::ComponentId) 
     doc.add_component(&f.writer.ctx(K::ComponentCreate), id, &new, &t)
         .unwrap();
     (doc, id)
+}
+
+/// Runs the documents' work in reverse, each on a thread of its own, and
+/// hands the results back in order: a bulk must not be able to tell it
+/// from running them in turn (the daemon spreads bulks over its cores).
+struct Reversed;
+
+impl Spread for Reversed {
+    fn map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+        let f = &f;
+        let mut out: Vec<R> = std::thread::scope(|s| {
+            let running: Vec<_> = items
+                .into_iter()
+                .rev()
+                .map(|item| s.spawn(move || f(item)))
+                .collect();
+            running.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        out.reverse();
+        out
+    }
 }
 
 #[test]
@@ -426,7 +452,7 @@ fn bulk_validate_only_and_atomic_write_nothing() {
         },
     ] {
         let ctx = f.writer.ctx(K::BulkUpdate);
-        let out = apply_bulk(&mut [&mut f.drawing], &updates, &options, &ctx).unwrap();
+        let out = apply_bulk(&mut [&mut f.drawing], &updates, &options, &ctx, &InOrder).unwrap();
         assert_eq!(
             (out.applied, out.failed, out.operation_id),
             (0, 1, None),
@@ -471,6 +497,7 @@ fn bulk_applies_valid_updates_one_commit_per_document_same_operation() {
         &updates,
         &BulkOptions::default(),
         &ctx,
+        &InOrder,
     )
     .unwrap();
     assert_eq!((out.applied, out.failed, out.operation_id), (2, 1, Some(ctx.op)));
@@ -495,13 +522,122 @@ fn bulk_applies_valid_updates_one_commit_per_document_same_operation() {
 }
 
 #[test]
+fn a_bulk_spread_over_threads_is_the_bulk_run_in_order() {
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let p = f.component(2, PERCENT);
+    let q = f.component(3, QUANTITY);
+    let others: Vec<(DrawingDoc, sitesync_model::ComponentId)> =
+        (0..3).map(|n| extra_drawing(&mut f, n)).collect();
+    let (x0, x1, x2) = (others[0].1, others[1].1, others[2].1);
+    let updates = vec![
+        update(q, "install", V::QuantityDelta(2.0)),
+        update(x2, "weld", V::Completed(true)),
+        update(c, "erect", V::Completed(true)),
+        update(
+            sitesync_model::ComponentId::from_u128(404),
+            "weld",
+            V::Completed(true),
+        ),
+        update(x0, "weld", V::Completed(true)),
+        // Adds to the first entry: later updates of a document see earlier ones.
+        update(q, "install", V::QuantityDelta(3.0)),
+        update(p, "prime", V::Completed(true)),
+        update(x1, "nope", V::Completed(true)),
+        update(x0, "weld", V::Completed(false)),
+    ];
+    let all = |f: &Fixture| -> Vec<DrawingDoc> {
+        std::iter::once(f.drawing.clone())
+            .chain(others.iter().map(|(d, _)| d.clone()))
+            .collect()
+    };
+    for options in [
+        BulkOptions::default(),
+        BulkOptions {
+            validate_only: true,
+            atomic: false,
+        },
+        BulkOptions {
+            validate_only: false,
+            atomic: true,
+        },
+    ] {
+        let ctx = f.writer.ctx(K::BulkUpdate);
+        let (mut in_order, mut spread) = (all(&f), all(&f));
+        let a = apply_bulk(
+            &mut in_order.iter_mut().collect::<Vec<_>>(),
+            &updates,
+            &options,
+            &ctx,
+            &InOrder,
+        )
+        .unwrap();
+        let b = apply_bulk(
+            &mut spread.iter_mut().collect::<Vec<_>>(),
+            &updates,
+            &options,
+            &ctx,
+            &Reversed,
+        )
+        .unwrap();
+        assert_eq!(a, b, "{options:?}");
+        let written = !(options.validate_only || options.atomic);
+        assert_eq!(
+            (b.applied, b.failed),
+            (if written { 6 } else { 0 }, 3),
+            "{options:?}"
+        );
+        assert_eq!(
+            b.results.iter().map(|r| r.index).collect::<Vec<_>>(),
+            (0..9).collect::<Vec<_>>()
+        );
+        let codes: Vec<&str> = [3, 6, 7]
+            .iter()
+            .map(|&i| b.results[i].error.as_ref().unwrap().code.as_str())
+            .collect();
+        assert_eq!(
+            codes,
+            ["component_not_found", "wrong_workflow", "unknown_milestone"]
+        );
+        assert_eq!(b.results[5].after.as_ref().unwrap().quantity, Some(5.0));
+        for (x, y) in in_order.iter().zip(&spread) {
+            // The same changes, byte for byte: the same hashes.
+            assert_eq!(
+                x.automerge().get_heads(),
+                y.automerge().get_heads(),
+                "{options:?}"
+            );
+        }
+        let unchanged = all(&f);
+        let changed = in_order
+            .iter()
+            .zip(&unchanged)
+            .filter(|(x, y)| x.automerge().get_heads() != y.automerge().get_heads())
+            .count();
+        // x1 holds only the refused update.
+        assert_eq!(
+            changed,
+            if written { 3 } else { 0 },
+            "{options:?}: one commit per document written"
+        );
+    }
+}
+
+#[test]
 fn bulk_of_ten_thousand_is_one_commit_and_more_is_refused() {
     let mut f = Fixture::new();
     let q = f.component(1, QUANTITY);
     let updates = vec![update(q, "install", V::QuantityDelta(0.001)); sitesync_model::MAX_BULK_UPDATES];
     let before = f.drawing.automerge().get_changes(&[]).len();
     let ctx = f.writer.ctx(K::BulkUpdate);
-    let out = apply_bulk(&mut [&mut f.drawing], &updates, &BulkOptions::default(), &ctx).unwrap();
+    let out = apply_bulk(
+        &mut [&mut f.drawing],
+        &updates,
+        &BulkOptions::default(),
+        &ctx,
+        &InOrder,
+    )
+    .unwrap();
     assert_eq!(out.applied, 10_000);
     assert_eq!(f.drawing.automerge().get_changes(&[]).len(), before + 1);
     assert_eq!(f.drawing.component(q).unwrap().milestones[0].quantity, Some(10.0));
@@ -511,6 +647,7 @@ fn bulk_of_ten_thousand_is_one_commit_and_more_is_refused() {
         &too_many,
         &BulkOptions::default(),
         &f.writer.ctx(K::BulkUpdate),
+        &InOrder,
     )
     .unwrap_err();
     assert_eq!(
@@ -536,7 +673,14 @@ fn undo_restores_only_what_still_holds_the_operations_write() {
         update(c, "receive", V::Completed(false)),
         update(q, "install", V::QuantityDelta(7.0)),
     ];
-    apply_bulk(&mut [&mut f.drawing], &updates, &BulkOptions::default(), &bulk).unwrap();
+    apply_bulk(
+        &mut [&mut f.drawing],
+        &updates,
+        &BulkOptions::default(),
+        &bulk,
+        &InOrder,
+    )
+    .unwrap();
     // Somebody writes weld afterwards, back to the same value.
     let ctx = f.writer.ctx(K::MilestoneUpdate);
     f.drawing

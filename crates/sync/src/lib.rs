@@ -15,9 +15,11 @@ pub mod protocol;
 pub mod repo;
 pub mod session;
 pub mod store;
+pub mod workers;
 
 pub use repo::{Arrived, Doc, Persisted, Repo, RepoConfig, RepoError, Tx};
 pub use store::{Backend, DocStore, MemBackend, RedbBackend, StoreError};
+pub use workers::Workers;
 
 /// Re-exported so the layers above depend on one model version.
 pub use sitesync_model as model;

@@ -18,7 +18,10 @@ use sitesync_model::schema::{DocKind, kind_of};
 use sitesync_model::{DrawingDoc, DrawingId, ModelError, ProjectDoc, ProjectId};
 use uuid::Uuid;
 
-use crate::store::{Append, Compaction, Damage, DocStore, StoreError};
+use sitesync_model::Spread;
+
+use crate::store::{Append, Compaction, Damage, DocStore, Loaded, StoreError};
+use crate::workers::Workers;
 
 /// Errors from the repository.
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +216,10 @@ pub struct RepoConfig {
     /// Read documents as projects and drawings (a daemon) or keep every
     /// document raw (a relay, which never interprets them).
     pub typed: bool,
+    /// Threads that share a write's per-document work: loading what the
+    /// cache lacks, encoding the new changes, shrinking, and
+    /// [`Repo::read_drawings`]. One document is always done inline.
+    pub workers: Workers,
 }
 
 impl Default for RepoConfig {
@@ -226,6 +233,7 @@ impl Default for RepoConfig {
             // day's work touches (the catch-up benchmark edits 500).
             max_cached: 512,
             typed: true,
+            workers: Workers::per_core(),
         }
     }
 }
@@ -570,56 +578,75 @@ impl Repo {
         metas: &[(String, Vec<u8>)],
         mut source: Source,
     ) -> Result<(), StoreError> {
+        let mut metas = metas.to_vec();
+        let count_own = self.on_persist.get().is_some() && matches!(source, Source::Local);
+        let sent_whole = matches!(source, Source::Received { whole: Some(_) });
+        // Encoding each document's new changes is independent work (a bulk
+        // of 10,000 encodes ~500 documents).
+        let work: Vec<(Uuid, &Slot)> = touched
+            .iter()
+            .map(|id| (*id, cache.slots.get(id).expect("touched documents are cached")))
+            .collect();
+        let encoded = self.config.workers.map(work, |(id, slot)| {
+            let doc = slot.doc.automerge();
+            let heads = doc.get_heads();
+            if heads == slot.saved {
+                return None;
+            }
+            let own_changes = if count_own {
+                doc.get_changes_meta(&slot.saved)
+                    .iter()
+                    .filter(|c| *c.actor == self.actor)
+                    .count()
+            } else {
+                0
+            };
+            // Nothing of it stored yet (a new document, or one arriving by
+            // sync): store it whole, as a snapshot; as its sender saved it
+            // when it came that way.
+            let whole = slot.saved.is_empty();
+            let bytes = match (whole, sent_whole) {
+                (true, true) => None,
+                (true, false) => Some(doc.save()),
+                (false, _) => Some(doc.save_after(&slot.saved)),
+            };
+            let persisted = Persisted {
+                id,
+                before: slot.saved.clone(),
+                heads,
+                own_changes,
+            };
+            Some((persisted, bytes, slot.next_seq))
+        });
         let mut appends = Vec::new();
         let mut persisted = Vec::new();
-        let mut metas = metas.to_vec();
-        for id in touched {
-            let slot = cache.slots.get(id).expect("touched documents are cached");
-            let heads = slot.doc.automerge().get_heads();
-            if heads != slot.saved {
-                if self.on_persist.get().is_some() {
-                    let own_changes = if matches!(source, Source::Local) {
-                        slot.doc
-                            .automerge()
-                            .get_changes_meta(&slot.saved)
-                            .iter()
-                            .filter(|c| *c.actor == self.actor)
-                            .count()
-                    } else {
-                        0
-                    };
-                    persisted.push(Persisted {
-                        id: *id,
-                        before: slot.saved.clone(),
-                        heads: heads.clone(),
-                        own_changes,
-                    });
-                }
-                // Nothing of it stored yet (a new document, or one arriving
-                // by sync): store it whole, as a snapshot.
-                let whole = slot.saved.is_empty();
-                let doc = slot.doc.automerge();
-                appends.push(Append {
-                    id: *id,
-                    seq: slot.next_seq,
-                    bytes: if whole {
-                        match &mut source {
-                            Source::Received { whole: Some(saved) } => std::mem::take(saved),
-                            _ => doc.save(),
-                        }
-                    } else {
-                        doc.save_after(&slot.saved)
-                    },
-                    whole,
-                });
-                metas.push((heads_meta(*id), encode_heads(&heads)));
-            }
+        for (p, bytes, seq) in encoded.into_iter().flatten() {
+            let whole = p.before.is_empty();
+            let bytes = bytes.unwrap_or_else(|| match &mut source {
+                Source::Received { whole: Some(saved) } => std::mem::take(saved),
+                _ => unreachable!("only a document sent whole is stored without encoding"),
+            });
+            appends.push(Append {
+                id: p.id,
+                seq,
+                bytes,
+                whole,
+            });
+            metas.push((heads_meta(p.id), encode_heads(&p.heads)));
+            persisted.push(p);
         }
         self.store.append(&appends, &metas)?;
+        let stored: HashMap<Uuid, &Persisted> = persisted.iter().map(|p| (p.id, p)).collect();
+        let mut shrinking: Vec<&mut Slot> = Vec::with_capacity(stored.len());
+        for (id, slot) in cache.slots.iter_mut() {
+            if let Some(p) = stored.get(id) {
+                slot.saved.clone_from(&p.heads);
+                shrinking.push(slot);
+            }
+        }
+        self.config.workers.map(shrinking, |slot| slot.doc.shrink());
         for a in &appends {
             let slot = cache.slots.get_mut(&a.id).expect("cached");
-            slot.saved = slot.doc.automerge().get_heads();
-            slot.doc.shrink();
             if a.whole {
                 continue;
             }
@@ -643,6 +670,11 @@ impl Repo {
                 }
             }
         }
+        let persisted = if self.on_persist.get().is_some() {
+            persisted
+        } else {
+            Vec::new()
+        };
         if !persisted.is_empty()
             && let Some(hook) = self.on_persist.get()
         {
@@ -671,24 +703,102 @@ impl Repo {
                 .store
                 .load(id, self.actor.clone())?
                 .ok_or(RepoError::NotFound { what: "document", id })?;
-            cache.damaged.extend(loaded.damaged);
-            let saved = loaded.doc.get_heads();
-            let doc = Doc::from_automerge(loaded.doc, self.config.typed)?;
-            cache.slots.insert(
-                id,
-                Slot {
-                    doc,
-                    saved,
-                    next_seq: loaded.next_seq,
-                    change_records: loaded.change_records,
-                    change_bytes: loaded.change_bytes,
-                    last_used: tick,
-                },
-            );
+            let slot = self.slot_from(cache, loaded, tick)?;
+            cache.slots.insert(id, slot);
         }
         let slot = cache.slots.get_mut(&id).expect("just inserted");
         slot.last_used = tick;
         Ok(slot)
+    }
+
+    /// A loaded document as the cache holds it; its damage is recorded.
+    fn slot_from(&self, cache: &mut Cache, loaded: Loaded, tick: u64) -> Result<Slot, RepoError> {
+        cache.damaged.extend(loaded.damaged);
+        let saved = loaded.doc.get_heads();
+        Ok(Slot {
+            doc: Doc::from_automerge(loaded.doc, self.config.typed)?,
+            saved,
+            next_seq: loaded.next_seq,
+            change_records: loaded.change_records,
+            change_bytes: loaded.change_bytes,
+            last_used: tick,
+        })
+    }
+
+    /// Loads those of `ids` the cache lacks, several at a time
+    /// ([`RepoConfig::workers`]); the cache's lock is held throughout, as
+    /// for one load. `perf` of a bulk of 10,000 (500 drawings): 27% of it
+    /// loading drawings one after another. A document that fails to load is
+    /// left out: [`Self::slot`] meets the failure again and reports it, in
+    /// the caller's order.
+    fn load_missing(&self, cache: &mut Cache, ids: &[Uuid]) {
+        let mut missing = Vec::new();
+        for id in ids {
+            if cache.slots.contains_key(id) {
+                continue;
+            }
+            if let Some(slot) = cache.evicted.remove(id) {
+                cache.slots.insert(*id, slot);
+                continue;
+            }
+            missing.push(*id);
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.len() < 2 {
+            return;
+        }
+        let loaded = self
+            .config
+            .workers
+            .map(missing, |id| (id, self.store.load(id, self.actor.clone())));
+        for (id, loaded) in loaded {
+            if let Ok(Some(loaded)) = loaded
+                && let Ok(slot) = self.slot_from(cache, loaded, cache.tick)
+            {
+                cache.slots.insert(id, slot);
+            }
+        }
+    }
+
+    /// Reads several drawings at once: each `(drawing, item)` is given to
+    /// `f` with its document, on [`RepoConfig::workers`] threads; the
+    /// results come back in the items' order. Fails, reading nothing, when
+    /// a drawing cannot be had (the first such in order). What the index
+    /// re-reads after a bulk (`perf`: 15% of a bulk of 10,000).
+    pub fn read_drawings<I: Send, T: Send>(
+        &self,
+        items: Vec<(DrawingId, I)>,
+        f: impl Fn(&DrawingDoc, I) -> T + Sync,
+    ) -> Result<Vec<T>, RepoError> {
+        let mut cache = self.lock();
+        let ids: Vec<Uuid> = items.iter().map(|(d, _)| d.0).collect();
+        self.load_missing(&mut cache, &ids);
+        let outcome = (|| {
+            for id in &ids {
+                // Marks each used, and reports what cannot be loaded.
+                self.slot(&mut cache, *id)?;
+            }
+            let work = items
+                .into_iter()
+                .map(|(d, item)| match &cache.slots[&d.0].doc {
+                    Doc::Drawing(doc) => Ok((doc, item)),
+                    _ => Err(RepoError::NotFound {
+                        what: "drawing",
+                        id: d.0,
+                    }),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(self.config.workers.map(work, |(doc, item)| f(doc, item)))
+        })();
+        self.trim(&mut cache);
+        outcome
+    }
+
+    /// The threads a write's per-document work is shared between, for
+    /// callers with per-document work of their own (the model's bulk).
+    pub fn workers(&self) -> Workers {
+        self.config.workers
     }
 
     /// Evicts the least recently used documents beyond the cache size.
@@ -785,22 +895,25 @@ impl Tx<'_> {
         }
     }
 
-    /// Several drawing documents at once (a bulk update spans drawings).
+    /// Several drawing documents at once (a bulk update spans drawings), in
+    /// the order of `ids` (an id named twice comes once, first). Those the
+    /// cache lacks are loaded several at a time.
     pub fn drawings(&mut self, ids: &[DrawingId]) -> Result<Vec<&mut DrawingDoc>, RepoError> {
+        let uuids: Vec<Uuid> = ids.iter().map(|d| d.0).collect();
+        self.repo.load_missing(self.cache, &uuids);
         for id in ids {
             self.drawing(*id)?;
         }
-        let wanted: HashSet<Uuid> = ids.iter().map(|d| d.0).collect();
-        Ok(self
+        let mut held: HashMap<Uuid, &mut DrawingDoc> = self
             .cache
             .slots
             .iter_mut()
-            .filter(|(id, _)| wanted.contains(id))
-            .filter_map(|(_, s)| match &mut s.doc {
-                Doc::Drawing(d) => Some(d),
+            .filter_map(|(id, s)| match &mut s.doc {
+                Doc::Drawing(d) => Some((*id, d)),
                 _ => None,
             })
-            .collect())
+            .collect();
+        Ok(uuids.iter().filter_map(|id| held.remove(id)).collect())
     }
 
     /// Adds a newly created document; it is stored with the write.
@@ -1038,6 +1151,7 @@ mod tests {
             compact_bytes: 1,
             max_cached: 1,
             typed: true,
+            ..RepoConfig::default()
         };
         let (repo, told) = with_counting_hook(config);
         create(&repo);
@@ -1077,6 +1191,7 @@ mod tests {
             compact_bytes: 1 << 30,
             max_cached: 1,
             typed: true,
+            ..RepoConfig::default()
         };
         let (repo, told) = with_counting_hook(config);
         create(&repo);
@@ -1158,6 +1273,81 @@ mod tests {
             repo.doc_ids().unwrap().len() == ids.len(),
             "an empty document is not stored"
         );
+    }
+
+    /// A write or a read over many documents loads those the cache lacks
+    /// on several threads, hands them out in the order asked, and stores
+    /// every change in one batch: a reopened store has them all.
+    #[test]
+    fn many_drawings_load_side_by_side_and_come_back_in_the_order_asked() {
+        use sitesync_model::automerge::{ROOT, ReadDoc, transaction::Transactable};
+        let dir = tempfile::tempdir().unwrap();
+        let config = RepoConfig {
+            max_cached: 2,
+            workers: Workers::new(3),
+            ..RepoConfig::default()
+        };
+        let open = || {
+            Repo::new(
+                DocStore::new(RedbBackend::open(dir.path()).unwrap()),
+                ActorId::random(),
+                config,
+            )
+        };
+        let ids: Vec<DrawingId> = (20..28).map(DrawingId::from_u128).collect();
+        let asked: Vec<DrawingId> = [5, 0, 7, 3, 3, 1].iter().map(|&i| ids[i]).collect();
+        let once: Vec<DrawingId> = [5, 0, 7, 3, 1].iter().map(|&i| ids[i]).collect();
+        let mark = |d: &DrawingDoc| match d.automerge().get(ROOT, "mark").unwrap() {
+            Some((v, _)) => v.as_i64(),
+            None => None,
+        };
+        {
+            let repo = open();
+            for (n, id) in ids.iter().enumerate() {
+                repo.write(|tx| {
+                    let doc = DrawingDoc::create(P, *id, &ctx(n as u128), tx.actor())?;
+                    tx.insert(id.0, Doc::Drawing(doc));
+                    Ok(())
+                })
+                .unwrap();
+            }
+            assert_eq!(repo.loaded(), 2, "the rest were evicted");
+            let got = repo
+                .write(|tx| {
+                    let docs = tx.drawings(&asked)?;
+                    let mut got = Vec::new();
+                    for (k, d) in docs.into_iter().enumerate() {
+                        got.push(d.drawing_id()?);
+                        let mut t = d.automerge_mut().transaction();
+                        t.put(ROOT, "mark", k as i64).unwrap();
+                        t.commit();
+                    }
+                    Ok(got)
+                })
+                .unwrap();
+            assert_eq!(got, once, "in the order asked, each once");
+            let missing = repo.read_drawings(vec![(ids[0], ()), (DrawingId::from_u128(99), ())], |_, ()| ());
+            assert!(
+                matches!(missing, Err(RepoError::NotFound { .. })),
+                "{:?}",
+                missing.err()
+            );
+            assert_eq!(repo.loaded(), 2, "reads trim too");
+        }
+        let repo = open();
+        let items: Vec<(DrawingId, usize)> = once.iter().copied().zip(0..).collect();
+        let read = repo
+            .read_drawings(items, |d, k| (d.drawing_id().unwrap(), k, mark(d)))
+            .unwrap();
+        let marks: Vec<(DrawingId, usize, Option<i64>)> = once
+            .iter()
+            .copied()
+            .zip(0..)
+            .map(|(d, k)| (d, k, Some(k as i64)))
+            .collect();
+        assert_eq!(read, marks, "every change durable, read back in order");
+        let untouched = repo.read_drawings(vec![(ids[2], ())], |d, ()| mark(d)).unwrap();
+        assert_eq!(untouched, [None]);
     }
 
     #[test]

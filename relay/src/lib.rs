@@ -52,8 +52,8 @@ pub struct RelayConfig {
     pub max_cached: usize,
 }
 
-/// [`RelayConfig::max_cached`] by default: four times a daemon's, so a
-/// project of 2,000 drawings stays whole (~250 MB at ~120 KB a drawing).
+/// [`RelayConfig::max_cached`] by default, as a daemon's: a project of
+/// 2,000 drawings stays whole (~200 MB at ~100 KB a drawing).
 /// At 512, the bench's propagation p50 was 11.3 ms and its offline
 /// catch-up 6.1 s; at 4,096 (holding that project whole), 9.9 ms and
 /// 4.7 s, with the relay at 372 MB holding 1,000 idle connections.

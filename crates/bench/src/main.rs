@@ -165,6 +165,11 @@ fn main() -> anyhow::Result<()> {
     attempt("component queries on A", &mut figures, &mut || {
         Ok(vec![scenarios::queries(&a.client(), &project, &sizes)?])
     });
+    attempt(
+        "A's memory after the writes and queries",
+        &mut figures,
+        &mut || Ok(vec![scenarios::working_memory(&a)]),
+    );
     attempt("propagation A → relay → B", &mut figures, &mut || {
         // Steady state: the writes above are still reaching B.
         scenarios::wait_pending_zero(&a.client())?;

@@ -227,11 +227,15 @@ impl Default for RepoConfig {
         Self {
             compact_at: 16,
             compact_bytes: 32 * 1024,
-            // A decoded drawing of 50 components takes ~100–200 KB (once
-            // shrunk, see `Doc::shrink`): 512 hold a quarter of a
-            // 100,000-component project in ~75 MB, and every drawing a
-            // day's work touches (the catch-up benchmark edits 500).
-            max_cached: 512,
+            // A decoded drawing of the benchmark's project (50 components,
+            // ~850 ops) takes ~85 KB of heap once shrunk (`Doc::shrink`;
+            // heaptrack of a daemon holding 512), ~100 KB of RSS. 2,048
+            // hold a 100,000-component project whole in ~200 MB. At 512
+            // every round of a bulk of 10,000 (500 drawings) reloaded what
+            // the last round evicted, ~2 ms a drawing and a third of the
+            // bulk; working memory after the benchmark's writes is 404 MB
+            // at 512 and 589 MB at 2,048 (FINDINGS weighs the trade).
+            max_cached: 2048,
             typed: true,
             workers: Workers::per_core(),
         }

@@ -584,7 +584,8 @@ impl Repo {
     ) -> Result<(), StoreError> {
         let mut metas = metas.to_vec();
         let count_own = self.on_persist.get().is_some() && matches!(source, Source::Local);
-        let sent_whole = matches!(source, Source::Received { whole: Some(_) });
+        // The sender's bytes stand for one document only (`sync_doc`).
+        let sent_whole = touched.len() == 1 && matches!(source, Source::Received { whole: Some(_) });
         // Encoding each document's new changes is independent work (a bulk
         // of 10,000 encodes ~500 documents).
         let work: Vec<(Uuid, &Slot)> = touched

@@ -425,6 +425,29 @@ impl Spread for Reversed {
     }
 }
 
+/// A bulk with the default options, its documents in order.
+fn bulk(
+    docs: &mut [&mut DrawingDoc],
+    updates: &[sitesync_model::MilestoneUpdate],
+    ctx: &sitesync_model::WriteCtx,
+) -> sitesync_model::error::Result<sitesync_model::BulkOutcome> {
+    apply_bulk(docs, updates, &BulkOptions::default(), ctx, &InOrder)
+}
+
+/// The bulk options besides the default.
+const VALIDATE_ONLY: BulkOptions = BulkOptions {
+    validate_only: true,
+    atomic: false,
+};
+const ATOMIC: BulkOptions = BulkOptions {
+    validate_only: false,
+    atomic: true,
+};
+const BOTH: BulkOptions = BulkOptions {
+    validate_only: true,
+    atomic: true,
+};
+
 #[test]
 fn bulk_validate_only_and_atomic_write_nothing() {
     let mut f = Fixture::new();
@@ -437,20 +460,7 @@ fn bulk_validate_only_and_atomic_write_nothing() {
         update(c, "erect", V::Percent(5.0)),          // wrong workflow
     ];
     let heads = f.drawing.automerge().get_heads();
-    for options in [
-        BulkOptions {
-            validate_only: true,
-            atomic: false,
-        },
-        BulkOptions {
-            validate_only: false,
-            atomic: true,
-        },
-        BulkOptions {
-            validate_only: true,
-            atomic: true,
-        },
-    ] {
+    for options in [VALIDATE_ONLY, ATOMIC, BOTH] {
         let ctx = f.writer.ctx(K::BulkUpdate);
         let out = apply_bulk(&mut [&mut f.drawing], &updates, &options, &ctx, &InOrder).unwrap();
         assert_eq!(
@@ -492,14 +502,7 @@ fn bulk_applies_valid_updates_one_commit_per_document_same_operation() {
         .writer
         .ctx(K::BulkUpdate)
         .with_reason(Some("daily report".into()));
-    let out = apply_bulk(
-        &mut [&mut f.drawing, &mut other],
-        &updates,
-        &BulkOptions::default(),
-        &ctx,
-        &InOrder,
-    )
-    .unwrap();
+    let out = bulk(&mut [&mut f.drawing, &mut other], &updates, &ctx).unwrap();
     assert_eq!((out.applied, out.failed, out.operation_id), (2, 1, Some(ctx.op)));
     assert_eq!(out.results[2].error.as_ref().unwrap().code, "component_not_found");
     let n1 = (
@@ -551,17 +554,7 @@ fn a_bulk_spread_over_threads_is_the_bulk_run_in_order() {
             .chain(others.iter().map(|(d, _)| d.clone()))
             .collect()
     };
-    for options in [
-        BulkOptions::default(),
-        BulkOptions {
-            validate_only: true,
-            atomic: false,
-        },
-        BulkOptions {
-            validate_only: false,
-            atomic: true,
-        },
-    ] {
+    for options in [BulkOptions::default(), VALIDATE_ONLY, ATOMIC] {
         let ctx = f.writer.ctx(K::BulkUpdate);
         let (mut in_order, mut spread) = (all(&f), all(&f));
         let a = apply_bulk(
@@ -630,26 +623,12 @@ fn bulk_of_ten_thousand_is_one_commit_and_more_is_refused() {
     let updates = vec![update(q, "install", V::QuantityDelta(0.001)); sitesync_model::MAX_BULK_UPDATES];
     let before = f.drawing.automerge().get_changes(&[]).len();
     let ctx = f.writer.ctx(K::BulkUpdate);
-    let out = apply_bulk(
-        &mut [&mut f.drawing],
-        &updates,
-        &BulkOptions::default(),
-        &ctx,
-        &InOrder,
-    )
-    .unwrap();
+    let out = bulk(&mut [&mut f.drawing], &updates, &ctx).unwrap();
     assert_eq!(out.applied, 10_000);
     assert_eq!(f.drawing.automerge().get_changes(&[]).len(), before + 1);
     assert_eq!(f.drawing.component(q).unwrap().milestones[0].quantity, Some(10.0));
     let too_many = vec![update(q, "install", V::QuantityDelta(1.0)); 10_001];
-    let err = apply_bulk(
-        &mut [&mut f.drawing],
-        &too_many,
-        &BulkOptions::default(),
-        &f.writer.ctx(K::BulkUpdate),
-        &InOrder,
-    )
-    .unwrap_err();
+    let err = bulk(&mut [&mut f.drawing], &too_many, &f.writer.ctx(K::BulkUpdate)).unwrap_err();
     assert_eq!(
         (err.code(), err.kind()),
         ("too_many", sitesync_model::ErrorKind::TooLarge)
@@ -665,7 +644,7 @@ fn undo_restores_only_what_still_holds_the_operations_write() {
     f.drawing
         .update_milestone(&ctx, &update(c, "receive", V::Completed(true)))
         .unwrap();
-    let bulk = f.writer.ctx(K::BulkUpdate);
+    let bulk_ctx = f.writer.ctx(K::BulkUpdate);
     let updates = vec![
         update(c, "erect", V::Completed(true)),
         update(c, "erect", V::Completed(true)), // twice: undo restores what was before the op
@@ -673,14 +652,7 @@ fn undo_restores_only_what_still_holds_the_operations_write() {
         update(c, "receive", V::Completed(false)),
         update(q, "install", V::QuantityDelta(7.0)),
     ];
-    apply_bulk(
-        &mut [&mut f.drawing],
-        &updates,
-        &BulkOptions::default(),
-        &bulk,
-        &InOrder,
-    )
-    .unwrap();
+    bulk(&mut [&mut f.drawing], &updates, &bulk_ctx).unwrap();
     // Somebody writes weld afterwards, back to the same value.
     let ctx = f.writer.ctx(K::MilestoneUpdate);
     f.drawing
@@ -692,7 +664,7 @@ fn undo_restores_only_what_still_holds_the_operations_write() {
         .unwrap();
 
     let undo = f.writer.ctx(K::Undo);
-    let report = f.drawing.undo(&undo, bulk.op).unwrap();
+    let report = f.drawing.undo(&undo, bulk_ctx.op).unwrap();
     assert_eq!(report.reverted, 3, "erect, receive, the quantity entry");
     assert_eq!(report.skipped.len(), 1);
     assert_eq!(report.skipped[0].milestone.as_deref(), Some("weld"));
@@ -703,7 +675,7 @@ fn undo_restores_only_what_still_holds_the_operations_write() {
     assert_eq!(f.drawing.component(q).unwrap().milestones[0].quantity, Some(2.0));
 
     // Undo again: registers now changed since; the entry is not subtracted twice.
-    let again = f.drawing.undo(&f.writer.ctx(K::Undo), bulk.op).unwrap();
+    let again = f.drawing.undo(&f.writer.ctx(K::Undo), bulk_ctx.op).unwrap();
     assert_eq!(f.drawing.component(q).unwrap().milestones[0].quantity, Some(2.0));
     assert_eq!(again.skipped.len(), 3);
     // An undo cannot be undone; an unknown operation is reported.
@@ -716,7 +688,7 @@ fn undo_restores_only_what_still_holds_the_operations_write() {
     assert_eq!(err.code(), "operation_not_found");
     let ops = operations([f.drawing.automerge()]);
     assert_eq!(
-        ops.iter().find(|o| o.id == bulk.op).unwrap().undone_by,
+        ops.iter().find(|o| o.id == bulk_ctx.op).unwrap().undone_by,
         Some(undo.op)
     );
 }

@@ -596,7 +596,11 @@ pub fn working_memory(a: &Daemon) -> Figure {
         "MB",
         vec![a.pid().map_or(f64::NAN, rss_mb)],
     )
-    .note("daemon A after the import, the writes and the queries, every drawing decoded (--max-cached-documents 2,048); information: the 300 MB target is the start-up figure")
+    .note(format!(
+        "daemon A after the import, the writes and the queries, every drawing decoded \
+         (--max-cached-documents {}); information: the 300 MB target is the start-up figure",
+        sitesync_sync::RepoConfig::default().max_cached
+    ))
 }
 
 /// The daemon restarts on its store: time until it serves, the first

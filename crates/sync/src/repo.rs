@@ -641,15 +641,18 @@ impl Repo {
             persisted.push(p);
         }
         self.store.append(&appends, &metas)?;
-        let stored: HashMap<Uuid, &Persisted> = persisted.iter().map(|p| (p.id, p)).collect();
-        let mut shrinking: Vec<&mut Slot> = Vec::with_capacity(stored.len());
-        for (id, slot) in cache.slots.iter_mut() {
-            if let Some(p) = stored.get(id) {
-                slot.saved.clone_from(&p.heads);
-                shrinking.push(slot);
-            }
-        }
-        self.config.workers.map(shrinking, |slot| slot.doc.shrink());
+        // Out of the cache while they shrink side by side, and back: the
+        // stored documents only, never a walk over every cached slot.
+        let stored: Vec<(Uuid, Slot, Vec<ChangeHash>)> = persisted
+            .iter()
+            .map(|p| (p.id, cache.slots.remove(&p.id).expect("cached"), p.heads.clone()))
+            .collect();
+        let shrunk = self.config.workers.map(stored, |(id, mut slot, heads)| {
+            slot.saved = heads;
+            slot.doc.shrink();
+            (id, slot)
+        });
+        cache.slots.extend(shrunk);
         for a in &appends {
             let slot = cache.slots.get_mut(&a.id).expect("cached");
             if a.whole {
@@ -675,11 +678,6 @@ impl Repo {
                 }
             }
         }
-        let persisted = if self.on_persist.get().is_some() {
-            persisted
-        } else {
-            Vec::new()
-        };
         if !persisted.is_empty()
             && let Some(hook) = self.on_persist.get()
         {

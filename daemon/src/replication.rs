@@ -492,7 +492,10 @@ impl Replication {
 
     /// A relay made these heads of these documents durable: this device's
     /// changes they cover are no longer pending. Recorded in one write: a
-    /// reconnect's summary acknowledges every document at once.
+    /// reconnect's summary acknowledges every document at once. The write
+    /// is relaxed (durable with the next durable one): one comes for every
+    /// change this device sends, and a crash losing it only shows changes
+    /// as pending until the relay's next summary acknowledges them again.
     fn acked(&self, acks: &[(Uuid, &[ChangeHash])]) {
         let repo = self.service.repo();
         let mut records = Vec::new();
@@ -537,7 +540,7 @@ impl Replication {
         if records.is_empty() {
             return;
         }
-        if let Err(e) = repo.store().put_metas(&records) {
+        if let Err(e) = repo.store().put_metas_relaxed(&records) {
             tracing::warn!(documents = records.len(), error = %e, "cannot record acknowledgements");
         }
         self.pending.recount(&marked);

@@ -1189,7 +1189,10 @@ impl Service {
     /// last save (see [`crate::index`]), a batch at a time: the service's
     /// lock is held only to take a batch, never while encoding or writing
     /// it. Returns how many drawings were saved. One save runs at a time,
-    /// so records land in the order their entries were taken.
+    /// so records land in the order their entries were taken. Writes are
+    /// relaxed (durable with the next durable write or the flush at
+    /// shutdown): a record a crash loses is older than its document, whose
+    /// heads then differ, and the drawing is read from the document.
     pub fn save_index(&self) -> Result<usize, RepoError> {
         /// Drawings taken per hold of the lock: ~64 × 50 views copied.
         const BATCH: usize = 64;
@@ -1218,7 +1221,7 @@ impl Service {
                 return Ok(saved);
             }
             let records: Vec<(String, Vec<u8>)> = taken.iter().map(|u| u.record()).collect();
-            if let Err(e) = self.repo.store().put_metas(&records) {
+            if let Err(e) = self.repo.store().put_metas_relaxed(&records) {
                 Self::give_back(&mut self.lock(), &taken);
                 return Err(e.into());
             }

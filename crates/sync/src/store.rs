@@ -69,6 +69,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Applies every op atomically, and durably: when this returns `Ok`, the
     /// batch survives a crash (kill -9, power loss as far as the OS allows).
     fn apply(&self, batch: Vec<BatchOp>) -> Result<(), StoreError>;
+    /// Applies every op atomically and at once for every later read, but
+    /// durably only with the next [`Self::apply`] or [`Self::flush`]: a crash
+    /// before then loses this batch (and only such batches), never tears one.
+    /// For records the process can rebuild, written too often to wait on
+    /// the disk for each. A backend with nothing to save applies durably.
+    fn apply_relaxed(&self, batch: Vec<BatchOp>) -> Result<(), StoreError> {
+        self.apply(batch)
+    }
     /// Bytes used on disk (for metrics).
     fn size_on_disk(&self) -> u64;
     /// Flushes anything buffered (at shutdown).
@@ -174,8 +182,31 @@ impl Backend for RedbBackend {
 
     fn apply(&self, batch: Vec<BatchOp>) -> Result<(), StoreError> {
         // The default durability, `Immediate`: the commit returns once the
-        // batch is on disk.
-        let tx = self.db.begin_write().map_err(redb_failed("writing a batch"))?;
+        // batch is on disk, with every relaxed batch before it.
+        self.commit(batch, redb::Durability::Immediate)
+    }
+
+    fn apply_relaxed(&self, batch: Vec<BatchOp>) -> Result<(), StoreError> {
+        // `None`: committed in memory, on disk with the next durable commit;
+        // a crash reopens at the last durable one.
+        self.commit(batch, redb::Durability::None)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // An empty durable commit takes every relaxed one before it to disk.
+        self.apply(Vec::new())
+    }
+}
+
+impl RedbBackend {
+    fn commit(&self, batch: Vec<BatchOp>, durability: redb::Durability) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(redb_failed("writing a batch"))?;
+        tx.set_durability(durability)
+            .map_err(|e| StoreError::backend("writing a batch", e))?;
         {
             let mut table = tx.open_table(RECORDS).map_err(redb_failed("writing a batch"))?;
             for op in batch {
@@ -187,15 +218,6 @@ impl Backend for RedbBackend {
             }
         }
         tx.commit().map_err(redb_failed("writing a batch"))
-    }
-
-    fn size_on_disk(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        // Every commit is already durable.
-        Ok(())
     }
 }
 
@@ -304,6 +326,14 @@ impl Backend for MemBackend {
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// The puts of metadata `records`, as a batch writes them.
+fn meta_puts(records: &[(String, Vec<u8>)]) -> Vec<BatchOp> {
+    records
+        .iter()
+        .map(|(name, value)| BatchOp::Put(meta_key(name), encode_record(value)))
+        .collect()
 }
 
 /// Wraps a payload as a record: version, CRC-32, payload.
@@ -639,12 +669,16 @@ impl DocStore {
 
     /// Writes several metadata records in one durable write (all or none).
     pub fn put_metas(&self, records: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
-        self.backend.apply(
-            records
-                .iter()
-                .map(|(name, value)| BatchOp::Put(meta_key(name), encode_record(value)))
-                .collect(),
-        )
+        self.backend.apply(meta_puts(records))
+    }
+
+    /// Writes metadata records in one batch (all or none) that is durable
+    /// only with the next durable write or [`Self::flush`]
+    /// ([`Backend::apply_relaxed`]): for records a crash may lose, because
+    /// the process rebuilds them (a peer's acknowledgements come again with
+    /// its next summary).
+    pub fn put_metas_relaxed(&self, records: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        self.backend.apply_relaxed(meta_puts(records))
     }
 
     /// Removes a metadata record durably (absent is fine).
@@ -790,6 +824,43 @@ mod tests {
         for (name, value) in &records {
             assert_eq!(store.get_meta(name).unwrap().as_ref(), Some(value));
         }
+    }
+
+    /// A relaxed write is read at once and goes to disk with the next
+    /// durable write. The file is copied while the store is open, as a
+    /// kill -9 would leave it: before the durable write, the copy opens at
+    /// the last durable state, without the relaxed record and unharmed.
+    #[test]
+    fn a_relaxed_write_is_read_at_once_and_durable_with_the_next_durable_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DocStore::new(RedbBackend::open(dir.path()).unwrap());
+        store.put_meta("durable/1", b"one").unwrap();
+        let relaxed = [("acked/1".to_owned(), b"heads".to_vec())];
+        store.put_metas_relaxed(&relaxed).unwrap();
+        assert_eq!(store.get_meta("acked/1").unwrap().as_deref(), Some(&b"heads"[..]));
+        let as_crashed = |name: &str| {
+            let copy = dir.path().join(name);
+            std::fs::create_dir(&copy).unwrap();
+            std::fs::copy(dir.path().join(REDB_FILE), copy.join(REDB_FILE)).unwrap();
+            DocStore::new(RedbBackend::open(&copy).unwrap())
+        };
+        let early = as_crashed("early");
+        assert_eq!(early.get_meta("durable/1").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(early.get_meta("acked/1").unwrap(), None, "not durable yet");
+        store.put_meta("durable/2", b"two").unwrap();
+        let late = as_crashed("late");
+        assert_eq!(late.get_meta("acked/1").unwrap().as_deref(), Some(&b"heads"[..]));
+        assert_eq!(late.get_meta("durable/2").unwrap().as_deref(), Some(&b"two"[..]));
+        // A flush (shutdown) takes a last relaxed write to disk too.
+        store
+            .put_metas_relaxed(&[("acked/2".to_owned(), b"more".to_vec())])
+            .unwrap();
+        store.flush().unwrap();
+        let flushed = as_crashed("flushed");
+        assert_eq!(
+            flushed.get_meta("acked/2").unwrap().as_deref(),
+            Some(&b"more"[..])
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ use tokio::net::TcpListener;
 /// On first start it creates its store and an API token in the data
 /// directory; it prints where the token file is, never the token. Send it as
 /// `Authorization: Bearer <token>` on every request but GET /v1/health.
+///
+/// Logs go to stderr. SITESYNC_LOG sets what is logged, as a tracing filter
+/// (default: info,automerge=warn; e.g. SITESYNC_LOG=debug).
 #[derive(Parser, Debug)]
 #[command(name = "sitesync-daemon", version, about, long_about)]
 struct Cli {
@@ -189,7 +192,8 @@ fn hostname() -> String {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SITESYNC_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SITESYNC_LOG")
+                .unwrap_or_else(|_| sitesync_sync::DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -21,6 +21,9 @@ use uuid::Uuid;
 ///   sitesync-relay org create acme --data-dir ./relay
 ///   sitesync-relay token create --org acme --data-dir ./relay   (once per device)
 ///   sitesync-relay serve --listen 127.0.0.1:7800 --data-dir ./relay
+///
+/// Logs go to stderr. SITESYNC_LOG sets what is logged, as a tracing filter
+/// (default: info,automerge=warn; e.g. SITESYNC_LOG=debug).
 #[derive(Parser, Debug)]
 #[command(name = "sitesync-relay", version, about, long_about)]
 struct Cli {
@@ -165,7 +168,8 @@ fn expiry(spec: &str, now_ms: i64) -> anyhow::Result<i64> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SITESYNC_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SITESYNC_LOG")
+                .unwrap_or_else(|_| sitesync_sync::DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .init();

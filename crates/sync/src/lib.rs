@@ -1,6 +1,6 @@
-//! The sitesync engine: durable storage, the document repository, and the
-//! wire protocol's messages and framing (the sync session state machine and
-//! credentials land with the rest of the replication issue).
+//! The sitesync engine: durable storage, the document repository, the wire
+//! protocol's messages and framing, the sync session state machine, its
+//! links over WebSockets, and credentials.
 //!
 //! Data flow: the daemon asks the [`repo::Repo`] for documents; the repo
 //! loads them from the [`store::DocStore`] on demand, runs the model's pure
@@ -23,3 +23,28 @@ pub use workers::Workers;
 
 /// Re-exported so the layers above depend on one model version.
 pub use sitesync_model as model;
+
+/// The log filter of both binaries when `SITESYNC_LOG` is unset. Automerge
+/// opens an `info` span (`#[instrument]`) for every change it loads and
+/// every column it parses, and with `info` enabled the log formats their
+/// fields each time: ~4% of the CPU of a relay, and of a daemon, applying
+/// synced changes (`perf`, single writes replicated). Its warnings stay.
+pub const DEFAULT_LOG_FILTER: &str = "info,automerge=warn";
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    /// Automerge's spans are off by default; this crate's `info` and
+    /// Automerge's warnings are not.
+    #[test]
+    fn the_default_log_filter_leaves_automerge_spans_off() {
+        let filter = tracing_subscriber::EnvFilter::new(super::DEFAULT_LOG_FILTER);
+        let subscriber = tracing_subscriber::fmt().with_env_filter(filter).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!tracing::span_enabled!(target: "automerge::storage::load", Level::INFO));
+            assert!(tracing::event_enabled!(target: "automerge::sync", Level::WARN));
+            assert!(tracing::event_enabled!(target: "sitesync_sync::link", Level::INFO));
+        });
+    }
+}

@@ -175,8 +175,22 @@ struct Slot {
     /// load replays and compaction folds.
     change_records: usize,
     change_bytes: usize,
+    /// Bytes of changes stored since the document was last shrunk
+    /// ([`SHRINK_AFTER_BYTES`]).
+    unshrunk: usize,
     last_used: u64,
 }
+
+/// A stored document is shrunk ([`Doc::shrink`]) once this many bytes of
+/// changes were stored since its last shrink, or when it was stored whole.
+/// A small change grows a document little: measured on the bench store's
+/// drawings (~115 KB decoded), the first milestone toggle after a shrink
+/// added 1.5–3.5 KB and the next nineteen ~5 KB in all, where a shrink
+/// (a clone of the whole document) after each of them was ~5% of a
+/// replicated single write's CPU in relay, daemon and peer alike (`perf`).
+/// A toggle stores ~250 bytes, so this is a shrink every ~16 of them; a
+/// bulk change is over it at once.
+const SHRINK_AFTER_BYTES: usize = 4 * 1024;
 
 #[derive(Default)]
 struct Cache {
@@ -443,6 +457,7 @@ impl Repo {
                         next_seq: 0,
                         change_records: 0,
                         change_bytes: 0,
+                        unshrunk: 0,
                         last_used: tick,
                     },
                 );
@@ -641,14 +656,23 @@ impl Repo {
             persisted.push(p);
         }
         self.store.append(&appends, &metas)?;
+        let mut grown = Vec::new();
+        for (p, a) in persisted.iter().zip(&appends) {
+            let slot = cache.slots.get_mut(&p.id).expect("cached");
+            slot.saved = p.heads.clone();
+            slot.unshrunk += a.bytes.len();
+            if a.whole || slot.unshrunk >= SHRINK_AFTER_BYTES {
+                slot.unshrunk = 0;
+                grown.push(p.id);
+            }
+        }
         // Out of the cache while they shrink side by side, and back: the
         // stored documents only, never a walk over every cached slot.
-        let stored: Vec<(Uuid, Slot, Vec<ChangeHash>)> = persisted
-            .iter()
-            .map(|p| (p.id, cache.slots.remove(&p.id).expect("cached"), p.heads.clone()))
+        let grown: Vec<(Uuid, Slot)> = grown
+            .into_iter()
+            .map(|id| (id, cache.slots.remove(&id).expect("cached")))
             .collect();
-        let shrunk = self.config.workers.map(stored, |(id, mut slot, heads)| {
-            slot.saved = heads;
+        let shrunk = self.config.workers.map(grown, |(id, mut slot)| {
             slot.doc.shrink();
             (id, slot)
         });
@@ -724,6 +748,7 @@ impl Repo {
             next_seq: loaded.next_seq,
             change_records: loaded.change_records,
             change_bytes: loaded.change_bytes,
+            unshrunk: 0,
             last_used: tick,
         })
     }
@@ -931,6 +956,7 @@ impl Tx<'_> {
                 next_seq: 0,
                 change_records: 0,
                 change_bytes: 0,
+                unshrunk: 0,
                 last_used: self.cache.tick,
             },
         );

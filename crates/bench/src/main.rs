@@ -228,11 +228,12 @@ fn main() -> anyhow::Result<()> {
         command.push_str(&format!(" --large-clone {n}"));
     }
     let size_text = format!(
-        "{} components on {} drawings of {}; {} single writes, {} bulks of 50, {} large bulks, {} queries, {} propagations, {} reconnects, {} restarts; fan-out to {} devices ({} updates), {} idle connections; a clone of {} components{}",
+        "{} components on {} drawings of {}; {} single writes ({} more paced), {} bulks of 50, {} large bulks, {} queries, {} propagations, {} reconnects, {} restarts; fan-out to {} devices ({} updates), {} idle connections; a clone of {} components{}",
         project.components,
         project.drawings.len(),
         sizes.per_drawing,
         sizes.single_writes,
+        sizes.paced_writes,
         sizes.bulk50,
         sizes.bulk10k,
         sizes.queries,

@@ -20,6 +20,8 @@ pub struct Sizes {
     pub components: usize,
     pub per_drawing: usize,
     pub single_writes: usize,
+    /// Single writes again, one every [`PACE`] (information).
+    pub paced_writes: usize,
     pub bulk50: usize,
     pub bulk10k: usize,
     pub queries: usize,
@@ -42,6 +44,7 @@ impl Sizes {
             components,
             per_drawing: 50,
             single_writes: 500,
+            paced_writes: 250,
             bulk50: 100,
             bulk10k: 5,
             queries: 200,
@@ -61,6 +64,7 @@ impl Sizes {
             components: 2_000,
             per_drawing: 50,
             single_writes: 100,
+            paced_writes: 25,
             bulk50: 20,
             bulk10k: 2,
             queries: 50,
@@ -136,6 +140,11 @@ pub fn put_toggle(c: &Client, p: &Project, ids: &[&str], k: usize, key: &str) ->
     Ok(())
 }
 
+/// The interval of the paced single writes: a busy crew's rate many times
+/// over, and time enough for the relay and B to take each write in before
+/// the next.
+pub const PACE: Duration = Duration::from_millis(20);
+
 /// Single milestone updates and bulk updates over HTTP, each acknowledged
 /// only once durable. Each bulk of 10,000 starts once the previous one has
 /// reached the relay and B: otherwise the sync of its 500 drawings (which
@@ -150,6 +159,17 @@ pub fn writes(a: &Client, b: &Client, p: &Project, s: &Sizes) -> anyhow::Result<
         let (t, r) = timed(|| put_toggle(a, p, &spools, k, "punch"));
         r?;
         single.push(t);
+    }
+    // The same writes at a steady pace: what one update costs when the
+    // relay and B (on these two cores too) are not still taking in the last.
+    let mut paced = Vec::with_capacity(s.paced_writes);
+    let start = Instant::now();
+    for (i, k) in (s.single_writes..s.single_writes + s.paced_writes).enumerate() {
+        let due = start + PACE * i as u32;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let (t, r) = timed(|| put_toggle(a, p, &spools, k, "punch"));
+        r?;
+        paced.push(t);
     }
     let mut b50 = Vec::with_capacity(s.bulk50);
     for round in 0..s.bulk50 {
@@ -175,7 +195,13 @@ pub fn writes(a: &Client, b: &Client, p: &Project, s: &Sizes) -> anyhow::Result<
     Ok(vec![
         Figure::ms("HTTP write", "single milestone update, durable", &single)
             .target(Stat::P99, 5.0)
-            .note("PUT .../milestones/{key}, a discrete toggle; round trip over loopback"),
+            .note("PUT .../milestones/{key}, a discrete toggle, back to back; round trip over loopback"),
+        Figure::ms(
+            "HTTP write",
+            &format!("single milestone update, one every {} ms", PACE.as_millis()),
+            &paced,
+        )
+        .note("the same writes paced (information; the target is judged back to back, above)"),
         Figure::ms("HTTP write", "bulk of 50 updates", &b50).target(Stat::P99, 20.0),
         Figure::ms("HTTP write", &format!("bulk of {n} updates"), &b10k)
             .target(Stat::P99, 1000.0)

@@ -447,12 +447,12 @@ impl Service {
             if changed.len() <= READ_IN_PLACE {
                 Ok(d.components_of(&changed))
             } else {
-                Err((d.clone(), changed))
+                Err(Box::new((d.clone(), changed)))
             }
         });
         let fresh = match read {
             Ok(Ok(views)) => views?,
-            Ok(Err((copy, changed))) => copy.components_of(&changed)?,
+            Ok(Err(copy)) => copy.0.components_of(&copy.1)?,
             // Listed before its document arrived, or still raw.
             Err(RepoError::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),

@@ -29,7 +29,8 @@ use sitesync_model::{OpMeta, ProjectId, Timestamp};
 use sitesync_sync::Persisted;
 use sitesync_sync::credentials::Token;
 use sitesync_sync::host::RepoHost;
-use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceNote};
+use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceHub};
+use sitesync_sync::presence::Offer;
 use sitesync_sync::protocol::PresenceEntry;
 use sitesync_sync::repo::{decode_heads, encode_heads};
 use sitesync_sync::session::{Event, Host, HostError, Incoming, PeerInfo, Session};
@@ -40,7 +41,7 @@ use uuid::Uuid;
 use crate::service::Service;
 
 /// Presence expires this long after the last heartbeat.
-pub const PRESENCE_TTL_MS: i64 = 30_000;
+pub const PRESENCE_TTL_MS: i64 = sitesync_sync::presence::TTL_MS;
 
 /// The session host of a daemon: the repository host, with another device's
 /// changes applied through the service.
@@ -55,6 +56,9 @@ impl Host for DaemonHost {
     }
     fn may_share(&self, org: &str, project: Uuid) -> Result<bool, HostError> {
         self.inner.may_share(org, project)
+    }
+    fn holds(&self, org: &str, project: Uuid) -> Result<bool, HostError> {
+        self.inner.holds(org, project)
     }
     fn summary(&self, project: Uuid) -> Result<Vec<(Uuid, Vec<ChangeHash>)>, HostError> {
         self.inner.summary(project)
@@ -177,9 +181,6 @@ fn activity_name(a: u8) -> &'static str {
     if a == 1 { "editing" } else { "viewing" }
 }
 
-/// (project, device, user) → (component, activity, last seen).
-type PresenceTable = HashMap<(Uuid, Uuid, String), (Option<Uuid>, u8, Timestamp)>;
-
 /// Local changes not yet covered by a relay's acknowledgement, counted per
 /// document. A local write adds its own changes to its document's count;
 /// only a document acknowledged meanwhile (or changed in a way the count
@@ -232,9 +233,11 @@ pub struct Replication {
     token: Option<Token>,
     device_name: String,
     changes: broadcast::Sender<Uuid>,
-    presence_out: broadcast::Sender<PresenceNote>,
+    /// The presence table and the channel new entries reach peers by.
+    presence: Arc<PresenceHub>,
+    /// The last heartbeat number this device gave ([`PresenceEntry::seq`]).
+    presence_seq: AtomicU64,
     peers: Mutex<BTreeMap<Uuid, PeerSlot>>,
-    presence: Mutex<PresenceTable>,
     pending: Pending,
     last_synced_at: Mutex<Option<Timestamp>>,
     timing: SyncTiming,
@@ -273,7 +276,6 @@ impl Replication {
         tls: Arc<rustls::ClientConfig>,
     ) -> Arc<Self> {
         let (changes, _) = broadcast::channel(4096);
-        let (presence_out, _) = broadcast::channel(1024);
         if let Some(t) = &token {
             service.set_org(t.cert().org());
         }
@@ -286,9 +288,9 @@ impl Replication {
             token,
             device_name,
             changes,
-            presence_out,
+            presence: PresenceHub::new(),
+            presence_seq: AtomicU64::new(0),
             peers: Mutex::new(BTreeMap::new()),
-            presence: Mutex::new(HashMap::new()),
             pending: Pending::default(),
             last_synced_at: Mutex::new(None),
             timing,
@@ -452,7 +454,7 @@ impl Replication {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let feeds = Feeds {
             changes: self.changes.subscribe(),
-            presence: self.presence_out.subscribe(),
+            presence: self.presence.subscribe(),
             id,
         };
         link::drive(
@@ -461,7 +463,7 @@ impl Replication {
             self.host.clone(),
             feeds,
             observer,
-            self.presence_out.clone(),
+            self.presence.clone(),
             self.timing.link,
         )
         .await
@@ -637,48 +639,52 @@ impl Replication {
 
     /// `PUT /v1/presence`: a local heartbeat, relayed to every peer.
     pub fn heartbeat(&self, project: ProjectId, component: Option<Uuid>, activity: u8, user: &str) {
+        // Strictly increasing, and past any number given before a restart
+        // (the wall clock has moved on), so peers take it as new.
+        let at = now().0.max(0) as u64;
+        let prev = self
+            .presence_seq
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(at.max(last + 1))
+            })
+            .unwrap_or(0);
         let entry = PresenceEntry {
             project: project.0.into(),
             component: component.map(Into::into),
             user: user.to_owned(),
             device: self.service.device().0.into(),
             activity,
+            seq: at.max(prev + 1),
         };
-        self.record_presence(&entry);
-        let _ = self.presence_out.send(PresenceNote { from: 0, entry });
+        if self.presence.offer(0, self.service.org(), entry.clone()) == Offer::New {
+            self.publish_presence(&entry);
+        }
     }
 
-    fn record_presence(&self, entry: &PresenceEntry) {
+    /// A heartbeat new to this device, on the event stream.
+    fn publish_presence(&self, entry: &PresenceEntry) {
         let project = Uuid::from(entry.project);
-        let device = Uuid::from(entry.device);
-        let component = entry.component.map(Uuid::from);
-        let seen = now();
-        self.presence.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            (project, device, entry.user.clone()),
-            (component, entry.activity, seen),
-        );
         self.service.events.publish(
             "presence.updated",
             Some(ProjectId(project)),
-            json!({"project_id": project, "user": entry.user, "device_id": device,
-                   "component_id": component, "activity": activity_name(entry.activity), "last_seen": seen}),
+            json!({"project_id": project, "user": entry.user, "device_id": Uuid::from(entry.device),
+                   "component_id": entry.component.map(Uuid::from),
+                   "activity": activity_name(entry.activity), "last_seen": now()}),
         );
     }
 
     /// Who is viewing or editing what in `project` (expired entries dropped).
     pub fn presence(&self, project: ProjectId) -> Vec<PresenceView> {
-        let cutoff = now().0 - PRESENCE_TTL_MS;
-        let mut table = self.presence.lock().unwrap_or_else(|p| p.into_inner());
-        table.retain(|_, (_, _, seen)| seen.0 > cutoff);
-        let mut out: Vec<PresenceView> = table
-            .iter()
-            .filter(|((p, _, _), _)| *p == project.0)
-            .map(|((_, device, user), (component, activity, seen))| PresenceView {
-                user: user.clone(),
-                device_id: *device,
-                component_id: *component,
-                activity: activity_name(*activity),
-                last_seen: *seen,
+        let mut out: Vec<PresenceView> = self
+            .presence
+            .live(self.service.org(), project.0)
+            .into_iter()
+            .map(|h| PresenceView {
+                user: h.user,
+                device_id: h.device.into(),
+                component_id: h.component.map(Uuid::from),
+                activity: activity_name(h.activity),
+                last_seen: Timestamp(h.at_ms),
             })
             .collect();
         out.sort_by(|a, b| a.user.cmp(&b.user).then(a.device_id.cmp(&b.device_id)));
@@ -757,8 +763,10 @@ impl Observer for PeerObserver {
                     let id = match slot {
                         Some(id) => id,
                         None => {
-                            // An inbound LAN peer: one entry per device.
-                            let id = peer.device;
+                            // An inbound LAN peer: one entry per device
+                            // and token, so no device can take over
+                            // another's entry by claiming its id.
+                            let id = peer.key;
                             repl.peers().entry(id).or_insert_with(|| PeerSlot {
                                 view: PeerView::new(id, None, "lan", false),
                                 task: None,
@@ -772,7 +780,8 @@ impl Observer for PeerObserver {
                 }
                 Event::Applied { .. } => repl.synced_now(),
                 Event::Acked { doc, heads } => acks.push((*doc, heads.as_slice())),
-                Event::Presence(entry) => repl.record_presence(entry),
+                // The link passes on only entries new to this device.
+                Event::Presence(entry) => repl.publish_presence(entry),
                 Event::Latency(ms) => {
                     if let Some(id) = slot {
                         repl.update(id, |v| {

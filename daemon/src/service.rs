@@ -266,6 +266,11 @@ impl Service {
         let _ = self.org.set(org.to_owned());
     }
 
+    /// This device's organisation ("" until a token names it).
+    pub fn org(&self) -> &str {
+        self.org.get().map_or("", String::as_str)
+    }
+
     /// The record listing `pid` as this device's organisation's.
     fn project_record(&self, pid: ProjectId) -> (String, Vec<u8>) {
         project_record(pid.0, self.org.get().map_or("", String::as_str))

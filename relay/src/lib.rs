@@ -27,11 +27,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sitesync_sync::host::RepoHost;
-use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceNote};
+use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceHub};
+use sitesync_sync::presence::Offer;
 use sitesync_sync::session::{Event, PeerInfo, Session};
 use sitesync_sync::{DocStore, RedbBackend, Repo, RepoConfig, StoreError};
 use tokio::sync::{Semaphore, broadcast};
@@ -79,6 +81,9 @@ pub struct Metrics {
     bytes_out: Counter,
     sync_latency: Histogram,
     auth_failures: Counter,
+    /// Connections closed, and peer messages dropped, by a check or a
+    /// limit, by reason ([`refusal_label`]).
+    refused: Family<Vec<(&'static str, &'static str)>, Counter>,
     documents: Gauge<i64, AtomicI64>,
 }
 
@@ -95,6 +100,7 @@ impl Default for Metrics {
             // 50 µs .. ~1.6 s.
             sync_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             auth_failures: Counter::default(),
+            refused: Family::default(),
             documents: Gauge::default(),
         };
         registry.register("connections", "Connected devices", m.connections.clone());
@@ -112,6 +118,11 @@ impl Default for Metrics {
             "Connections refused or dropped for their credentials",
             m.auth_failures.clone(),
         );
+        registry.register(
+            "refused",
+            "Connections closed and peer messages dropped by a check or a limit, by reason",
+            m.refused.clone(),
+        );
         registry.register("documents_held", "Documents stored", m.documents.clone());
         Self { registry, ..m }
     }
@@ -123,7 +134,7 @@ pub struct Relay {
     orgs: Arc<Orgs>,
     device: Uuid,
     changes: broadcast::Sender<Uuid>,
-    presence: broadcast::Sender<PresenceNote>,
+    presence: Arc<PresenceHub>,
     metrics: Metrics,
     slots: Arc<Semaphore>,
     next_connection: AtomicU64,
@@ -162,20 +173,30 @@ impl Relay {
             },
         ));
         let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
-        let (presence, _) = broadcast::channel(1024);
+        let presence = PresenceHub::new();
         let notify = changes.clone();
+        let metrics = Metrics::default();
+        // Counted once here, then followed write by write: a scrape of
+        // `/metrics` reads no store record.
+        let host = RepoHost::new(repo.clone());
+        let held_now = repo.store().meta_names("bind/").map_err(store_err)?.len();
+        metrics.documents.set(held_now as i64);
+        let held = metrics.documents.clone();
         repo.set_persist_hook(Box::new(move |persisted| {
             for p in persisted {
+                if p.before.is_empty() {
+                    held.inc();
+                }
                 let _ = notify.send(p.id);
             }
         }));
         Ok(Arc::new(Self {
-            host: RepoHost::new(repo),
+            host,
             orgs: Arc::new(Orgs::new(data_dir)),
             device,
             changes,
             presence,
-            metrics: Metrics::default(),
+            metrics,
             slots: Arc::new(Semaphore::new(config.max_connections)),
             next_connection: AtomicU64::new(1),
             config,
@@ -225,11 +246,6 @@ async fn healthz(State(relay): State<Arc<Relay>>) -> Response {
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> Response {
-    let host = relay.host.clone();
-    let documents = tokio::task::spawn_blocking(move || host.documents().unwrap_or(0))
-        .await
-        .unwrap_or(0);
-    relay.metrics.documents.set(documents as i64);
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &relay.metrics.registry) {
         return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
@@ -242,6 +258,22 @@ async fn metrics(State(relay): State<Arc<Relay>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The metrics label of a connection's closing code, for the codes a check
+/// or a limit of this side gives; `None` for anything else (a peer's own
+/// codes are its words, and would make labels without bound).
+pub fn refusal_label(code: &str) -> Option<&'static str> {
+    [
+        "malformed_frame",
+        "bad_presence",
+        "out_of_scope",
+        "bad_changes",
+        "protocol",
+        "unsupported_version",
+    ]
+    .into_iter()
+    .find(|known| *known == code)
 }
 
 /// Reports a connection's traffic to the metrics and re-checks its token.
@@ -269,6 +301,13 @@ impl Observer for ConnectionObserver {
             if let Event::Ready(peer) = event {
                 tracing::info!(device = %peer.device, name = %peer.name, org = %peer.org, "device connected");
             }
+        }
+    }
+
+    fn presence_dropped(&self, offer: Offer) {
+        if offer == Offer::Full {
+            let label = vec![("reason", "presence_table_full")];
+            self.relay.metrics.refused.get_or_create(&label).inc();
         }
     }
 
@@ -312,6 +351,13 @@ async fn upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Respo
         .await;
         if ended.code.as_deref() == Some("unauthorized") {
             relay.metrics.auth_failures.inc();
+        }
+        if let Some(reason) = ended.code.as_deref().and_then(refusal_label) {
+            relay
+                .metrics
+                .refused
+                .get_or_create(&vec![("reason", reason)])
+                .inc();
         }
         tracing::info!(connection = id, reason = %ended.reason, "connection closed");
         relay.metrics.connections.dec();

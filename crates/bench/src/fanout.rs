@@ -129,7 +129,7 @@ impl Fleet {
                 // The senders live as long as the connection: a closed
                 // channel would end it. These devices never write.
                 let (changes, _) = broadcast::channel(16);
-                let (presence, _) = broadcast::channel(16);
+                let presence = link::PresenceHub::new();
                 let feeds = Feeds {
                     changes: changes.subscribe(),
                     presence: presence.subscribe(),

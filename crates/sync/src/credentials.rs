@@ -352,6 +352,24 @@ pub fn check_server(
     Ok(cert.scope())
 }
 
+/// The key a side keeps a peer's bookkeeping under (its sync states, its
+/// status entry): the device id the peer claims, bound to the token it
+/// proved (`token_id`; none for a relay, which proves the organisation
+/// key). A device cannot claim another's id to overwrite its sync state:
+/// with another token, the same claimed id is another key.
+pub fn peer_key(token_id: Option<Uuid>, device: Uuid) -> Uuid {
+    use sha2::Digest as _;
+    let Some(token) = token_id else { return device };
+    let mut h = sha2::Sha256::new();
+    h.update(b"sitesync peer key v1");
+    h.update(token.as_bytes());
+    h.update(device.as_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::from_bytes(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

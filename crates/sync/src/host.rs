@@ -112,6 +112,12 @@ impl Host for RepoHost {
         })
     }
 
+    fn holds(&self, org: &str, project: Uuid) -> Result<bool, HostError> {
+        Ok(self
+            .project_org(project)?
+            .is_some_and(|owner| owner.is_empty() || owner == org))
+    }
+
     fn summary(&self, project: Uuid) -> Result<Vec<(Uuid, Vec<ChangeHash>)>, HostError> {
         let names = self
             .repo

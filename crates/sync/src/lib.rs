@@ -11,10 +11,12 @@ pub mod credentials;
 pub mod host;
 pub mod link;
 pub mod memory;
+pub mod presence;
 pub mod protocol;
 pub mod repo;
 pub mod session;
 pub mod store;
+pub mod sync_check;
 pub mod workers;
 
 pub use repo::{Arrived, Doc, Persisted, Repo, RepoConfig, RepoError, Tx};
@@ -31,9 +33,29 @@ pub use sitesync_model as model;
 /// synced changes (`perf`, single writes replicated). Its warnings stay.
 pub const DEFAULT_LOG_FILTER: &str = "info,automerge=warn";
 
+/// The log filter of both binaries: `SITESYNC_LOG`'s value, or
+/// [`DEFAULT_LOG_FILTER`] when it is unset or empty. A value that is not a
+/// filter is an error naming it, never silently replaced.
+pub fn log_filter(value: Option<&str>) -> Result<tracing_subscriber::EnvFilter, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
+        Some(v) => tracing_subscriber::EnvFilter::try_new(v).map_err(|e| {
+            format!("SITESYNC_LOG={v:?} is not a log filter ({e}); e.g. SITESYNC_LOG=debug or {DEFAULT_LOG_FILTER}")
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tracing::Level;
+
+    #[test]
+    fn a_bad_log_filter_is_an_error_naming_it() {
+        let e = super::log_filter(Some("info,=,[")).unwrap_err();
+        assert!(e.contains("SITESYNC_LOG=\"info,=,[\""), "{e}");
+        super::log_filter(Some("debug")).unwrap();
+        super::log_filter(None).unwrap();
+    }
 
     /// Automerge's spans are off by default; this crate's `info` and
     /// Automerge's warnings are not.

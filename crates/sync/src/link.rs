@@ -15,6 +15,7 @@ use futures_util::{SinkExt, StreamExt as _};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::presence::{self, Offer};
 use crate::protocol::{self, MAX_FRAME, PresenceEntry};
 use crate::session::{Event, Host, Output, PeerInfo, Session};
 
@@ -191,14 +192,63 @@ pub trait Observer: Send + Sync {
     fn still_admitted(&self, _peer: &PeerInfo) -> Result<(), String> {
         Ok(())
     }
+    /// A peer's presence entry was dropped: already heard (`Seen`, the
+    /// normal end of a loop) or the table is full (`Full`, a limit).
+    fn presence_dropped(&self, _offer: Offer) {}
 }
 
 /// A presence entry on its way to other connections, with the connection it
-/// came from (so it is not echoed back).
+/// came from (so it is not echoed back) and that connection's organisation
+/// (so it only goes to connections of the same one).
 #[derive(Clone, Debug)]
 pub struct PresenceNote {
     pub from: u64,
+    pub org: Arc<str>,
     pub entry: PresenceEntry,
+}
+
+/// A node's presence: its table ([`presence::Board`]) and the channel that
+/// passes new entries to every connection. Only entries the table finds
+/// new go out, so a loop of peers settles.
+pub struct PresenceHub {
+    board: std::sync::Mutex<presence::Board>,
+    out: broadcast::Sender<PresenceNote>,
+}
+
+impl PresenceHub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            board: std::sync::Mutex::new(presence::Board::default()),
+            out: broadcast::channel(1024).0,
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<PresenceNote> {
+        self.out.subscribe()
+    }
+
+    fn board(&self) -> std::sync::MutexGuard<'_, presence::Board> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `entry`, heard on connection `from` (0: made here) of organisation
+    /// `org`: recorded and passed to every other connection when new.
+    pub fn offer(&self, from: u64, org: &str, entry: PresenceEntry) -> Offer {
+        let offer = self.board().offer(org, &entry, now_ms());
+        if offer == Offer::New {
+            let _ = self.out.send(PresenceNote {
+                from,
+                org: org.into(),
+                entry,
+            });
+        }
+        offer
+    }
+
+    /// The live entries of `project` heard from organisation `org`.
+    pub fn live(&self, org: &str, project: Uuid) -> Vec<presence::Heard> {
+        self.board().live(org, project.into(), now_ms())
+    }
 }
 
 /// What a connection listens to besides its socket.
@@ -261,7 +311,7 @@ pub async fn drive<S: FrameSocket>(
     host: Arc<dyn Host + Send + Sync>,
     mut feeds: Feeds,
     observer: Arc<dyn Observer>,
-    presence_out: broadcast::Sender<PresenceNote>,
+    presence: Arc<PresenceHub>,
     timing: LinkTiming,
 ) -> Ended {
     // Session steps do storage and Automerge work: keep them off the
@@ -277,21 +327,25 @@ pub async fn drive<S: FrameSocket>(
         let mut outputs = std::mem::take(&mut pending);
         // Events first, all of one step at once: observers record state
         // (status, acknowledgements), and a Close below ends the loop.
+        // A presence entry goes on (to the observer and to every other
+        // connection) only when this node has not heard it before.
+        let org = session.peer().map(|p| p.org.clone()).unwrap_or_default();
         let events: Vec<Event> = outputs
             .extract_if(.., |o| matches!(o, Output::Event(_)))
             .filter_map(|o| match o {
+                Output::Event(Event::Presence(entry)) => {
+                    match presence.offer(feeds.id, &org, entry.clone()) {
+                        Offer::New => Some(Event::Presence(entry)),
+                        dropped => {
+                            observer.presence_dropped(dropped);
+                            None
+                        }
+                    }
+                }
                 Output::Event(e) => Some(e),
                 _ => None,
             })
             .collect();
-        for e in &events {
-            if let Event::Presence(entry) = e {
-                let _ = presence_out.send(PresenceNote {
-                    from: feeds.id,
-                    entry: entry.clone(),
-                });
-            }
-        }
         if !events.is_empty() {
             tokio::task::block_in_place(|| observer.events(&events));
         }
@@ -336,7 +390,7 @@ pub async fn drive<S: FrameSocket>(
             },
             note = feeds.presence.recv() => match note {
                 Ok(note) if note.from != feeds.id => {
-                    pending = step(&mut session, &mut |s| s.presence(note.entry.clone(), host.as_ref()));
+                    pending = step(&mut session, &mut |s| s.presence(&note.org, note.entry.clone(), host.as_ref()));
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return Ended::transport("shutting down"),

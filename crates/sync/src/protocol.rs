@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! A ── Hello{version, peer, device name, certificate, nonce} ──▶ B
-//! A ◀── Welcome{peer, name, certificate, projects, nonce, proof} / Error ── B
+//! A ◀── Welcome{peer, name, certificate, nonce, proof} / Error ── B
 //! A ── Auth{proof} ──▶ B                    (both sides now proven)
 //! A ◀─▶ Summary{project, doc → heads}       the subscription: every shared
 //!                                           project; only docs that differ go on
@@ -57,6 +57,11 @@ pub struct PresenceEntry {
     pub device: WireId,
     /// 0 viewing, 1 editing.
     pub activity: u8,
+    /// The origin device's heartbeat number, strictly increasing per
+    /// device: a node passes an entry on only when it is newer than the
+    /// last it heard for the same (project, device, user), so a loop of
+    /// peers carries each heartbeat once ([`crate::presence`]).
+    pub seq: u64,
 }
 
 /// The messages of protocol version 1.
@@ -71,13 +76,15 @@ pub enum Message {
         nonce: [u8; 32],
     },
     /// Accepts a Hello: who this side is, the certificate it presents (empty
-    /// from a relay, which proves itself with the organisation key), the
-    /// shared projects it holds, its nonce and its proof over both nonces.
+    /// from a relay, which proves itself with the organisation key), its
+    /// nonce and its proof over both nonces. Nothing about what this side
+    /// holds: the client has not proved its key yet (a captured certificate
+    /// replayed in a Hello must learn nothing), so the shared projects come
+    /// as Summaries after its Auth.
     Welcome {
         peer: WireId,
         device_name: String,
         credentials: Vec<u8>,
-        projects: Vec<WireId>,
         nonce: [u8; 32],
         proof: Vec<u8>,
     },
@@ -195,7 +202,6 @@ mod tests {
                 peer: id(9),
                 device_name: "relay".into(),
                 credentials: vec![],
-                projects: vec![id(2), id(3)],
                 nonce: [8; 32],
                 proof: vec![4; 64],
             },
@@ -219,6 +225,7 @@ mod tests {
                 user: "ana".into(),
                 device: id(1),
                 activity: 1,
+                seq: 1_800_000_000_000,
             }),
             Message::Ping { nonce: 7 },
             Message::Pong { nonce: 7 },

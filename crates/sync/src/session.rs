@@ -36,8 +36,12 @@ use sitesync_model::automerge::ChangeHash;
 use sitesync_model::automerge::sync::{Message as SyncMessage, State as SyncState};
 use uuid::Uuid;
 
-use crate::credentials::{Authority, Certificate, CredentialError, Scope, Token, check_server, transcript};
+use crate::credentials::{
+    Authority, Certificate, CredentialError, Scope, Token, check_server, peer_key, transcript,
+};
+use crate::presence;
 use crate::protocol::{self, Head, Message, PresenceEntry, WireId};
+use crate::sync_check::{SyncLimits, check_sync_message};
 
 /// Why the host could not do what a session asked.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,10 @@ pub trait Host {
     /// Whether `project` may be shared with a peer of organisation `org`
     /// (false when it is bound to another organisation).
     fn may_share(&self, org: &str, project: Uuid) -> Result<bool, HostError>;
+    /// Whether `project` is held here and not bound to another organisation
+    /// than `org`: presence is shown and passed on only for such projects,
+    /// so a device cannot fill other tables with projects nobody holds.
+    fn holds(&self, org: &str, project: Uuid) -> Result<bool, HostError>;
     /// The documents of `project` held here, with their durable heads.
     fn summary(&self, project: Uuid) -> Result<Vec<(Uuid, Vec<ChangeHash>)>, HostError>;
     /// The project `doc` is bound to, if held here.
@@ -83,6 +91,7 @@ pub trait Host {
 /// Who a received sync message is from and what it claims.
 pub struct Incoming<'a> {
     pub org: &'a str,
+    /// The peer's [`PeerInfo::key`].
     pub peer: Uuid,
     pub project: Uuid,
     pub doc: Uuid,
@@ -101,6 +110,12 @@ pub struct PeerInfo {
     /// The id of the token the peer presented (none from a relay), so a
     /// revocation can drop the connection.
     pub token_id: Option<Uuid>,
+    /// When the peer's certificate expires (none from a relay): a live
+    /// link does not outlast it ([`Session::ping`] checks).
+    pub expires_at_ms: Option<i64>,
+    /// What this side keeps the peer's bookkeeping (sync states, status)
+    /// under: its device id bound to its token ([`peer_key`]).
+    pub key: Uuid,
 }
 
 /// Something the driver should know about.
@@ -242,6 +257,8 @@ pub struct Session {
     /// Outstanding pings: nonce → time sent.
     pings: HashMap<u64, i64>,
     next_ping: u64,
+    /// What a peer's sync message may hold before Automerge sees it.
+    sync_limits: SyncLimits,
 }
 
 fn heads_to_wire(heads: &[ChangeHash]) -> Vec<Head> {
@@ -314,6 +331,7 @@ impl Session {
             window: Window::new(DEFAULT_WINDOW),
             pings: HashMap::new(),
             next_ping: 0,
+            sync_limits: SyncLimits::default(),
         }
     }
 
@@ -382,7 +400,7 @@ impl Session {
                     credentials,
                     nonce,
                 },
-            ) => self.on_hello(peer, device_name, &credentials, nonce, now_ms, host),
+            ) => self.on_hello(peer, device_name, &credentials, nonce, now_ms),
             (
                 Phase::AwaitWelcome,
                 Message::Welcome {
@@ -436,7 +454,6 @@ impl Session {
         credentials: &[u8],
         client_nonce: [u8; 32],
         now_ms: i64,
-        host: &dyn Host,
     ) -> Vec<Output> {
         let Side::Server(authority) = &self.side else {
             unreachable!("only servers await a Hello")
@@ -456,21 +473,18 @@ impl Session {
             scope: admission.scope.intersect(&cert.scope()),
             relay: false,
             token_id: Some(cert.id()),
+            expires_at_ms: Some(cert.expires_at_ms()),
+            key: peer_key(Some(cert.id()), peer.into()),
         };
         let proof = admission
             .signer
             .sign(&transcript("server", &client_nonce, &self.nonce))
             .to_bytes()
             .to_vec();
-        let projects = match self.shared_projects(&info, host) {
-            Ok(p) => p,
-            Err(e) => return host_failure(e),
-        };
         let welcome = Message::Welcome {
             peer: self.device.into(),
             device_name: self.name.clone(),
             credentials: admission.presented,
-            projects: projects.into_iter().map(WireId::from).collect(),
             nonce: self.nonce,
             proof,
         };
@@ -506,13 +520,16 @@ impl Session {
             Ok(s) => s,
             Err(e) => return credential_failure(e),
         };
+        let server_cert = Certificate::decode(credentials).ok();
         let info = PeerInfo {
             device: peer.into(),
             name: device_name,
             org: token.cert().org().to_owned(),
             scope: token.cert().scope().intersect(&server_scope),
             relay: credentials.is_empty(),
-            token_id: Certificate::decode(credentials).ok().map(|c| c.id()),
+            token_id: server_cert.as_ref().map(Certificate::id),
+            expires_at_ms: server_cert.as_ref().map(Certificate::expires_at_ms),
+            key: peer_key(server_cert.as_ref().map(Certificate::id), peer.into()),
         };
         let auth = Message::Auth {
             proof: token.sign(&transcript("client", &self.nonce, &server_nonce)),
@@ -592,7 +609,7 @@ impl Session {
         doc: Uuid,
         host: &dyn Host,
     ) -> Result<Vec<Output>, HostError> {
-        let state = self.state(peer.device, doc, host)?;
+        let state = self.state(peer.key, doc, host)?;
         Ok(match host.generate(doc, state)? {
             Some(m) => vec![Output::Send(Message::Sync {
                 project: project.into(),
@@ -623,11 +640,16 @@ impl Session {
         result.unwrap_or_else(|e| self.fail(host_failure(e)))
     }
 
-    /// Relays a presence entry if its project is shared with this peer.
-    pub fn presence(&mut self, entry: PresenceEntry, host: &dyn Host) -> Vec<Output> {
+    /// Relays a presence entry heard from organisation `org` (or made here)
+    /// if the peer is of that organisation and its project is shared with
+    /// it: presence never crosses organisations.
+    pub fn presence(&mut self, org: &str, entry: PresenceEntry, host: &dyn Host) -> Vec<Output> {
         let Some(peer) = self.peer() else {
             return Vec::new();
         };
+        if peer.org != org {
+            return Vec::new();
+        }
         match self.allowed(peer, entry.project.into(), host) {
             Ok(true) => vec![Output::Send(Message::Presence(entry))],
             Ok(false) => Vec::new(),
@@ -637,8 +659,17 @@ impl Session {
 
     /// A ping to measure latency; the matching Pong yields [`Event::Latency`].
     pub fn ping(&mut self, now_ms: i64) -> Vec<Output> {
-        if self.peer().is_none() {
+        let Some(peer) = self.peer() else {
             return Vec::new();
+        };
+        // Expiry is checked at the handshake and on every ping after it,
+        // so a link lives at most a ping interval past its certificate.
+        if let Some(expired) = peer.expires_at_ms.filter(|at| now_ms >= *at) {
+            let out = credential_failure(CredentialError::Expired {
+                id: peer.token_id.unwrap_or_default(),
+                expired_at_ms: expired,
+            });
+            return self.fail(out);
         }
         self.next_ping += 1;
         // Forget pings never answered, so the map stays small.
@@ -667,11 +698,22 @@ impl Session {
                 doc: doc.into(),
                 heads: heads_from_wire(&heads),
             })]),
-            Message::Presence(entry) => match self.allowed(peer, entry.project.into(), host) {
-                Ok(true) => Ok(vec![Output::Event(Event::Presence(entry))]),
-                Ok(false) => return fatal("out_of_scope", "presence for a project outside the shared scope"),
-                Err(e) => Err(e),
-            },
+            Message::Presence(entry) => {
+                if let Err(e) = presence::check(&entry) {
+                    return fatal("bad_presence", e.to_string());
+                }
+                let project = Uuid::from(entry.project);
+                if !peer.scope.contains(project) {
+                    return fatal("out_of_scope", "presence for a project outside the shared scope");
+                }
+                // A project in scope that is not held here (or is another
+                // organisation's) has nobody here to show it to: dropped.
+                match host.holds(&peer.org, project) {
+                    Ok(true) => Ok(vec![Output::Event(Event::Presence(entry))]),
+                    Ok(false) => Ok(Vec::new()),
+                    Err(e) => Err(e),
+                }
+            }
             Message::Ping { nonce } => Ok(vec![Output::Send(Message::Pong { nonce })]),
             Message::Pong { nonce } => Ok(self
                 .pings
@@ -753,7 +795,7 @@ impl Session {
                 // for an answer, and it would generate nothing for a
                 // document the peer changed without sending (a change
                 // its feed missed, say).
-                let state = self.state(peer.device, doc, host)?;
+                let state = self.state(peer.key, doc, host)?;
                 state.their_heads = Some(theirs.clone());
                 state.in_flight = false;
                 differ.push(doc);
@@ -790,6 +832,13 @@ impl Session {
         if !self.allowed(peer, project, host)? {
             return Ok(out_of_scope(project));
         }
+        // Automerge trusts what it decodes: the bytes are checked first.
+        if let Err(e) = check_sync_message(bytes, &self.sync_limits) {
+            return Ok(fatal(
+                "malformed_frame",
+                format!("bad sync message for {doc}: {e}"),
+            ));
+        }
         let message = match SyncMessage::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -801,11 +850,11 @@ impl Session {
         };
         let incoming = Incoming {
             org: &peer.org,
-            peer: peer.device,
+            peer: peer.key,
             project,
             doc,
         };
-        let state = self.state(peer.device, doc, host)?;
+        let state = self.state(peer.key, doc, host)?;
         let mut out = Vec::new();
         if let Some(heads) = host.receive(&incoming, state, message)? {
             out.push(Output::Send(Message::Ack {

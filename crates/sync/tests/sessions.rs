@@ -579,3 +579,175 @@ fn the_project_document_is_synced_before_its_drawings() {
     assert_eq!(t.synced_docs.first(), Some(&pid.0), "{:?}", t.synced_docs);
     assert_eq!(hb.summary(pid.0).unwrap().len(), 7);
 }
+
+/// A relay-like authority for two organisations (as the relay's `Orgs`).
+struct TwoOrgs(OrgKey, OrgKey);
+
+impl Authority for TwoOrgs {
+    fn admit(&self, cert: &Certificate, now_ms: i64) -> Result<Admission, CredentialError> {
+        if cert.org() == self.0.name {
+            self.0.admit(cert, now_ms)
+        } else {
+            self.1.admit(cert, now_ms)
+        }
+    }
+}
+
+fn globex() -> OrgKey {
+    OrgKey::from_secret("globex", [7; 32])
+}
+
+fn presence_for(project: Uuid, user: &str) -> protocol::PresenceEntry {
+    protocol::PresenceEntry {
+        project: project.into(),
+        component: None,
+        user: user.into(),
+        device: Uuid::from_u128(0xE).into(),
+        activity: 0,
+        seq: 1,
+    }
+}
+
+/// The relay holds acme's P1. A device of another organisation sends
+/// presence for P1 and for a project nobody holds: neither becomes an
+/// event (nothing is recorded or passed on), and presence heard from one
+/// organisation is never sent to a peer of another.
+#[test]
+fn presence_never_crosses_organisations() {
+    let (ha, hr, he) = (host(), host(), host());
+    project(&ha, P1, 1);
+    let relay = || Arc::new(TwoOrgs(acme(), globex()));
+    let mut a = Session::client(Uuid::from_u128(0xA), "a", token(&acme(), 1, &[]), [1; 32]);
+    let mut r = Session::server(Uuid::from_u128(0xF), "relay", relay(), [2; 32]);
+    pump(&mut a, &ha, &mut r, &hr);
+    assert_eq!(hr.project_org(P1.0).unwrap().as_deref(), Some("acme"));
+
+    let mut evil = Session::client(Uuid::from_u128(0xE), "e", token(&globex(), 5, &[]), [5; 32]);
+    let mut r2 = Session::server(Uuid::from_u128(0xF), "relay", relay(), [6; 32]);
+    let t = pump(&mut evil, &he, &mut r2, &hr);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    for project in [P1.0, Uuid::from_u128(0xBAD)] {
+        let frame = protocol::encode(&Message::Presence(presence_for(project, "mallory")));
+        let outs = r2.handle(&frame, NOW, &hr);
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, Output::Event(Event::Presence(_)))),
+            "presence for {project} was taken: {outs:?}"
+        );
+        assert!(!r2.is_closed());
+    }
+    // Heard from globex: not sent to acme's device; heard from acme: sent.
+    assert!(
+        r.presence("globex", presence_for(P1.0, "mallory"), &hr)
+            .is_empty()
+    );
+    let outs = r.presence("acme", presence_for(P1.0, "ana"), &hr);
+    assert!(
+        matches!(&outs[..], [Output::Send(Message::Presence(_))]),
+        "{outs:?}"
+    );
+
+    // A bad entry closes the link that sent it.
+    let frame = protocol::encode(&Message::Presence(presence_for(P1.0, &"x".repeat(8 << 20))));
+    let outs = r.handle(&frame, NOW, &hr);
+    assert!(
+        matches!(&outs[0], Output::Send(Message::Error { code, .. }) if code == "bad_presence"),
+        "{outs:?}"
+    );
+    assert!(r.is_closed());
+}
+
+/// The issue's 15-byte sync message (a Bloom filter claiming 2³² probes)
+/// closes the connection before Automerge sees it; without the check, the
+/// next sync message generated for the document asks for 17 GB.
+#[test]
+fn a_bloom_filter_bomb_is_refused_before_automerge_sees_it() {
+    let (ha, hb) = (host(), host());
+    project(&ha, P1, 1);
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    pump(&mut a, &ha, &mut b, &hb);
+    let bomb = vec![
+        0x42, 0x00, 0x00, 0x01, 0x00, 0x08, 0x08, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0x00, 0x00,
+    ];
+    let frame = protocol::encode(&Message::Sync {
+        project: P1.0.into(),
+        doc: P1.0.into(),
+        message: bomb,
+    });
+    let outs = b.handle(&frame, NOW, &hb);
+    assert!(
+        matches!(&outs[0], Output::Send(Message::Error { code, message, fatal: true })
+            if code == "malformed_frame" && message.contains("probes")),
+        "{outs:?}"
+    );
+    assert!(b.is_closed());
+}
+
+/// Expiry is not only a handshake matter: a live link is closed at the
+/// first ping after the peer's certificate expires, on either side.
+#[test]
+fn a_live_link_ends_when_the_peers_certificate_expires() {
+    let (ha, hb) = (host(), host());
+    let expires = NOW + 60_000;
+    let ta = acme().issue(Uuid::from_u128(1), &[], expires, [1; 32]);
+    let (mut a, mut b) = lan_pair(ta, token(&acme(), 2, &[]));
+    pump(&mut a, &ha, &mut b, &hb);
+    assert!(matches!(
+        &b.ping(expires - 1)[..],
+        [Output::Send(Message::Ping { .. })]
+    ));
+    let outs = b.ping(expires);
+    assert!(
+        matches!(&outs[0], Output::Send(Message::Error { code, message, .. })
+            if code == "unauthorized" && message.contains("expired")),
+        "{outs:?}"
+    );
+    assert!(b.is_closed());
+}
+
+/// The Welcome goes out before the client has proved it holds its key, so
+/// it names nothing the server holds: a replayed certificate learns no
+/// project id.
+#[test]
+fn the_welcome_names_no_project_before_the_client_proves_its_key() {
+    let hb = host();
+    project(&hb, P1, 2);
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let Output::Send(hello) = a.start().remove(0) else {
+        panic!()
+    };
+    let outs = b.handle(&protocol::encode(&hello), NOW, &hb);
+    assert_eq!(outs.len(), 1, "{outs:?}");
+    let Output::Send(welcome) = &outs[0] else { panic!() };
+    let bytes = protocol::encode(welcome);
+    let p1 = P1.0.as_bytes();
+    assert!(
+        !bytes.windows(16).any(|w| w == p1),
+        "the Welcome carries project {P1:?}"
+    );
+}
+
+/// A device claiming another device's id (with its own token) gets its own
+/// bookkeeping: the other device's sync states stay as they were.
+#[test]
+fn a_device_claiming_anothers_id_cannot_overwrite_its_sync_state() {
+    use sitesync_sync::credentials::peer_key;
+    let (ha, hb, hm) = (host(), host(), host());
+    project(&ha, P1, 1);
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    pump(&mut a, &ha, &mut b, &hb);
+    let honest = peer_key(Some(Uuid::from_u128(1)), Uuid::from_u128(0xA));
+    assert_eq!(b.peer().unwrap().key, honest);
+    let before = hb.load_state(honest, P1.0).unwrap().expect("A's sync state on B");
+
+    // Mallory holds a P1 of her own making and claims A's device id.
+    project(&hm, P1, 1);
+    let (mut m, mut b2) = lan_pair(token(&acme(), 9, &[]), token(&acme(), 2, &[]));
+    pump(&mut m, &hm, &mut b2, &hb);
+    let mallory = b2.peer().unwrap();
+    assert_eq!(mallory.device, Uuid::from_u128(0xA), "she claimed A's id");
+    assert_ne!(mallory.key, honest);
+    assert_eq!(hb.load_state(honest, P1.0).unwrap(), Some(before));
+    assert!(hb.load_state(mallory.key, P1.0).unwrap().is_some());
+}

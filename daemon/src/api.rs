@@ -1201,6 +1201,17 @@ async fn put_presence(
         }
     };
     let user = b.user.filter(|u| !u.trim().is_empty()).unwrap_or(user);
+    // What peers will check of it (a peer closes a link that sends worse).
+    let chars = user.chars().count();
+    if chars > sitesync_sync::presence::MAX_USER_CHARS || user.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "user",
+            format!(
+                "user must be 1 to {} characters of plain text",
+                sitesync_sync::presence::MAX_USER_CHARS
+            ),
+        ));
+    }
     blocking(&app, move |s| s.project(project).map(|_| ())).await?;
     app.replication.heartbeat(project, component, activity, &user);
     Ok(StatusCode::NO_CONTENT)

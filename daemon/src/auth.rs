@@ -25,7 +25,10 @@ pub const TOKEN_FILE: &str = "api-token";
 pub fn ensure_token(data_dir: &Path) -> std::io::Result<(String, PathBuf)> {
     let path = data_dir.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_owned(), path)),
+        Ok(t) if !t.trim().is_empty() => {
+            check_private(&path)?;
+            return Ok((t.trim().to_owned(), path));
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -48,6 +51,28 @@ pub fn ensure_token(data_dir: &Path) -> std::io::Result<(String, PathBuf)> {
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok((token, path))
+}
+
+/// Refuses a token file others may read: whoever read it holds the API.
+/// The daemon writes it 0600; a wider mode is someone's change, and the
+/// token may have leaked, so it is not quietly narrowed.
+fn check_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is readable by others (mode {mode:03o}): anyone who read it can use the API. \
+                     Delete it for a new token, or `chmod 600` it if nobody else could read it",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The Host values a request may carry: loopback names at our port (plus the
@@ -88,6 +113,7 @@ pub async fn guard(State(app): State<Arc<AppState>>, req: Request, next: Next) -
             );
         }
     }
+    let mut cors = None;
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !app.allowed_origins.iter().any(|o| o == origin) {
@@ -99,16 +125,61 @@ pub async fn guard(State(app): State<Arc<AppState>>, req: Request, next: Next) -
                 ),
             );
         }
+        cors = header::HeaderValue::from_str(origin).ok();
     }
-    if req.uri().path() != "/v1/health" && !authorized(&app.token, &req) {
-        return deny(
+    // A browser asks before a cross-origin request with a token (a
+    // preflight carries none): an allowed origin is answered here.
+    if let Some(origin) = &cors
+        && req.method() == axum::http::Method::OPTIONS
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        allow_origin(&mut response, origin);
+        let h = response.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::HeaderValue::from_static(CORS_METHODS),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::HeaderValue::from_static(CORS_HEADERS),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            header::HeaderValue::from_static("600"),
+        );
+        return response;
+    }
+    let mut response = if req.uri().path() != "/v1/health" && !authorized(&app.token, &req) {
+        deny(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong API token: send `Authorization: Bearer <token>` (the token is in <data-dir>/api-token)"
                 .into(),
-        );
+        )
+    } else {
+        next.run(req).await
+    };
+    if let Some(origin) = &cors {
+        allow_origin(&mut response, origin);
     }
-    next.run(req).await
+    response
+}
+
+/// What a preflight allows an `--allow-origin` page: every method and
+/// request header the API reads.
+const CORS_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
+const CORS_HEADERS: &str = "Authorization, Content-Type, X-User, Last-Event-ID";
+
+/// Lets the page of `origin` (already checked) read the answer.
+fn allow_origin(response: &mut Response, origin: &header::HeaderValue) {
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        header::HeaderValue::from_static("Location, Content-Disposition"),
+    );
+    h.append(header::VARY, header::HeaderValue::from_static("Origin"));
 }
 
 fn authorized(token: &str, req: &Request) -> bool {
@@ -150,5 +221,23 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// A token file others may read is refused, naming the file and the fix.
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (_, path) = ensure_token(dir.path()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = ensure_token(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(
+            e.to_string().contains("mode 644") && e.to_string().contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        ensure_token(dir.path()).unwrap();
     }
 }

@@ -296,14 +296,47 @@ pub struct CsvSink<W: Write> {
 impl<W: Write> CsvSink<W> {
     pub fn new(out: W, headers: &[String]) -> std::io::Result<Self> {
         let mut writer = csv::Writer::from_writer(out);
-        writer.write_record(headers)?;
+        writer.write_record(headers.iter().map(|h| escape_formula(h).into_owned()))?;
         Ok(Self { writer })
+    }
+}
+
+/// The characters a spreadsheet reads as the start of a formula.
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+fn quoted_formula(text: &str) -> bool {
+    text.trim_start_matches('\'').starts_with(FORMULA_START)
+}
+
+/// A text cell as a CSV may hold it: one that a spreadsheet would run as
+/// a formula (`=HYPERLINK(...)`, `+`, `-`, `@`, tab, CR) gets a leading
+/// `'`, so Excel and LibreOffice show it as text. Text that already starts
+/// with quotes before such a character gets one more, so
+/// [`unescape_formula`] gives back exactly what was exported. Numbers are
+/// cells of their own ([`Cell::Number`]) and are never quoted.
+pub fn escape_formula(text: &str) -> std::borrow::Cow<'_, str> {
+    if quoted_formula(text) {
+        format!("'{text}").into()
+    } else {
+        text.into()
+    }
+}
+
+/// Undoes [`escape_formula`] on a cell read from a CSV file, so an
+/// exported file imports as unchanged.
+pub fn unescape_formula(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if quoted_formula(rest) => rest,
+        _ => cell,
     }
 }
 
 impl<W: Write> Sink for CsvSink<W> {
     fn row(&mut self, cells: &[Cell]) -> std::io::Result<()> {
-        Ok(self.writer.write_record(cells.iter().map(Cell::text))?)
+        Ok(self.writer.write_record(cells.iter().map(|c| match c {
+            Cell::Text(s) => escape_formula(s).into_owned(),
+            other => other.text(),
+        }))?)
     }
 
     fn finish(mut self: Box<Self>) -> std::io::Result<()> {
@@ -609,5 +642,31 @@ mod tests {
             "LNG_Train_2___Area_7-components.xlsx"
         );
         assert_eq!(file_name("//", Format::Csv), "project-components.csv");
+    }
+
+    /// A formula in a text cell is quoted for spreadsheets, and the quote
+    /// comes off again on import, for every text (quotes included).
+    #[test]
+    fn formulas_are_quoted_on_export_and_unquoted_on_import() {
+        for (text, exported) in [
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "'=HYPERLINK(\"http://x\",\"y\")",
+            ),
+            ("+1", "'+1"),
+            ("-3", "'-3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("'=x", "''=x"),
+            ("''-x", "'''-x"),
+            ("P-101", "P-101"),
+            ("'quoted", "'quoted"),
+            ("", ""),
+            ("'", "'"),
+        ] {
+            assert_eq!(escape_formula(text), exported, "{text:?}");
+            assert_eq!(unescape_formula(exported), text, "{exported:?}");
+        }
     }
 }

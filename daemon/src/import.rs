@@ -142,7 +142,7 @@ fn read_csv(
     for (i, cell) in record.iter().enumerate() {
         let text = std::str::from_utf8(cell).map_err(|_| FileError::HeaderEncoding { column: i + 1 })?;
         // Excel's "CSV UTF-8" starts with a byte-order mark.
-        headers.push(text.trim_start_matches('\u{feff}').to_owned());
+        headers.push(crate::export::unescape_formula(text.trim_start_matches('\u{feff}')).to_owned());
     }
     let columns = Columns::new(headers, mapping).map_err(FileError::Header)?;
     let mut row = 1;
@@ -154,7 +154,8 @@ fn read_csv(
         }
         rows += 1;
         let cells: Vec<std::borrow::Cow<'_, str>> = record.iter().map(String::from_utf8_lossy).collect();
-        let mut input = columns.row(cells.iter().map(|c| c.as_ref()));
+        // An exported file's formula-looking text came out quoted.
+        let mut input = columns.row(cells.iter().map(|c| crate::export::unescape_formula(c)));
         for (i, cell) in record.iter().enumerate().take(columns.len()) {
             if std::str::from_utf8(cell).is_err() {
                 input.errors.push(RowError::new(

@@ -192,8 +192,8 @@ fn hostname() -> String {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SITESYNC_LOG")
-                .unwrap_or_else(|_| sitesync_sync::DEFAULT_LOG_FILTER.into()),
+            sitesync_sync::log_filter(std::env::var("SITESYNC_LOG").ok().as_deref())
+                .map_err(anyhow::Error::msg)?,
         )
         .with_writer(std::io::stderr)
         .init();

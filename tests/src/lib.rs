@@ -296,16 +296,29 @@ impl Client {
     /// Sends raw HTTP/1.1 bytes (for headers a client library will not
     /// forge, like a foreign Host) and returns the status code.
     pub fn raw_status(&self, request: &str) -> u16 {
-        let mut s = TcpStream::connect(self.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        s.write_all(request.as_bytes()).expect("write");
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).expect("read");
-        let head = String::from_utf8_lossy(&buf[..n]);
-        head.split_whitespace()
+        self.raw_head(request)
+            .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Sends raw HTTP/1.1 bytes and returns the answer's status line and
+    /// headers, as text (for headers the other helpers do not show).
+    pub fn raw_head(&self, request: &str) -> String {
+        let mut s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(request.as_bytes()).expect("write");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&head);
+        text.split("\r\n\r\n").next().unwrap_or("").to_owned()
     }
 
     /// GETs raw bytes (a download): status, Content-Type, body.

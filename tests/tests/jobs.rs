@@ -335,7 +335,12 @@ fn exports_round_trip_through_import_unchanged() {
         d.call(
             "PATCH",
             &format!("/v1/projects/{p}/components/{}", s.pipe),
-            Some(&json!({"attributes": {"area": "A9", "status": "hold", "QTY": "odd"}})),
+            // And text a spreadsheet would run as a formula, in a value
+            // and in an attribute's name.
+            Some(
+                &json!({"attributes": {"area": "A9", "status": "hold", "QTY": "odd",
+                "note": "=HYPERLINK(\"http://evil.example\",\"open\")", "@risk": "-1+1"}}),
+            ),
         ),
         "attributes",
     );
@@ -371,6 +376,15 @@ fn exports_round_trip_through_import_unchanged() {
             "{column} missing from {header}"
         );
     }
+    // Formulas are quoted so a spreadsheet shows them as text; the
+    // import below takes the quotes off again (all rows unchanged).
+    assert!(text.contains("'=HYPERLINK("), "{text}");
+    assert!(header.split(',').any(|h| h == "'@risk"), "{header}");
+    assert!(text.contains(",'-1+1"), "{text}");
+    assert!(
+        !text.contains(",=HYPERLINK") && !text.contains("\"=HYPERLINK"),
+        "{text}"
+    );
     let (status, _, streamed) = d.download(&format!("/v1/projects/{p}/components.csv"));
     assert_eq!(status, 200);
     assert_eq!(

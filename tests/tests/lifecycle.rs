@@ -98,6 +98,45 @@ fn an_allowed_origin_is_served_and_others_are_not() {
     let origin = |o: &str| d.call_with("GET", "/v1/projects", None, &[("Origin", o)]).0;
     assert_eq!(origin("http://localhost:5173"), 200);
     assert_eq!(origin("http://localhost:5174"), 403);
+
+    // A browser's preflight (no token) is answered for the allowed origin,
+    // and the answer to the real request lets that page read it.
+    let host = format!("Host: {}\r\n", d.addr);
+    let preflight = |o: &str| {
+        d.raw_head(&format!(
+            "OPTIONS /v1/projects HTTP/1.1\r\n{host}Origin: {o}\r\n\
+             Access-Control-Request-Method: POST\r\n\
+             Access-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n"
+        ))
+        .to_lowercase()
+    };
+    let head = preflight("http://localhost:5173");
+    assert!(head.starts_with("http/1.1 204"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: http://localhost:5173"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-methods:") && head.contains("post"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-headers:") && head.contains("authorization"),
+        "{head}"
+    );
+    assert!(preflight("http://localhost:5174").starts_with("http/1.1 403"));
+    let head = d
+        .raw_head(&format!(
+            "GET /v1/projects HTTP/1.1\r\n{host}Origin: http://localhost:5173\r\n\
+             Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            d.token
+        ))
+        .to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: http://localhost:5173"),
+        "{head}"
+    );
 }
 
 #[test]

@@ -103,14 +103,17 @@ pub fn resolve(header: &str) -> Field {
     if trimmed.is_empty() {
         return Field::Ignored;
     }
-    if trimmed.len() > ATTRIBUTE_PREFIX.len()
-        && trimmed[..ATTRIBUTE_PREFIX.len()].eq_ignore_ascii_case(ATTRIBUTE_PREFIX)
-    {
+    // `get`, not indexing: a header's first bytes may end inside a
+    // character (`attr\u{feff}x`), which indexing panics on.
+    let starts_with = |prefix: &str| {
+        trimmed
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    if trimmed.len() > ATTRIBUTE_PREFIX.len() && starts_with(ATTRIBUTE_PREFIX) {
         return Field::Attribute(trimmed[ATTRIBUTE_PREFIX.len()..].trim().to_owned());
     }
-    if trimmed.len() >= MILESTONE_PREFIX.len()
-        && trimmed[..MILESTONE_PREFIX.len()].eq_ignore_ascii_case(MILESTONE_PREFIX)
-    {
+    if starts_with(MILESTONE_PREFIX) {
         return Field::Ignored;
     }
     if let Some(name) = trimmed.strip_prefix("attributes.") {
@@ -606,6 +609,10 @@ mod tests {
             ("Line Class", Field::Attribute("Line Class".into())),
             ("attr:qty", Field::Attribute("qty".into())),
             ("milestone:erect", Field::Ignored),
+            // Found by the fuzzer: a prefix's length ending inside a
+            // character panicked.
+            ("attr\u{feff}T:x", Field::Attribute("attr\u{feff}T:x".into())),
+            ("milest\u{f6}ne:x", Field::Attribute("milest\u{f6}ne:x".into())),
             ("completion_percent", Field::Ignored),
             ("  ", Field::Ignored),
         ];

@@ -57,6 +57,8 @@ pub struct AppState {
     pub jobs: Arc<jobs::Jobs>,
     /// Largest import file accepted.
     pub max_import_bytes: u64,
+    /// The API socket's connection cap and header-read timeout.
+    pub http_limits: sitesync_sync::accept::Limits,
 }
 
 /// Failures while starting.
@@ -115,10 +117,18 @@ pub async fn run(
     sitesync_sync::repo::compact_in_background(service.repo());
     sitesync_sync::memory::trim_periodically(sitesync_sync::memory::TRIM_EVERY);
     save_index_periodically(&service, INDEX_SAVE_EVERY);
+    let limits = state.http_limits;
+    let counted = state.clone();
+    let refused = Arc::new(move || counted.metrics.connection_refused());
     let app = api::router(state);
-    axum::serve(sitesync_sync::link::without_nagle(listener), app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    sitesync_sync::accept::serve(
+        sitesync_sync::link::without_nagle(listener),
+        app,
+        limits,
+        refused,
+        shutdown,
+    )
+    .await?;
     let svc = service.clone();
     match tokio::task::spawn_blocking(move || svc.save_index()).await {
         Ok(Ok(_)) => {}

@@ -10,6 +10,7 @@ use clap::Parser;
 use sitesync_daemon::jobs::{Jobs, JobsConfig};
 use sitesync_daemon::replication::{Replication, SyncTiming, listen_for_peers};
 use sitesync_daemon::{AppState, auth, open_service, run, seed};
+use sitesync_sync::accept::Limits;
 use sitesync_sync::credentials::Token;
 use sitesync_sync::link::{LinkTiming, shutdown_signal};
 use std::time::Duration;
@@ -173,6 +174,40 @@ struct Cli {
     )]
     max_import_mb: u64,
 
+    /// Open connections to the API at most (requests and event streams);
+    /// past it a new socket is closed at once
+    /// (sitesync_connections_refused_total).
+    #[arg(
+        long,
+        env = "SITESYNC_MAX_CONNECTIONS",
+        default_value_t = 256,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    max_connections: u64,
+
+    /// LAN peers connected to --peer-listen at most (sockets still
+    /// handshaking included); past it a new socket is closed at once.
+    #[arg(
+        long,
+        env = "SITESYNC_MAX_PEERS",
+        default_value_t = 64,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    max_peers: u64,
+
+    /// Time a client (an app, or a LAN peer) has to send its HTTP request
+    /// headers; a socket trickling bytes gives its slot back after this.
+    #[arg(
+        long,
+        env = "SITESYNC_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    header_timeout_ms: u64,
+
     /// Seed, once, a realistic demo project (6 drawings, 150 components,
     /// real rules of credit, some progress).
     #[arg(long, env = "SITESYNC_DEMO")]
@@ -237,10 +272,7 @@ async fn main() -> anyhow::Result<()> {
     let service = Arc::new(open_service(&data_dir, cli.max_cached_documents as usize)?);
     let ping_every = Duration::from_millis(cli.sync_ping_ms.max(10));
     let timing = SyncTiming {
-        link: LinkTiming {
-            ping_every,
-            idle_timeout: (ping_every * 6).max(Duration::from_secs(2)),
-        },
+        link: LinkTiming::from_ping(ping_every),
         reconnect_min: Duration::from_millis(cli.reconnect_min_ms.max(10)),
         reconnect_max: Duration::from_secs(30),
     };
@@ -279,6 +311,9 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", cli.listen))?;
     let addr = listener.local_addr()?;
     let extra_host = cli.allow_remote.then(|| addr.to_string());
+    let header_read_timeout = Duration::from_millis(cli.header_timeout_ms);
+    let mut metrics = sitesync_daemon::metrics::Metrics::default();
+    metrics.register_sync_frames(replication.frame_counters());
     let state = Arc::new(AppState {
         service,
         token,
@@ -289,10 +324,14 @@ async fn main() -> anyhow::Result<()> {
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "unknown".into()),
         device_name,
-        metrics: Default::default(),
+        metrics,
         replication: replication.clone(),
         jobs,
         max_import_bytes: cli.max_import_mb.saturating_mul(1024 * 1024),
+        http_limits: Limits {
+            max_connections: cli.max_connections as usize,
+            header_read_timeout,
+        },
     });
     println!(
         "sitesync-daemon {} listening on http://{addr}",
@@ -301,7 +340,11 @@ async fn main() -> anyhow::Result<()> {
     println!("  data directory: {}", data_dir.display());
     println!("  API token file: {}", token_path.display());
     if let Some(addr) = cli.peer_listen {
-        let bound = listen_for_peers(replication.clone(), addr)
+        let limits = Limits {
+            max_connections: cli.max_peers as usize,
+            header_read_timeout,
+        };
+        let bound = listen_for_peers(replication.clone(), addr, limits)
             .await
             .with_context(|| format!("binding --peer-listen {addr}"))?;
         println!("  LAN peers: ws://{bound}");

@@ -43,6 +43,7 @@ pub struct Metrics {
     documents_loaded: Gauge<i64, AtomicI64>,
     store_bytes: Gauge<i64, AtomicI64>,
     damaged_records: Gauge<i64, AtomicI64>,
+    connections_refused: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -58,6 +59,7 @@ impl Default for Metrics {
         let documents_loaded = Gauge::default();
         let store_bytes = Gauge::default();
         let damaged_records = Gauge::default();
+        let connections_refused = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -83,6 +85,11 @@ impl Default for Metrics {
             "Stored records found damaged and skipped since start",
             damaged_records.clone(),
         );
+        registry.register(
+            "connections_refused",
+            "API sockets closed at accept because --max-connections were open",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -90,7 +97,30 @@ impl Default for Metrics {
             documents_loaded,
             store_bytes,
             damaged_records,
+            connections_refused,
         }
+    }
+}
+
+impl Metrics {
+    /// Registers the sync connections' frame counters (replication owns
+    /// them: it exists before the metrics do).
+    pub fn register_sync_frames(&mut self, (frames_in, frames_out): (Counter, Counter)) {
+        self.registry.register(
+            "sync_frames_in",
+            "Frames received from relays and LAN peers",
+            frames_in,
+        );
+        self.registry.register(
+            "sync_frames_out",
+            "Frames sent to relays and LAN peers",
+            frames_out,
+        );
+    }
+
+    /// An API socket was closed at accept: the connection cap was reached.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 }
 

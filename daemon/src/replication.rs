@@ -244,6 +244,10 @@ pub struct Replication {
     /// Trusted roots for wss:// relays.
     tls: Arc<rustls::ClientConfig>,
     next_connection: AtomicU64,
+    /// Frames received and sent on every sync connection, for `/metrics`
+    /// (a storm shows there; so does traffic settling).
+    frames_in: prometheus_client::metrics::counter::Counter,
+    frames_out: prometheus_client::metrics::counter::Counter,
 }
 
 /// Why a peer could not be added.
@@ -296,6 +300,8 @@ impl Replication {
             timing,
             tls,
             next_connection: AtomicU64::new(1),
+            frames_in: Default::default(),
+            frames_out: Default::default(),
         });
         // Changes applied here are indexed on their own thread.
         repl.service.start_indexer();
@@ -471,9 +477,26 @@ impl Replication {
 
     /// Accepts LAN peers on `listener` (WebSocket at `/`), admitting only
     /// devices of this daemon's own organisation.
-    pub async fn serve_peers(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+    pub async fn serve_peers(
+        self: Arc<Self>,
+        listener: TcpListener,
+        limits: sitesync_sync::accept::Limits,
+    ) -> std::io::Result<()> {
         let app = Router::new().route("/", get(accept_peer)).with_state(self);
-        axum::serve(sitesync_sync::link::without_nagle(listener), app).await
+        let refused = Arc::new(|| tracing::debug!("a LAN peer socket past --max-peers was closed"));
+        let listener = sitesync_sync::link::without_nagle(listener);
+        sitesync_sync::accept::serve(listener, app, limits, refused, std::future::pending()).await
+    }
+
+    /// The frames received and sent on sync connections, as counters for
+    /// the daemon's metrics registry.
+    pub fn frame_counters(
+        &self,
+    ) -> (
+        prometheus_client::metrics::counter::Counter,
+        prometheus_client::metrics::counter::Counter,
+    ) {
+        (self.frames_in.clone(), self.frames_out.clone())
     }
 
     /// `GET /v1/sync/status`.
@@ -752,6 +775,14 @@ struct PeerObserver {
 }
 
 impl Observer for PeerObserver {
+    fn frame_in(&self, _bytes: usize) {
+        self.repl.frames_in.inc();
+    }
+
+    fn frame_out(&self, _bytes: usize) {
+        self.repl.frames_out.inc();
+    }
+
     fn events(&self, events: &[Event]) {
         let repl = &self.repl;
         let slot = *self.peer_id.lock().unwrap_or_else(|p| p.into_inner());
@@ -852,11 +883,15 @@ async fn accept_peer(State(repl): State<Arc<Replication>>, ws: WebSocketUpgrade)
 }
 
 /// Binds `--peer-listen` and serves LAN peers in the background.
-pub async fn listen_for_peers(repl: Arc<Replication>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+pub async fn listen_for_peers(
+    repl: Arc<Replication>,
+    addr: SocketAddr,
+    limits: sitesync_sync::accept::Limits,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = repl.serve_peers(listener).await {
+        if let Err(e) = repl.serve_peers(listener, limits).await {
             tracing::error!(error = %e, "LAN peer listener failed");
         }
     });

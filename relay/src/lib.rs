@@ -52,7 +52,13 @@ pub struct RelayConfig {
     /// loaded first (2–3 ms for a drawing of 50 components), on the path
     /// of every device waiting for the change.
     pub max_cached: usize,
+    /// Time a client has to send its HTTP request headers.
+    pub header_read_timeout: Duration,
 }
+
+/// Open sockets beyond [`RelayConfig::max_connections`] that are still
+/// accepted, so `/healthz` and `/metrics` answer at the device limit.
+pub const ADMIN_SLACK: usize = 64;
 
 /// [`RelayConfig::max_cached`] by default, as a daemon's: a project of
 /// 2,000 drawings stays whole (~200 MB at ~100 KB a drawing).
@@ -67,6 +73,7 @@ impl Default for RelayConfig {
             max_connections: 10_000,
             timing: LinkTiming::default(),
             max_cached: DEFAULT_MAX_CACHED,
+            header_read_timeout: sitesync_sync::accept::HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -217,7 +224,7 @@ pub async fn run<L>(
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L::Io: Unpin,
 {
     sitesync_sync::repo::compact_in_background(relay.host.repo());
     sitesync_sync::memory::trim_periodically(sitesync_sync::memory::TRIM_EVERY);
@@ -226,9 +233,16 @@ where
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(relay.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = sitesync_sync::accept::Limits {
+        max_connections: relay.config.max_connections.saturating_add(ADMIN_SLACK),
+        header_read_timeout: relay.config.header_read_timeout,
+    };
+    let counted = relay.clone();
+    let refused = Arc::new(move || {
+        let label = vec![("reason", "connection_limit")];
+        counted.metrics.refused.get_or_create(&label).inc();
+    });
+    sitesync_sync::accept::serve(listener, app, limits, refused, shutdown).await?;
     if let Err(e) = relay.host.repo().flush() {
         tracing::error!(error = %e, "flush at shutdown failed");
     }

@@ -48,9 +48,16 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         data: DataDir,
-        /// Connections beyond this are refused (503) until others close.
+        /// Devices connected at most: more are refused (503) until others
+        /// close. Open sockets (upgraded or not) are capped at this plus 64,
+        /// counted as they are accepted; past that a socket is closed at
+        /// once (sitesync_relay_refused_total{reason="connection_limit"}).
         #[arg(long, default_value_t = 10_000)]
         max_connections: usize,
+        /// Time a client has to send its HTTP request headers (a socket
+        /// trickling bytes gives its slot back after this).
+        #[arg(long, default_value_t = 10_000, value_name = "MS")]
+        header_timeout_ms: u64,
         /// PEM certificate chain: serve wss:// (needs --tls-key). Without
         /// it the relay speaks plain ws://, for loopback and tests only.
         #[arg(
@@ -226,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
             listen,
             data,
             max_connections,
+            header_timeout_ms,
             ping_interval_ms,
             tls_cert,
             tls_key,
@@ -237,10 +245,8 @@ async fn main() -> anyhow::Result<()> {
             let config = RelayConfig {
                 max_connections,
                 max_cached: max_cached_documents as usize,
-                timing: LinkTiming {
-                    ping_every,
-                    idle_timeout: (ping_every * 6).max(Duration::from_secs(2)),
-                },
+                timing: LinkTiming::from_ping(ping_every),
+                header_read_timeout: Duration::from_millis(header_timeout_ms.max(1)),
             };
             let relay = Relay::open(&data.data_dir, config)?;
             let listener = TcpListener::bind(listen)

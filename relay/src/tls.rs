@@ -53,6 +53,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// TLS handshakes under way at once, at most; each has 10 s to finish.
+pub const MAX_HANDSHAKES: usize = 1024;
+
 /// A TCP listener whose accepted connections have completed a TLS handshake.
 pub struct TlsListener {
     local: SocketAddr,
@@ -64,6 +67,7 @@ impl TlsListener {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -78,8 +82,15 @@ impl TlsListener {
                 if tx.is_closed() {
                     break;
                 }
+                // Handshakes under way are bounded too: a flood of sockets
+                // that never finish one cannot pile up tasks.
+                let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many TLS handshakes under way; closed");
+                    continue;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

@@ -531,7 +531,7 @@ impl Relay {
         )
     }
 
-    fn start_with(dir: &Path, listen: &str, extra: &[&str]) -> Self {
+    pub fn start_with(dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -6,7 +6,14 @@
 //! loads them from the [`store::DocStore`] on demand, runs the model's pure
 //! mutations on them, and appends the new Automerge changes to the store in
 //! one flushed batch before the write is acknowledged.
+//!
+//! From a peer: [`accept`] (or a dialled WebSocket) → [`link::drive`] →
+//! [`session::Session`], which decodes frames ([`protocol`]), checks sync
+//! messages ([`sync_check`]) and presence ([`presence`]) before anything
+//! keeps them or Automerge sees them, and reaches documents through
+//! [`host::RepoHost`].
 
+pub mod accept;
 pub mod credentials;
 pub mod host;
 pub mod link;

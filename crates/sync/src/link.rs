@@ -266,14 +266,26 @@ pub struct LinkTiming {
     pub ping_every: Duration,
     /// No frame for this long (pings included) and the peer is gone.
     pub idle_timeout: Duration,
+    /// The handshake must be done this long after the socket opened: a
+    /// socket that never sends its Hello gives its slot back.
+    pub handshake_timeout: Duration,
+}
+
+impl LinkTiming {
+    /// Both binaries' timing from their ping interval: gone after six
+    /// silent pings, the handshake done within two (at least 2 s each).
+    pub fn from_ping(ping_every: Duration) -> Self {
+        Self {
+            ping_every,
+            idle_timeout: (ping_every * 6).max(Duration::from_secs(2)),
+            handshake_timeout: (ping_every * 2).max(Duration::from_secs(2)),
+        }
+    }
 }
 
 impl Default for LinkTiming {
     fn default() -> Self {
-        Self {
-            ping_every: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
-        }
+        Self::from_ping(Duration::from_secs(5))
     }
 }
 
@@ -323,6 +335,8 @@ pub async fn drive<S: FrameSocket>(
     let mut ticker = tokio::time::interval(timing.ping_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let handshake_deadline = tokio::time::sleep(timing.handshake_timeout);
+    tokio::pin!(handshake_deadline);
     loop {
         let mut outputs = std::mem::take(&mut pending);
         // Events first, all of one step at once: observers record state
@@ -395,6 +409,11 @@ pub async fn drive<S: FrameSocket>(
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return Ended::transport("shutting down"),
             },
+            () = &mut handshake_deadline, if session.peer().is_none() => {
+                let reason = format!("no handshake within {:?}", timing.handshake_timeout);
+                socket.close(reason.clone()).await;
+                return Ended::transport(reason);
+            }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > timing.idle_timeout {
                     socket.close("idle timeout".into()).await;

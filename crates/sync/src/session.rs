@@ -180,6 +180,20 @@ enum Phase {
 /// must hold this side's window and the peer's together.
 pub const DEFAULT_WINDOW: usize = 16;
 
+/// Most documents one Summary may list: ten times the drawings of a
+/// 500,000-component project. A longer one closes the connection.
+pub const MAX_SUMMARY_DOCS: usize = 262_144;
+
+/// Most documents of received summaries waiting for a window slot, over
+/// all projects: summaries for many projects cannot grow the queue
+/// without bound.
+pub const MAX_QUEUED: usize = 1_048_576;
+
+/// In-memory sync states a connection keeps by default; past this, those
+/// of settled documents are dropped (their persisted state is reloaded
+/// when the document moves again).
+pub const DEFAULT_MAX_STATES: usize = 4096;
+
 /// How long a started document may go without settling before its window
 /// slot is given to the next (ms). Only a safety net: the peer always
 /// answers a sync message that needs an answer, but a slot that never
@@ -209,10 +223,15 @@ impl Window {
         }
     }
 
-    fn enqueue(&mut self, project: Uuid, doc: Uuid) {
+    /// Queues `doc`; `false` when the queue is full.
+    fn enqueue(&mut self, project: Uuid, doc: Uuid) -> bool {
+        if self.queued.len() >= MAX_QUEUED {
+            return false;
+        }
         if !self.open.contains_key(&doc) && self.queued.insert(doc) {
             self.queue.push_back((project, doc));
         }
+        true
     }
 
     /// The next queued document, when a slot is free.
@@ -259,6 +278,8 @@ pub struct Session {
     next_ping: u64,
     /// What a peer's sync message may hold before Automerge sees it.
     sync_limits: SyncLimits,
+    /// In-memory sync states kept before settled ones are dropped.
+    max_states: usize,
 }
 
 fn heads_to_wire(heads: &[ChangeHash]) -> Vec<Head> {
@@ -332,6 +353,7 @@ impl Session {
             pings: HashMap::new(),
             next_ping: 0,
             sync_limits: SyncLimits::default(),
+            max_states: DEFAULT_MAX_STATES,
         }
     }
 
@@ -340,6 +362,28 @@ impl Session {
     pub fn with_window(mut self, limit: usize) -> Self {
         self.window.limit = limit.max(1);
         self
+    }
+
+    /// Keeps at most about `limit` in-memory sync states (at least one).
+    pub fn with_max_states(mut self, limit: usize) -> Self {
+        self.max_states = limit.max(1);
+        self
+    }
+
+    /// How many in-memory sync states this connection holds.
+    pub fn sync_states(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Drops the states of settled documents not in the window once there
+    /// are more than allowed: a long connection over a large project would
+    /// otherwise hold one for every document it ever synced.
+    fn shrink_states(&mut self) {
+        if self.states.len() > self.max_states {
+            let open = &self.window.open;
+            self.states
+                .retain(|doc, state| open.contains_key(doc) || !settled(state));
+        }
     }
 
     /// The peer, once the handshake is done.
@@ -768,6 +812,15 @@ impl Session {
         if !self.allowed(peer, project, host)? {
             return Ok(out_of_scope(project));
         }
+        if docs.len() > MAX_SUMMARY_DOCS {
+            return Ok(fatal(
+                "too_large",
+                format!(
+                    "a summary of {} documents exceeds the limit of {MAX_SUMMARY_DOCS}",
+                    docs.len()
+                ),
+            ));
+        }
         let mut out = Vec::new();
         let mut listed = HashSet::new();
         let mut differ = Vec::new();
@@ -816,7 +869,12 @@ impl Session {
         // bench's clone). The clone's total time is the same either way.
         differ.sort_by_key(|doc| *doc != project);
         for doc in differ {
-            self.window.enqueue(project, doc);
+            if !self.window.enqueue(project, doc) {
+                return Ok(fatal(
+                    "too_large",
+                    format!("more than {MAX_QUEUED} documents wait to sync on this connection"),
+                ));
+            }
         }
         Ok(out)
     }
@@ -869,6 +927,7 @@ impl Session {
         if self.states.get(&doc).is_some_and(settled) {
             self.window.open.remove(&doc);
         }
+        self.shrink_states();
         Ok(out)
     }
 }

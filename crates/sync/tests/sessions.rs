@@ -751,3 +751,50 @@ fn a_device_claiming_anothers_id_cannot_overwrite_its_sync_state() {
     assert_eq!(hb.load_state(honest, P1.0).unwrap(), Some(before));
     assert!(hb.load_state(mallory.key, P1.0).unwrap().is_some());
 }
+
+/// A summary longer than the limit closes the connection before anything
+/// is queued for it.
+#[test]
+fn a_summary_past_the_limit_closes_the_connection() {
+    use sitesync_sync::session::MAX_SUMMARY_DOCS;
+    let (ha, hb) = (host(), host());
+    project(&ha, P1, 1);
+    let (mut a, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    pump(&mut a, &ha, &mut b, &hb);
+    let docs = (0..=MAX_SUMMARY_DOCS as u128)
+        .map(|n| (Uuid::from_u128(1 << 64 | n).into(), vec![]))
+        .collect();
+    let frame = protocol::encode(&Message::Summary {
+        project: P1.0.into(),
+        docs,
+    });
+    let outs = b.handle(&frame, NOW, &hb);
+    assert!(
+        matches!(&outs[0], Output::Send(Message::Error { code, .. }) if code == "too_large"),
+        "{outs:?}"
+    );
+    assert!(b.is_closed());
+}
+
+/// A connection keeps the sync states of the documents it is syncing, not
+/// of every document it ever synced; the peers still converge.
+#[test]
+fn a_connection_keeps_a_bounded_number_of_sync_states() {
+    let (ha, hb) = (host(), host());
+    project(&ha, P1, 40);
+    let (a, b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let (mut a, mut b) = (a.with_max_states(4), b.with_max_states(4));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    let (mut sa, mut sb) = (ha.summary(P1.0).unwrap(), hb.summary(P1.0).unwrap());
+    sa.sort();
+    sb.sort();
+    assert_eq!(sa, sb);
+    for s in [&a, &b] {
+        assert!(
+            s.sync_states() <= 4 + sitesync_sync::session::DEFAULT_WINDOW,
+            "{} states kept for 41 documents",
+            s.sync_states()
+        );
+    }
+}

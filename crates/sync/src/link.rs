@@ -343,12 +343,12 @@ pub async fn drive<S: FrameSocket>(
         // (status, acknowledgements), and a Close below ends the loop.
         // A presence entry goes on (to the observer and to every other
         // connection) only when this node has not heard it before.
-        let org = session.peer().map(|p| p.org.clone()).unwrap_or_default();
         let events: Vec<Event> = outputs
             .extract_if(.., |o| matches!(o, Output::Event(_)))
             .filter_map(|o| match o {
                 Output::Event(Event::Presence(entry)) => {
-                    match presence.offer(feeds.id, &org, entry.clone()) {
+                    let org = session.peer().map_or("", |p| p.org.as_str());
+                    match presence.offer(feeds.id, org, entry.clone()) {
                         Offer::New => Some(Event::Presence(entry)),
                         dropped => {
                             observer.presence_dropped(dropped);

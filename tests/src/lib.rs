@@ -615,6 +615,18 @@ pub fn sync_args(token: &str) -> Vec<String> {
     ]
 }
 
+/// The RNG of a randomized test: seeded from `SITESYNC_RANDOM_SEED` when
+/// set, else at random; the seed is printed, so a failure can be replayed.
+pub fn seeded_rng() -> (u64, rand::rngs::StdRng) {
+    use rand::SeedableRng as _;
+    let seed: u64 = std::env::var("SITESYNC_RANDOM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("SITESYNC_RANDOM_SEED={seed}");
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
+}
+
 /// Polls `check` until it returns `Some`, for at most `timeout`.
 pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let start = std::time::Instant::now();

@@ -439,15 +439,10 @@ fn frames_in(node: &Node) -> u64 {
 /// grow only by pings. The seed is printed; `SITESYNC_RANDOM_SEED` replays.
 #[test]
 fn a_mixed_topology_with_loops_converges_and_settles() {
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
     use sitesync_tests::proxy::{Mode, Proxy};
 
-    let seed_value: u64 = std::env::var("SITESYNC_RANDOM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("SITESYNC_RANDOM_SEED={seed_value}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value);
+    let (seed_value, mut rng) = sitesync_tests::seeded_rng();
     let root = tempfile::tempdir().unwrap();
     let rdir = org(root.path());
     let relay = Relay::start(&rdir);

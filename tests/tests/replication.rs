@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde_json::{Value, json};
 use sitesync_tests::proxy::{Mode, Proxy};
 use sitesync_tests::{Daemon, Relay, Seeded, eventually, ok, seed, sync_args};
@@ -417,12 +417,7 @@ fn killing_the_relay_or_a_daemon_mid_sync_loses_nothing_acknowledged() {
 
 #[test]
 fn random_edits_and_cuts_converge_and_keep_the_sum() {
-    let seed_value: u64 = std::env::var("SITESYNC_RANDOM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("SITESYNC_RANDOM_SEED={seed_value}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value);
+    let (seed_value, mut rng) = sitesync_tests::seeded_rng();
     let root = tempfile::tempdir().unwrap();
     let rdir = org(root.path());
     let relay = Relay::start(&rdir);

@@ -466,40 +466,32 @@ mod tests {
         ));
     }
 
-    fn chunk(kind: u8, data: &[u8]) -> Vec<u8> {
-        let mut c = MAGIC.to_vec();
-        c.extend_from_slice(&[0; 4]);
-        c.push(kind);
-        let mut len = Vec::new();
-        let mut n = data.len() as u64;
+    /// `n` as unsigned LEB128.
+    fn uleb(mut n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
         loop {
             let b = (n & 0x7f) as u8;
             n >>= 7;
             if n == 0 {
-                len.push(b);
-                break;
+                out.push(b);
+                return out;
             }
-            len.push(b | 0x80);
+            out.push(b | 0x80);
         }
-        c.extend(len);
+    }
+
+    fn chunk(kind: u8, data: &[u8]) -> Vec<u8> {
+        let mut c = MAGIC.to_vec();
+        c.extend_from_slice(&[0; 4]);
+        c.push(kind);
+        c.extend(uleb(data.len() as u64));
         c.extend_from_slice(data);
         c
     }
 
     fn message_with_chunk(chunk: &[u8]) -> Vec<u8> {
         let mut m = vec![0x43, 0, 0, 0, 1];
-        let mut len = Vec::new();
-        let mut n = chunk.len() as u64;
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                len.push(b);
-                break;
-            }
-            len.push(b | 0x80);
-        }
-        m.extend(len);
+        m.extend(uleb(chunk.len() as u64));
         m.extend_from_slice(chunk);
         m
     }
@@ -534,16 +526,7 @@ mod tests {
         let column = deflate(&vec![7u8; 80 * 1024 * 1024]);
         let mut doc = vec![0, 0, 0, 1];
         doc.push(0x10 | DEFLATE_BIT as u8); // column 1, deflated
-        let mut n = column.len() as u64;
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                doc.push(b);
-                break;
-            }
-            doc.push(b | 0x80);
-        }
+        doc.extend(uleb(column.len() as u64));
         doc.extend_from_slice(&column);
         let m = message_with_chunk(&chunk(0, &doc));
         let e = check_sync_message(&m, &SyncLimits::default()).unwrap_err();

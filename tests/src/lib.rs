@@ -615,6 +615,36 @@ pub fn sync_args(token: &str) -> Vec<String> {
     ]
 }
 
+/// A syncing daemon on `dir` with `token` and short sync intervals
+/// ([`sync_args`]), plus `extra` flags.
+pub fn start_syncing(dir: &Path, token: &str, extra: &[&str]) -> Daemon {
+    let mut args = sync_args(token);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::start(dir, &args)
+}
+
+/// A daemon named `name` under `root` with a new all-projects token of
+/// organisation `acme` in the relay data directory `rdir`.
+pub fn device(root: &Path, rdir: &Path, name: &str, extra: &[&str]) -> Daemon {
+    start_syncing(&root.join(name), &Relay::token(rdir, "acme", &[]), extra)
+}
+
+/// A relay data directory under `root` with the organisation `acme`.
+pub fn acme_relay_dir(root: &Path) -> PathBuf {
+    let dir = root.join("relay");
+    Relay::create_org(&dir, "acme");
+    dir
+}
+
+/// A GET's body when it answered 200.
+pub fn get_ok(d: &Daemon, path: &str) -> Option<Value> {
+    match d.call("GET", path, None) {
+        (200, v) => Some(v),
+        _ => None,
+    }
+}
+
 /// The RNG of a randomized test: seeded from `SITESYNC_RANDOM_SEED` when
 /// set, else at random; the seed is printed, so a failure can be replayed.
 pub fn seeded_rng() -> (u64, rand::rngs::StdRng) {

@@ -2,7 +2,6 @@
 //! valid token playing by hand against the real relay, and loops of relay
 //! and LAN links between real daemons.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,25 +15,7 @@ use sitesync_tests::{Daemon, Relay, Seeded, eventually, seed, sync_args};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn device(root: &Path, rdir: &Path, name: &str, extra: &[&str]) -> Daemon {
-    let mut args = sync_args(&Relay::token(rdir, "acme", &[]));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::start(&root.join(name), &args)
-}
-
-fn org(root: &Path) -> std::path::PathBuf {
-    let dir = root.join("relay");
-    Relay::create_org(&dir, "acme");
-    dir
-}
-
-fn get(d: &Daemon, path: &str) -> Option<Value> {
-    match d.call("GET", path, None) {
-        (200, v) => Some(v),
-        _ => None,
-    }
-}
+use sitesync_tests::{acme_relay_dir as org, device, get_ok as get};
 
 fn settled(d: &Daemon, s: &Seeded) -> Option<()> {
     let st = get(d, "/v1/sync/status")?;

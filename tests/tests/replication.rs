@@ -1,41 +1,16 @@
 //! Replication end to end: real daemons and a real relay, with the
 //! fault-injecting proxy between them where the test needs faults.
 
-use std::path::Path;
 use std::time::Duration;
 
 use rand::Rng;
 use serde_json::{Value, json};
 use sitesync_tests::proxy::{Mode, Proxy};
-use sitesync_tests::{Daemon, Relay, Seeded, eventually, ok, seed, sync_args};
+use sitesync_tests::{Daemon, Relay, Seeded, eventually, ok, seed};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn start(dir: &Path, token: &str, extra: &[&str]) -> Daemon {
-    let mut args = sync_args(token);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::start(dir, &args)
-}
-
-/// A daemon named `name` under `root` with a new all-projects token of the
-/// organisation in `rdir`.
-fn device(root: &Path, rdir: &Path, name: &str, extra: &[&str]) -> Daemon {
-    start(&root.join(name), &Relay::token(rdir, "acme", &[]), extra)
-}
-
-fn org(root: &Path) -> std::path::PathBuf {
-    let dir = root.join("relay");
-    Relay::create_org(&dir, "acme");
-    dir
-}
-
-fn get(d: &Daemon, path: &str) -> Option<Value> {
-    match d.call("GET", path, None) {
-        (200, v) => Some(v),
-        _ => None,
-    }
-}
+use sitesync_tests::{acme_relay_dir as org, device, get_ok as get, start_syncing as start};
 
 fn component(d: &Daemon, s: &Seeded, cid: &str) -> Option<Value> {
     get(d, &format!("/v1/projects/{}/components/{cid}", s.project))

@@ -1090,7 +1090,10 @@ struct PeerBody {
     /// The token to present (default: the daemon's own --token).
     #[serde(default)]
     token: Option<String>,
-    /// "relay" (default) or "lan"; the handshake corrects it.
+    /// "relay" (default: its certificate must be signed by a trusted CA)
+    /// or "lan" (another daemon's --peer-listen, `wss://` only: its
+    /// certificate is its own, and the handshake is bound to the TLS
+    /// session). The status shows what the handshake found.
     #[serde(default)]
     kind: Option<String>,
 }
@@ -1121,7 +1124,9 @@ async fn add_peer(State(app): App, JsonBody(b): JsonBody<PeerBody>) -> ApiResult
     };
     let view = app.replication.add_peer(&b.url, token, kind).map_err(|e| {
         let field = match e {
-            crate::replication::PeerError::BadUrl { .. } => "url",
+            crate::replication::PeerError::BadUrl { .. } | crate::replication::PeerError::PlainLan { .. } => {
+                "url"
+            }
             crate::replication::PeerError::NoToken => "token",
         };
         invalid(field, e.to_string())

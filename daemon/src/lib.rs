@@ -21,6 +21,7 @@ pub mod index;
 pub mod jobs;
 pub mod metrics;
 pub mod replication;
+pub mod revocations;
 pub mod seed;
 pub mod service;
 
@@ -123,6 +124,7 @@ pub async fn run(
     let app = api::router(state);
     sitesync_sync::accept::serve(
         sitesync_sync::link::without_nagle(listener),
+        None,
         app,
         limits,
         refused,

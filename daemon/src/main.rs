@@ -101,7 +101,10 @@ struct Cli {
     relay_ca: Vec<PathBuf>,
 
     /// Another daemon's --peer-listen address to sync with directly on the
-    /// LAN, e.g. ws://10.0.0.7:7701 (repeatable).
+    /// LAN, e.g. wss://10.0.0.7:7701 (repeatable). LAN links are always
+    /// TLS; the peer's certificate is its own, made at its start, and the
+    /// handshake is bound to the TLS session, so nobody in between can read
+    /// or change what passes.
     #[arg(
         long = "peer",
         env = "SITESYNC_PEER",
@@ -111,7 +114,8 @@ struct Cli {
     peers: Vec<String>,
 
     /// Accept LAN peers (other daemons of the same organisation) on this
-    /// address, e.g. 0.0.0.0:7701. Off by default.
+    /// address, e.g. 0.0.0.0:7701, over TLS (they dial wss://). Off by
+    /// default.
     #[arg(long, env = "SITESYNC_PEER_LISTEN", value_name = "ADDR")]
     peer_listen: Option<SocketAddr>,
 
@@ -187,7 +191,8 @@ struct Cli {
     max_connections: u64,
 
     /// LAN peers connected to --peer-listen at most (sockets still
-    /// handshaking included); past it a new socket is closed at once.
+    /// handshaking included); past it a new socket is closed at once and
+    /// counted in sitesync_peers_refused_total.
     #[arg(
         long,
         env = "SITESYNC_MAX_PEERS",
@@ -277,8 +282,7 @@ async fn main() -> anyhow::Result<()> {
         reconnect_max: Duration::from_secs(30),
     };
     let device_name = cli.device_name.clone().unwrap_or_else(hostname);
-    let tls =
-        sitesync_sync::link::client_tls(&cli.relay_ca).map_err(|e| anyhow::anyhow!("--relay-ca: {e}"))?;
+    let tls = sitesync_sync::tls::ClientTls::new(&cli.relay_ca).context("--relay-ca")?;
     let replication = Replication::new(service.clone(), token, device_name.clone(), timing, tls);
     {
         let svc = service.clone();
@@ -313,7 +317,7 @@ async fn main() -> anyhow::Result<()> {
     let extra_host = cli.allow_remote.then(|| addr.to_string());
     let header_read_timeout = Duration::from_millis(cli.header_timeout_ms);
     let mut metrics = sitesync_daemon::metrics::Metrics::default();
-    metrics.register_sync_frames(replication.frame_counters());
+    metrics.register_sync(replication.counters());
     let state = Arc::new(AppState {
         service,
         token,
@@ -347,7 +351,7 @@ async fn main() -> anyhow::Result<()> {
         let bound = listen_for_peers(replication.clone(), addr, limits)
             .await
             .with_context(|| format!("binding --peer-listen {addr}"))?;
-        println!("  LAN peers: ws://{bound}");
+        println!("  LAN peers: wss://{bound}");
     }
     for url in &cli.relays {
         replication

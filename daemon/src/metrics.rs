@@ -103,18 +103,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers the sync connections' frame counters (replication owns
-    /// them: it exists before the metrics do).
-    pub fn register_sync_frames(&mut self, (frames_in, frames_out): (Counter, Counter)) {
+    /// Registers the sync connections' counters (replication owns them: it
+    /// exists before the metrics do).
+    pub fn register_sync(&mut self, counters: crate::replication::SyncCounters) {
         self.registry.register(
             "sync_frames_in",
             "Frames received from relays and LAN peers",
-            frames_in,
+            counters.frames_in,
         );
         self.registry.register(
             "sync_frames_out",
             "Frames sent to relays and LAN peers",
-            frames_out,
+            counters.frames_out,
+        );
+        self.registry.register(
+            "peers_refused",
+            "LAN peer sockets closed at accept because --max-peers was reached",
+            counters.peers_refused,
         );
     }
 

@@ -16,28 +16,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::response::Response;
 use axum::routing::get;
+use axum::{Extension, Router};
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use serde_json::json;
 use sitesync_model::automerge::ChangeHash;
 use sitesync_model::automerge::sync::{Message as SyncMessage, State as SyncState};
 use sitesync_model::{OpMeta, ProjectId, Timestamp};
 use sitesync_sync::Persisted;
+use sitesync_sync::accept::ConnectionBinding;
 use sitesync_sync::credentials::Token;
 use sitesync_sync::host::RepoHost;
-use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceHub};
+use sitesync_sync::link::{self, Documents, Feeds, LinkTiming, Observer, PresenceHub};
 use sitesync_sync::presence::Offer;
 use sitesync_sync::protocol::PresenceEntry;
 use sitesync_sync::repo::{decode_heads, encode_heads};
 use sitesync_sync::session::{Event, Host, HostError, Incoming, PeerInfo, Session};
+use sitesync_sync::tls::{self, Channel, ClientTls, Trust};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::revocations::Book;
 use crate::service::Service;
 
 /// Presence expires this long after the last heartbeat.
@@ -103,6 +107,17 @@ impl Default for SyncTiming {
             reconnect_max: Duration::from_secs(30),
         }
     }
+}
+
+/// What sync connections count for `/metrics`.
+#[derive(Clone, Default)]
+pub struct SyncCounters {
+    /// Frames received and sent on every sync connection (a storm shows
+    /// there; so does traffic settling).
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    /// LAN peer sockets closed at accept: `--max-peers` was reached.
+    pub peers_refused: Counter,
 }
 
 /// One peer as `GET /v1/sync/status` shows it.
@@ -241,13 +256,15 @@ pub struct Replication {
     pending: Pending,
     last_synced_at: Mutex<Option<Timestamp>>,
     timing: SyncTiming,
-    /// Trusted roots for wss:// relays.
-    tls: Arc<rustls::ClientConfig>,
+    /// How wss:// is dialled: trusted roots for relays; LAN peers are
+    /// trusted through their bound handshake ([`sitesync_sync::tls`]).
+    tls: Arc<ClientTls>,
     next_connection: AtomicU64,
-    /// Frames received and sent on every sync connection, for `/metrics`
-    /// (a storm shows there; so does traffic settling).
-    frames_in: prometheus_client::metrics::counter::Counter,
-    frames_out: prometheus_client::metrics::counter::Counter,
+    /// Counted for `/metrics`.
+    counters: SyncCounters,
+    /// The organisation's revocation list as heard from the relay or a
+    /// LAN peer; every session consults it and passes it on.
+    book: Arc<Book>,
 }
 
 /// Why a peer could not be added.
@@ -255,6 +272,10 @@ pub struct Replication {
 pub enum PeerError {
     #[error("url {url:?} is not a ws:// or wss:// URL")]
     BadUrl { url: String },
+    #[error(
+        "LAN peer url {url:?} is not wss://: another daemon's --peer-listen speaks only TLS (it prints its wss:// address)"
+    )]
+    PlainLan { url: String },
     #[error("no token: pass one with the peer, or start the daemon with --token")]
     NoToken,
 }
@@ -277,13 +298,15 @@ impl Replication {
         token: Option<Token>,
         device_name: String,
         timing: SyncTiming,
-        tls: Arc<rustls::ClientConfig>,
+        tls: Arc<ClientTls>,
     ) -> Arc<Self> {
         let (changes, _) = broadcast::channel(4096);
         if let Some(t) = &token {
             service.set_org(t.cert().org());
         }
+        let book = Arc::new(Book::open(service.repo().clone(), token.as_ref()));
         let repl = Arc::new(Self {
+            book,
             host: Arc::new(DaemonHost {
                 inner: RepoHost::new(service.repo().clone()),
                 service: service.clone(),
@@ -300,8 +323,7 @@ impl Replication {
             timing,
             tls,
             next_connection: AtomicU64::new(1),
-            frames_in: Default::default(),
-            frames_out: Default::default(),
+            counters: SyncCounters::default(),
         });
         // Changes applied here are indexed on their own thread.
         repl.service.start_indexer();
@@ -360,6 +382,16 @@ impl Replication {
         if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.len() < 8 {
             return Err(PeerError::BadUrl { url: url.into() });
         }
+        // A LAN listener speaks only TLS, and its certificate is its own:
+        // trust comes from the handshake bound to the TLS session.
+        let trust = if kind == "lan" {
+            if !url.starts_with("wss://") {
+                return Err(PeerError::PlainLan { url: url.into() });
+            }
+            Trust::Binding
+        } else {
+            Trust::Roots
+        };
         let token = token.or_else(|| self.token.clone()).ok_or(PeerError::NoToken)?;
         if self.token.is_none() {
             // The first token this daemon sees names its organisation.
@@ -374,7 +406,7 @@ impl Replication {
                 task: None,
             },
         );
-        let task = tokio::spawn(self.clone().dial(peer_id, url.to_owned(), token));
+        let task = tokio::spawn(self.clone().dial(peer_id, url.to_owned(), token, trust));
         if let Some(slot) = self.peers().get_mut(&peer_id) {
             slot.task = Some(task.abort_handle());
         }
@@ -396,21 +428,23 @@ impl Replication {
 
     /// Connects, runs the session, and reconnects with exponential backoff
     /// and jitter until removed.
-    async fn dial(self: Arc<Self>, peer_id: Uuid, url: String, token: Token) {
+    async fn dial(self: Arc<Self>, peer_id: Uuid, url: String, token: Token, trust: Trust) {
         let mut attempt: u32 = 0;
         loop {
             self.update(peer_id, |v| {
                 v.state = "connecting";
                 v.next_retry_at = None;
             });
-            let (state, error) = match link::connect(&url, Duration::from_secs(10), &self.tls).await {
-                Ok(socket) => {
+            let (state, error) = match link::connect(&url, Duration::from_secs(10), &self.tls, trust).await {
+                Ok((socket, channel)) => {
                     let session = Session::client(
                         self.service.device().0,
                         &self.device_name,
                         token.clone(),
                         rand::random(),
-                    );
+                    )
+                    .over(channel)
+                    .with_revocations(self.book.clone());
                     let observer = Arc::new(PeerObserver {
                         repl: self.clone(),
                         peer_id: Mutex::new(Some(peer_id)),
@@ -459,14 +493,14 @@ impl Replication {
     ) -> link::Ended {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let feeds = Feeds {
-            changes: self.changes.subscribe(),
+            changes: Some(self.changes.subscribe()),
             presence: self.presence.subscribe(),
             id,
         };
         link::drive(
             socket,
             session,
-            self.host.clone(),
+            Documents::One(self.host.clone()),
             feeds,
             observer,
             self.presence.clone(),
@@ -482,21 +516,30 @@ impl Replication {
         listener: TcpListener,
         limits: sitesync_sync::accept::Limits,
     ) -> std::io::Result<()> {
-        let app = Router::new().route("/", get(accept_peer)).with_state(self);
-        let refused = Arc::new(|| tracing::debug!("a LAN peer socket past --max-peers was closed"));
+        let app = Router::new()
+            .route("/", get(accept_peer))
+            .with_state(self.clone());
+        let counted = self.clone();
+        let refused = Arc::new(move || {
+            tracing::debug!("a LAN peer socket past --max-peers was closed");
+            counted.counters.peers_refused.inc();
+        });
+        let config = tls::self_signed_config().map_err(std::io::Error::other)?;
         let listener = sitesync_sync::link::without_nagle(listener);
-        sitesync_sync::accept::serve(listener, app, limits, refused, std::future::pending()).await
+        sitesync_sync::accept::serve(
+            listener,
+            Some(config),
+            app,
+            limits,
+            refused,
+            std::future::pending(),
+        )
+        .await
     }
 
-    /// The frames received and sent on sync connections, as counters for
-    /// the daemon's metrics registry.
-    pub fn frame_counters(
-        &self,
-    ) -> (
-        prometheus_client::metrics::counter::Counter,
-        prometheus_client::metrics::counter::Counter,
-    ) {
-        (self.frames_in.clone(), self.frames_out.clone())
+    /// The sync connections' counters, for the daemon's metrics registry.
+    pub fn counters(&self) -> SyncCounters {
+        self.counters.clone()
     }
 
     /// `GET /v1/sync/status`.
@@ -776,11 +819,11 @@ struct PeerObserver {
 
 impl Observer for PeerObserver {
     fn frame_in(&self, _bytes: usize) {
-        self.repl.frames_in.inc();
+        self.repl.counters.frames_in.inc();
     }
 
     fn frame_out(&self, _bytes: usize) {
-        self.repl.frames_out.inc();
+        self.repl.counters.frames_out.inc();
     }
 
     fn events(&self, events: &[Event]) {
@@ -813,6 +856,7 @@ impl Observer for PeerObserver {
                 Event::Acked { doc, heads } => acks.push((*doc, heads.as_slice())),
                 // The link passes on only entries new to this device.
                 Event::Presence(entry) => repl.publish_presence(entry),
+                Event::Revocations(list) => repl.book.keep(list.clone()),
                 Event::Latency(ms) => {
                     if let Some(id) = slot {
                         repl.update(id, |v| {
@@ -854,7 +898,13 @@ fn connected(v: &mut PeerView, peer: &PeerInfo) {
     v.last_error = None;
 }
 
-async fn accept_peer(State(repl): State<Arc<Replication>>, ws: WebSocketUpgrade) -> Response {
+/// A LAN peer's WebSocket on `--peer-listen`, always over TLS: the
+/// handshake is bound to the connection's TLS session.
+async fn accept_peer(
+    State(repl): State<Arc<Replication>>,
+    Extension(ConnectionBinding(binding)): Extension<ConnectionBinding>,
+    ws: WebSocketUpgrade,
+) -> Response {
     sitesync_sync::link::limit_upgrade(ws).on_upgrade(move |socket| async move {
         let Some(token) = repl.token.clone() else { return };
         let session = Session::server(
@@ -862,7 +912,12 @@ async fn accept_peer(State(repl): State<Arc<Replication>>, ws: WebSocketUpgrade)
             &repl.device_name,
             Arc::new(token),
             rand::random(),
-        );
+        )
+        .over(Channel {
+            binding,
+            server_trusted: false,
+        })
+        .with_revocations(repl.book.clone());
         let observer = Arc::new(PeerObserver {
             repl: repl.clone(),
             peer_id: Mutex::new(None),
@@ -921,7 +976,7 @@ mod tests {
             Clock::system(),
             EventBus::new(100, 1),
         ));
-        let tls = link::client_tls(&[]).unwrap();
+        let tls = ClientTls::new(&[]).unwrap();
         let repl = Replication::new(service.clone(), None, "t".into(), SyncTiming::default(), tls);
         // The first count runs in the background; once it has taken the
         // (empty) dirty set it takes nothing else, so the tests' own counts

@@ -4,15 +4,19 @@
 //! presence to every connected device of the project, and enforces who may
 //! see what.
 //!
-//! Data flow: a connection's [`Session`] (sans IO, in `sitesync-sync`)
-//! applies a device's changes through the [`RepoHost`]; the repository makes
-//! them durable and its persist hook broadcasts the document id; every other
-//! connection's task hears it and offers the document to its device. Each
-//! connection is its own task reading a broadcast channel, so a slow device
-//! only slows itself (a lagging one re-summarises).
+//! Data flow: a connection's [`Session`] (sans IO, in `sitesync-sync`) is
+//! admitted by its Hello, which names its organisation; the link then opens
+//! that organisation's space ([`spaces`]: its own store and repository, so
+//! organisations share no ids). The session applies the device's changes
+//! through the space's `RepoHost`; the repository makes them durable and
+//! its persist hook broadcasts the document id on the space's channel;
+//! every other connection of the organisation hears it and offers the
+//! document to its device. Each connection is its own task reading a
+//! broadcast channel, so a slow device only slows itself (a lagging one
+//! re-summarises).
 
 pub mod orgs;
-pub mod tls;
+pub mod spaces;
 
 use std::future::Future;
 use std::path::Path;
@@ -31,15 +35,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use sitesync_sync::host::RepoHost;
-use sitesync_sync::link::{self, Feeds, LinkTiming, Observer, PresenceHub};
+use sitesync_sync::link::{self, Documents, Feeds, LinkTiming, Observer, PresenceHub};
 use sitesync_sync::presence::Offer;
-use sitesync_sync::session::{Event, PeerInfo, Session};
-use sitesync_sync::{DocStore, RedbBackend, Repo, RepoConfig, StoreError};
-use tokio::sync::{Semaphore, broadcast};
+use sitesync_sync::session::{Event, Session};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::orgs::Orgs;
+use crate::spaces::{Quota, SpaceError, Spaces};
 
 /// Relay settings.
 #[derive(Clone, Debug)]
@@ -54,6 +57,8 @@ pub struct RelayConfig {
     pub max_cached: usize,
     /// Time a client has to send its HTTP request headers.
     pub header_read_timeout: Duration,
+    /// What one organisation may keep here.
+    pub quota: Quota,
 }
 
 /// Open sockets beyond [`RelayConfig::max_connections`] that are still
@@ -74,6 +79,7 @@ impl Default for RelayConfig {
             timing: LinkTiming::default(),
             max_cached: DEFAULT_MAX_CACHED,
             header_read_timeout: sitesync_sync::accept::HEADER_READ_TIMEOUT,
+            quota: Quota::default(),
         }
     }
 }
@@ -91,6 +97,9 @@ pub struct Metrics {
     /// Connections closed, and peer messages dropped, by a check or a
     /// limit, by reason ([`refusal_label`]).
     refused: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Frames whose handling waited to keep their organisation within its
+    /// messages a second.
+    paced: Counter,
     documents: Gauge<i64, AtomicI64>,
 }
 
@@ -108,6 +117,7 @@ impl Default for Metrics {
             sync_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             auth_failures: Counter::default(),
             refused: Family::default(),
+            paced: Counter::default(),
             documents: Gauge::default(),
         };
         registry.register("connections", "Connected devices", m.connections.clone());
@@ -130,6 +140,11 @@ impl Default for Metrics {
             "Connections closed and peer messages dropped by a check or a limit, by reason",
             m.refused.clone(),
         );
+        registry.register(
+            "paced_frames",
+            "Frames whose handling waited to keep their organisation within --max-messages-per-second-per-org",
+            m.paced.clone(),
+        );
         registry.register("documents_held", "Documents stored", m.documents.clone());
         Self { registry, ..m }
     }
@@ -137,10 +152,9 @@ impl Default for Metrics {
 
 /// Everything the relay's tasks share.
 pub struct Relay {
-    host: RepoHost,
+    spaces: Arc<Spaces>,
     orgs: Arc<Orgs>,
     device: Uuid,
-    changes: broadcast::Sender<Uuid>,
     presence: Arc<PresenceHub>,
     metrics: Metrics,
     slots: Arc<Semaphore>,
@@ -151,58 +165,30 @@ pub struct Relay {
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open the store in {dir}: {source}")]
-    Store { dir: String, source: StoreError },
+    #[error("cannot read the relay's device id in {dir}: {source}")]
+    Device { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Spaces(#[from] SpaceError),
 }
 
-/// Capacity of the change notification channel; a connection further behind
-/// than this re-summarises instead of holding the others up.
-const CHANGE_BACKLOG: usize = 4096;
-
 impl Relay {
-    /// Opens the relay's store in `<data_dir>/store`; organisations live in
-    /// `<data_dir>/orgs`.
+    /// Opens the relay on `data_dir`: organisations in `orgs/`, their
+    /// documents in `spaces/` (one store each), its device id in
+    /// `device-id`.
     pub fn open(data_dir: &Path, config: RelayConfig) -> Result<Arc<Self>, StartError> {
-        let store_dir = data_dir.join("store");
-        let store_err = |source| StartError::Store {
-            dir: store_dir.display().to_string(),
-            source,
-        };
-        let store = DocStore::new(RedbBackend::open(&store_dir).map_err(store_err)?);
-        let device = store.device_id().map_err(store_err)?;
-        let repo = Arc::new(Repo::new(
-            store,
-            sitesync_sync::model::automerge::ActorId::random(),
-            RepoConfig {
-                typed: false,
-                max_cached: config.max_cached,
-                ..RepoConfig::default()
-            },
-        ));
-        let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
-        let presence = PresenceHub::new();
-        let notify = changes.clone();
         let metrics = Metrics::default();
-        // Counted once here, then followed write by write: a scrape of
-        // `/metrics` reads no store record.
-        let host = RepoHost::new(repo.clone());
-        let held_now = repo.store().meta_names("bind/").map_err(store_err)?.len();
-        metrics.documents.set(held_now as i64);
-        let held = metrics.documents.clone();
-        repo.set_persist_hook(Box::new(move |persisted| {
-            for p in persisted {
-                if p.before.is_empty() {
-                    held.inc();
-                }
-                let _ = notify.send(p.id);
-            }
-        }));
+        let device = device_id(data_dir)?;
+        let spaces = Spaces::open(
+            data_dir,
+            config.max_cached,
+            config.quota,
+            metrics.documents.clone(),
+        )?;
         Ok(Arc::new(Self {
-            host,
+            spaces: Arc::new(spaces),
             orgs: Arc::new(Orgs::new(data_dir)),
             device,
-            changes,
-            presence,
+            presence: PresenceHub::new(),
             metrics,
             slots: Arc::new(Semaphore::new(config.max_connections)),
             next_connection: AtomicU64::new(1),
@@ -210,15 +196,52 @@ impl Relay {
         }))
     }
 
-    pub fn host(&self) -> &RepoHost {
-        &self.host
+    /// Every organisation's documents.
+    pub fn spaces(&self) -> &Spaces {
+        &self.spaces
     }
 }
 
-/// Serves the relay on `listener` (plain TCP, or [`tls::TlsListener`])
+/// The relay's device id, made once and kept in `<data_dir>/device-id`
+/// (a relay's stores are per organisation; its identity is not).
+fn device_id(data_dir: &Path) -> Result<Uuid, StartError> {
+    let path = data_dir.join("device-id");
+    let err = |source| StartError::Device {
+        dir: data_dir.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(err)?;
+            // A relay from before spaces kept its id in its one store: the
+            // same id keeps devices' sync bookkeeping for it useful.
+            let old = data_dir.join("store");
+            let id = old
+                .exists()
+                .then(|| {
+                    let store = sitesync_sync::DocStore::new(sitesync_sync::RedbBackend::open(&old).ok()?);
+                    store.device_id().ok()
+                })
+                .flatten()
+                .unwrap_or_else(Uuid::new_v4);
+            let tmp = data_dir.join("device-id.tmp");
+            std::fs::write(&tmp, id.to_string()).map_err(err)?;
+            std::fs::rename(&tmp, &path).map_err(err)?;
+            Ok(id)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Serves the relay on `listener` (TLS with `tls`: `wss://`)
 /// until `shutdown` resolves, then flushes.
 pub async fn run<L>(
     listener: L,
+    tls: Option<Arc<sitesync_sync::tls::ServerConfig>>,
     relay: Arc<Relay>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
@@ -226,7 +249,9 @@ where
     L: axum::serve::Listener,
     L::Io: Unpin,
 {
-    sitesync_sync::repo::compact_in_background(relay.host.repo());
+    for (_, space) in relay.spaces.all() {
+        sitesync_sync::repo::compact_in_background(space.host.repo());
+    }
     sitesync_sync::memory::trim_periodically(sitesync_sync::memory::TRIM_EVERY);
     let app = Router::new()
         .route("/", get(upgrade))
@@ -242,9 +267,11 @@ where
         let label = vec![("reason", "connection_limit")];
         counted.metrics.refused.get_or_create(&label).inc();
     });
-    sitesync_sync::accept::serve(listener, app, limits, refused, shutdown).await?;
-    if let Err(e) = relay.host.repo().flush() {
-        tracing::error!(error = %e, "flush at shutdown failed");
+    sitesync_sync::accept::serve(listener, tls, app, limits, refused, shutdown).await?;
+    for (org, space) in relay.spaces.all() {
+        if let Err(e) = space.host.repo().flush() {
+            tracing::error!(error = %e, org, "flush at shutdown failed");
+        }
     }
     Ok(())
 }
@@ -285,14 +312,18 @@ pub fn refusal_label(code: &str) -> Option<&'static str> {
         "bad_changes",
         "protocol",
         "unsupported_version",
+        "quota_exceeded",
+        "bad_revocations",
     ]
     .into_iter()
     .find(|known| *known == code)
 }
 
-/// Reports a connection's traffic to the metrics and re-checks its token.
+/// Reports a connection's traffic to the metrics, and paces it to its
+/// organisation's rate once the handshake names it.
 struct ConnectionObserver {
     relay: Arc<Relay>,
+    space: std::sync::OnceLock<Arc<spaces::Space>>,
 }
 
 impl Observer for ConnectionObserver {
@@ -314,24 +345,35 @@ impl Observer for ConnectionObserver {
         for event in events {
             if let Event::Ready(peer) = event {
                 tracing::info!(device = %peer.device, name = %peer.name, org = %peer.org, "device connected");
+                if let Ok(space) = self.relay.spaces.get(&peer.org) {
+                    let _ = self.space.set(space);
+                }
             }
         }
     }
 
-    fn presence_dropped(&self, offer: Offer) {
-        if offer == Offer::Full {
-            let label = vec![("reason", "presence_table_full")];
-            self.relay.metrics.refused.get_or_create(&label).inc();
+    fn pace(&self) -> Duration {
+        let Some(space) = self.space.get() else {
+            return Duration::ZERO;
+        };
+        let wait = space.pace(sitesync_sync::link::now_ms());
+        if wait > 0 {
+            self.relay.metrics.paced.inc();
         }
+        Duration::from_millis(wait)
     }
 
-    fn still_admitted(&self, peer: &PeerInfo) -> Result<(), String> {
-        let Some(token) = peer.token_id else { return Ok(()) };
-        match self.relay.orgs.is_revoked(&peer.org, token) {
-            Ok(false) => Ok(()),
-            Ok(true) => Err(format!("token {token} was revoked")),
-            Err(e) => Err(e.to_string()),
-        }
+    fn presence_dropped(&self, offer: Offer) {
+        let reason = match offer {
+            Offer::Full => "presence_table_full",
+            Offer::Limited => "presence_rate",
+            Offer::New | Offer::Seen => return,
+        };
+        self.relay
+            .metrics
+            .refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 }
 
@@ -346,17 +388,21 @@ async fn upgrade(State(relay): State<Arc<Relay>>, ws: WebSocketUpgrade) -> Respo
     sitesync_sync::link::limit_upgrade(ws).on_upgrade(move |socket| async move {
         let id = relay.next_connection.fetch_add(1, Ordering::Relaxed);
         relay.metrics.connections.inc();
-        let session = Session::server(relay.device, "relay", relay.orgs.clone(), rand::random());
+        let session = Session::server(relay.device, "relay", relay.orgs.clone(), rand::random())
+            .with_revocations(relay.orgs.clone());
         let feeds = Feeds {
-            changes: relay.changes.subscribe(),
+            changes: None,
             presence: relay.presence.subscribe(),
             id,
         };
-        let observer = Arc::new(ConnectionObserver { relay: relay.clone() });
+        let observer = Arc::new(ConnectionObserver {
+            relay: relay.clone(),
+            space: std::sync::OnceLock::new(),
+        });
         let ended = link::drive(
             socket,
             session,
-            Arc::new(relay.host.clone()),
+            Documents::PerOrg(relay.spaces.clone()),
             feeds,
             observer,
             relay.presence.clone(),
@@ -394,7 +440,8 @@ mod tests {
             ..RelayConfig::default()
         };
         let relay = Relay::open(dir.path(), config).unwrap();
-        let repo = relay.host().repo();
+        let space = relay.spaces().get("acme").unwrap();
+        let repo = space.host.repo();
         for n in 0..5u128 {
             repo.sync_doc(uuid::Uuid::from_u128(n + 1), None, |am| {
                 let mut tx = am.transaction();

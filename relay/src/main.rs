@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use sitesync_relay::orgs::Orgs;
-use sitesync_relay::{Relay, RelayConfig, run, tls};
+use sitesync_relay::{Relay, RelayConfig, run};
+use sitesync_sync::link::now_ms;
 use sitesync_sync::link::{LinkTiming, shutdown_signal};
+use sitesync_sync::tls;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -82,6 +84,8 @@ enum Command {
         /// in memory, ~120 KB each for a drawing of 50 components; others
         /// load from the store when a change arrives (2–3 ms each, on the
         /// way to every device). Size it to the drawings devices work on.
+        /// Per organisation: each keeps its documents in its own store
+        /// (`<data-dir>/spaces/<org>/`).
         #[arg(
             long,
             env = "SITESYNC_RELAY_MAX_CACHED_DOCUMENTS",
@@ -90,6 +94,42 @@ enum Command {
             value_parser = clap::value_parser!(u64).range(1..)
         )]
         max_cached_documents: u64,
+        /// Most documents (one per drawing, one per project) one
+        /// organisation may keep on this relay. Past it, a change that
+        /// would add one is refused (its connection closes with
+        /// quota_exceeded, counted in sitesync_relay_refused_total); changes
+        /// to documents held go on.
+        #[arg(
+            long,
+            env = "SITESYNC_RELAY_MAX_DOCUMENTS_PER_ORG",
+            default_value_t = sitesync_relay::spaces::Quota::default().max_documents as u64,
+            value_name = "N",
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
+        max_documents_per_org: u64,
+        /// Most megabytes one organisation's store may take on disk. Past
+        /// it, every change is refused (quota_exceeded) until an operator
+        /// raises it.
+        #[arg(
+            long,
+            env = "SITESYNC_RELAY_MAX_MB_PER_ORG",
+            default_value_t = sitesync_relay::spaces::Quota::default().max_bytes >> 20,
+            value_name = "MB",
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
+        max_mb_per_org: u64,
+        /// Frames a second one organisation's devices may send together
+        /// (bursts of twice as many). Past it the relay paces them (reads
+        /// their next frames later) instead of dropping anything; counted
+        /// in sitesync_relay_paced_frames_total.
+        #[arg(
+            long,
+            env = "SITESYNC_RELAY_MAX_MESSAGES_PER_SECOND_PER_ORG",
+            default_value_t = sitesync_relay::spaces::Quota::default().max_messages_per_second,
+            value_name = "N",
+            value_parser = clap::value_parser!(u32).range(1..)
+        )]
+        max_messages_per_second_per_org: u32,
     },
     /// Manage organisations.
     Org {
@@ -142,13 +182,6 @@ enum TokenCommand {
         #[command(flatten)]
         data: DataDir,
     },
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Parses `--expires` into an absolute time (ms since the epoch).
@@ -238,6 +271,9 @@ async fn main() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             max_cached_documents,
+            max_documents_per_org,
+            max_mb_per_org,
+            max_messages_per_second_per_org,
         } => {
             std::fs::create_dir_all(&data.data_dir)
                 .with_context(|| format!("creating {}", data.data_dir.display()))?;
@@ -247,6 +283,11 @@ async fn main() -> anyhow::Result<()> {
                 max_cached: max_cached_documents as usize,
                 timing: LinkTiming::from_ping(ping_every),
                 header_read_timeout: Duration::from_millis(header_timeout_ms.max(1)),
+                quota: sitesync_relay::spaces::Quota {
+                    max_documents: max_documents_per_org as usize,
+                    max_bytes: max_mb_per_org.saturating_mul(1 << 20),
+                    max_messages_per_second: max_messages_per_second_per_org,
+                },
             };
             let relay = Relay::open(&data.data_dir, config)?;
             let listener = TcpListener::bind(listen)
@@ -259,7 +300,8 @@ async fn main() -> anyhow::Result<()> {
                     let config = tls::server_config(&cert, &key)?;
                     println!("sitesync-relay {version} listening on wss://{addr}");
                     println!("  data directory: {}", data.data_dir.display());
-                    run(tls::TlsListener::new(listener, config)?, relay, shutdown_signal()).await?;
+                    let listener = sitesync_sync::link::without_nagle(listener);
+                    run(listener, Some(config), relay, shutdown_signal()).await?;
                 }
                 _ => {
                     if !addr.ip().is_loopback() {
@@ -270,7 +312,7 @@ async fn main() -> anyhow::Result<()> {
                     println!("sitesync-relay {version} listening on ws://{addr}");
                     println!("  data directory: {}", data.data_dir.display());
                     let listener = sitesync_sync::link::without_nagle(listener);
-                    run(listener, relay, shutdown_signal()).await?;
+                    run(listener, None, relay, shutdown_signal()).await?;
                 }
             }
         }

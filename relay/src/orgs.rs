@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sitesync_sync::credentials::{Admission, Authority, Certificate, CredentialError, OrgKey};
+use sitesync_sync::credentials::{
+    Admission, Authority, Certificate, CredentialError, OrgKey, RevocationBook, Revocations,
+};
 use uuid::Uuid;
 
 /// Why an organisation file operation failed.
@@ -47,12 +49,7 @@ impl Orgs {
     }
 
     fn org_dir(&self, name: &str) -> Result<PathBuf, OrgError> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !ok {
+        if !valid_name(name) {
             return Err(OrgError::BadName { name: name.into() });
         }
         Ok(self.dir.join(name))
@@ -125,13 +122,41 @@ impl Orgs {
     }
 
     pub fn is_revoked(&self, org: &str, token: Uuid) -> Result<bool, OrgError> {
+        Ok(self.revoked(org)?.contains(&token))
+    }
+
+    /// The organisation's revoked token ids, in the order revoked (a token
+    /// revoked twice is listed twice: the count is the list's version).
+    fn revoked(&self, org: &str) -> Result<Vec<Uuid>, OrgError> {
         let path = self.org_dir(org)?.join("revoked");
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(text.lines().any(|l| l.trim().parse() == Ok(token))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(io(&path)(e)),
         }
     }
+
+    /// The organisation's revocation list, signed with its key, for devices
+    /// to keep and pass on to LAN peers; `None` while nothing is revoked.
+    /// Its version is the number of revocations made: the file only grows.
+    pub fn revocations(&self, org: &str) -> Result<Option<Revocations>, OrgError> {
+        let revoked = self.revoked(org)?;
+        if revoked.is_empty() {
+            return Ok(None);
+        }
+        let key = self.load(org)?;
+        Ok(Some(Revocations::sign(&key, revoked.len() as u64, &revoked)))
+    }
+}
+
+/// An organisation name: 1–64 letters, digits, '-' or '_', so it is safe
+/// as a directory name (`orgs/<name>`, `spaces/<name>`).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn restrict(path: &Path, mode: u32) -> Result<(), OrgError> {
@@ -163,6 +188,26 @@ impl Authority for Orgs {
             return Err(CredentialError::Revoked { id: cert.id() });
         }
         org.admit(cert, now_ms)
+    }
+}
+
+/// The relay is where revocations start: it hands every device of an
+/// organisation the signed list, and keeps none from devices.
+impl RevocationBook for Orgs {
+    fn latest(&self, org: &str) -> Option<Revocations> {
+        self.revocations(org).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the revocation list");
+            None
+        })
+    }
+
+    fn is_news(&self, _list: &Revocations) -> Result<bool, CredentialError> {
+        Ok(false)
+    }
+
+    fn is_revoked(&self, org: &str, token: Uuid) -> bool {
+        // A list that cannot be read refuses rather than admits.
+        Orgs::is_revoked(self, org, token).unwrap_or(true)
     }
 }
 
@@ -205,6 +250,10 @@ mod tests {
                 id: Uuid::from_u128(3)
             })
         );
+        let list = orgs.revocations("acme").unwrap().unwrap();
+        list.verify("acme", &org.public()).unwrap();
+        assert_eq!(list.version(), 1);
+        assert!(list.contains(Uuid::from_u128(3)));
         let stranger =
             OrgKey::from_secret("stranger", [1; 32]).issue(Uuid::from_u128(4), &[], now + 1000, [7; 32]);
         assert!(matches!(

@@ -80,7 +80,7 @@ pub struct Daemon {
     child: Option<Child>,
     pub data_dir: PathBuf,
     client: Client,
-    /// `ws://` address of its `--peer-listen`, when given.
+    /// `wss://` address of its `--peer-listen`, when given.
     pub peer_url: Option<String>,
 }
 
@@ -158,6 +158,12 @@ impl Daemon {
                 agent,
             },
         }
+    }
+
+    /// The socket address of its `--peer-listen` (from its `wss://` URL).
+    pub fn lan_addr(&self) -> Option<SocketAddr> {
+        let url = self.peer_url.as_deref()?;
+        url.strip_prefix("wss://")?.parse().ok()
     }
 
     /// The process id (for resident-memory readings).

@@ -26,10 +26,16 @@ pub enum Mode {
 
 struct Shared {
     mode: Mutex<Mode>,
+    /// Every byte passed in either direction, up to [`RECORD_LIMIT`]: what
+    /// a device on the path sees.
+    recorded: Mutex<Vec<u8>>,
     target: Mutex<SocketAddr>,
     conns: Mutex<Vec<TcpStream>>,
     stop: AtomicBool,
 }
+
+/// Most bytes a proxy records ([`Proxy::recorded`]).
+pub const RECORD_LIMIT: usize = 16 * 1024 * 1024;
 
 /// A running proxy; stops (and cuts everything) when dropped.
 pub struct Proxy {
@@ -44,6 +50,7 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared {
             mode: Mutex::new(Mode::Pass),
+            recorded: Mutex::new(Vec::new()),
             target: Mutex::new(target),
             conns: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
@@ -85,6 +92,16 @@ impl Proxy {
     /// `ws://` URL of the proxy.
     pub fn ws_url(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+
+    /// `wss://` URL of the proxy (in front of a `--peer-listen`).
+    pub fn wss_url(&self) -> String {
+        format!("wss://{}", self.addr)
+    }
+
+    /// The bytes passed so far, both directions interleaved by chunk.
+    pub fn recorded(&self) -> Vec<u8> {
+        self.shared.recorded.lock().unwrap().clone()
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -132,6 +149,11 @@ fn pump(shared: Arc<Shared>, mut from: TcpStream, mut to: TcpStream) {
                 Mode::Pass | Mode::Blackhole => {}
                 Mode::Down => break,
                 Mode::Delay(d) => std::thread::sleep(d),
+            }
+            {
+                let mut recorded = shared.recorded.lock().unwrap();
+                let room = RECORD_LIMIT.saturating_sub(recorded.len());
+                recorded.extend_from_slice(&buf[..n.min(room)]);
             }
             if to.write_all(&buf[..n]).is_err() {
                 break;

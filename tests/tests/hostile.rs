@@ -3,6 +3,7 @@
 //! and LAN links between real daemons.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -10,6 +11,7 @@ use sitesync_sync::link::{self, FrameSocket as _};
 use sitesync_sync::model::automerge::ActorId;
 use sitesync_sync::protocol::{self, Message};
 use sitesync_sync::session::{Output, Session};
+use sitesync_sync::tls::{ClientTls, Trust};
 use sitesync_sync::{DocStore, MemBackend, Repo, RepoConfig, host::RepoHost};
 use sitesync_tests::{Daemon, Relay, Seeded, eventually, seed, sync_args};
 
@@ -31,10 +33,28 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// A WebSocket to the relay at `url`, as a device opens one.
+async fn dial_relay(url: &str) -> link::ClientSocket {
+    let tls = ClientTls::new(&[]).unwrap();
+    link::connect(url, Duration::from_secs(5), &tls, Trust::Roots)
+        .await
+        .unwrap()
+        .0
+}
+
 /// Connects to `url` as a device holding `token`, completes the handshake,
 /// sends `frames`, and returns the first refusal the other side sends
 /// (code, fatal), or `None` when the connection ends without one.
 fn intrude(url: &str, token: &str, frames: Vec<Message>) -> Option<(String, bool)> {
+    match intrude_until_answered(url, token, frames) {
+        Some(Message::Error { code, fatal, .. }) => Some((code, fatal)),
+        _ => None,
+    }
+}
+
+/// [`intrude`], returning the first refusal, acknowledgement or pong the
+/// other side sends.
+fn intrude_until_answered(url: &str, token: &str, frames: Vec<Message>) -> Option<Message> {
     let token = sitesync_sync::credentials::Token::parse(token).unwrap();
     let url = url.to_owned();
     tokio::runtime::Builder::new_multi_thread()
@@ -48,9 +68,7 @@ fn intrude(url: &str, token: &str, frames: Vec<Message>) -> Option<(String, bool
                 ActorId::random(),
                 RepoConfig::default(),
             )));
-            let mut socket = link::connect(&url, Duration::from_secs(5), &link::client_tls(&[]).unwrap())
-                .await
-                .unwrap();
+            let mut socket = dial_relay(&url).await;
             let mut session = Session::client(uuid::Uuid::new_v4(), "intruder", token, [3; 32]);
             let mut outs = session.start();
             while session.peer().is_none() {
@@ -75,8 +93,10 @@ fn intrude(url: &str, token: &str, frames: Vec<Message>) -> Option<(String, bool
             loop {
                 match tokio::time::timeout(Duration::from_secs(10), socket.recv()).await {
                     Ok(Some(Ok(frame))) => {
-                        if let Ok(Message::Error { code, fatal, .. }) = protocol::decode(&frame) {
-                            return Some((code, fatal));
+                        if let Ok(m @ (Message::Error { .. } | Message::Ack { .. } | Message::Pong { .. })) =
+                            protocol::decode(&frame)
+                        {
+                            return Some(m);
                         }
                     }
                     _ => return None,
@@ -192,9 +212,6 @@ fn a_bloom_filter_bomb_closes_only_its_connection() {
 #[test]
 fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored() {
     use sitesync_sync::RedbBackend;
-    use sitesync_sync::model::automerge::sync::{State as SyncState, SyncDoc as _};
-    use sitesync_sync::model::automerge::transaction::Transactable as _;
-    use sitesync_sync::model::automerge::{Automerge, AutomergeError, ROOT};
 
     let root = tempfile::tempdir().unwrap();
     let rdir = org(root.path());
@@ -208,21 +225,7 @@ fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored()
     });
     let p2_id: uuid::Uuid = p2.project.parse().unwrap();
 
-    // A change of our own making, dressed as an update of P2's document.
-    let mut doc = Automerge::new();
-    doc.transact::<_, _, AutomergeError>(|tx| {
-        tx.put(ROOT, "intruder", true)?;
-        Ok(())
-    })
-    .unwrap();
-    let intruder = doc.get_heads()[0];
-    let mut message = doc.generate_sync_message(&mut SyncState::new()).unwrap();
-    message.changes = vec![doc.save()].into();
-    let push = Message::Sync {
-        project: p2_id.into(),
-        doc: p2_id.into(),
-        message: message.encode(),
-    };
+    let (push, intruder) = foreign_change(p2_id);
     let refusal = intrude(
         &relay.ws_url(),
         &Relay::token(&rdir, "acme", &[&p1.project]),
@@ -233,7 +236,7 @@ fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored()
     // Nothing of it is in the relay's store.
     relay.kill();
     let store = Repo::new(
-        DocStore::new(RedbBackend::open(&rdir.join("store")).unwrap()),
+        DocStore::new(RedbBackend::open(&rdir.join("spaces").join("acme")).unwrap()),
         ActorId::random(),
         RepoConfig {
             typed: false,
@@ -245,6 +248,120 @@ fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored()
         .unwrap()
         .expect("the relay holds P2");
     assert!(!has, "the out-of-scope change was stored");
+}
+
+/// A change of an intruder's own making, dressed as an update of document
+/// (and project) `id`: the Sync frame, and the change's hash.
+fn foreign_change(id: uuid::Uuid) -> (Message, sitesync_sync::model::automerge::ChangeHash) {
+    use sitesync_sync::model::automerge::sync::{State as SyncState, SyncDoc as _};
+    use sitesync_sync::model::automerge::transaction::Transactable as _;
+    use sitesync_sync::model::automerge::{Automerge, AutomergeError, ROOT};
+    let mut doc = Automerge::new();
+    doc.transact::<_, _, AutomergeError>(|tx| {
+        tx.put(ROOT, "intruder", true)?;
+        Ok(())
+    })
+    .unwrap();
+    let hash = doc.get_heads()[0];
+    let mut message = doc.generate_sync_message(&mut SyncState::new()).unwrap();
+    message.changes = vec![doc.save()].into();
+    let push = Message::Sync {
+        project: id.into(),
+        doc: id.into(),
+        message: message.encode(),
+    };
+    (push, hash)
+}
+
+/// Item 4: organisations share no namespace of ids on the relay. A device
+/// of another organisation that learnt acme's project id pushes a change
+/// under it before acme's device ever brought the project there (the
+/// relay accepts it, into that organisation's own space). Acme's device
+/// then syncs as if nobody had: no `out_of_scope`, its other device gets
+/// the project, and the intruder's change reaches neither.
+#[test]
+fn another_organisation_cannot_claim_a_project_id_first() {
+    let root = tempfile::tempdir().unwrap();
+    let rdir = org(root.path());
+    Relay::create_org(&rdir, "evil");
+    let mut relay = Relay::start(&rdir);
+    let token = Relay::token(&rdir, "acme", &[]);
+    let a_dir = root.path().join("a");
+    let a = sitesync_tests::start_syncing(&a_dir, &token, &[]);
+    let s = seed(&a);
+    let pid: uuid::Uuid = s.project.parse().unwrap();
+    drop(a);
+
+    let (push, intruder) = foreign_change(pid);
+    let answer = intrude_until_answered(&relay.ws_url(), &Relay::token(&rdir, "evil", &[]), vec![push]);
+    assert!(matches!(answer, Some(Message::Ack { .. })), "{answer:?}");
+
+    let a = sitesync_tests::start_syncing(&a_dir, &token, &["--relay", &relay.ws_url()]);
+    let b = device(root.path(), &rdir, "b", &["--relay", &relay.ws_url()]);
+    eventually("A's project on B through the relay", WAIT, || {
+        get(&b, &format!("/v1/projects/{}/components/{}", s.project, s.spool))
+    });
+    eventually("A settled", WAIT, || settled(&a, &s));
+    for d in [&a, &b] {
+        let st = get(d, "/v1/sync/status").unwrap();
+        assert_eq!(st["peers"][0]["state"], "connected", "{st}");
+    }
+    let project = get(&b, &format!("/v1/projects/{}", s.project)).unwrap();
+    assert_eq!(project["name"], "Plant", "{project}");
+
+    // On the relay, the intruder's change is in its organisation's space
+    // only; acme's document of the same id never saw it.
+    relay.kill();
+    let holds = |org: &str| {
+        let repo = Repo::new(
+            DocStore::new(sitesync_sync::RedbBackend::open(&rdir.join("spaces").join(org)).unwrap()),
+            ActorId::random(),
+            RepoConfig {
+                typed: false,
+                ..RepoConfig::default()
+            },
+        );
+        repo.read_raw(pid, |am| am.get_change_meta_by_hash(&intruder).is_some())
+            .unwrap()
+    };
+    assert_eq!(holds("evil"), Some(true));
+    assert_eq!(holds("acme"), Some(false));
+}
+
+/// A flood of presence from one connection: past its budget (a burst of
+/// twice `presence::PER_SECOND`), entries are dropped and counted; the
+/// connection stays and answers.
+#[test]
+fn presence_past_a_connections_budget_is_dropped_and_counted() {
+    use sitesync_sync::protocol::{PresenceEntry, WireId};
+
+    let root = tempfile::tempdir().unwrap();
+    let rdir = org(root.path());
+    let relay = Relay::start(&rdir);
+    let a = device(root.path(), &rdir, "a", &["--relay", &relay.ws_url()]);
+    let s = seed(&a);
+    eventually("A settled", WAIT, || settled(&a, &s));
+    let pid: uuid::Uuid = s.project.parse().unwrap();
+    let flood = (1..=300).map(|seq| {
+        Message::Presence(PresenceEntry {
+            project: pid.into(),
+            component: None,
+            user: "flood".into(),
+            device: WireId([9; 16]),
+            activity: 0,
+            seq,
+        })
+    });
+    let frames: Vec<Message> = flood.chain([Message::Ping { nonce: 77 }]).collect();
+    let answer = intrude_until_answered(&relay.ws_url(), &Relay::token(&rdir, "acme", &[]), frames);
+    assert_eq!(answer, Some(Message::Pong { nonce: 77 }));
+    let (_, metrics) = relay.http_get("/metrics");
+    let limited = metrics
+        .lines()
+        .find(|l| l.starts_with("sitesync_relay_refused_total{reason=\"presence_rate\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(limited >= 100.0, "{metrics}");
 }
 
 /// Reads until the other side closes; how long that took (at most `limit`).
@@ -282,14 +399,6 @@ fn slow_and_idle_sockets_give_their_slots_back() {
         "127.0.0.1:0",
         &["--max-connections", "1"],
     );
-    let lan_of = |d: &Daemon| -> std::net::SocketAddr {
-        d.peer_url
-            .clone()
-            .unwrap()
-            .trim_start_matches("ws://")
-            .parse()
-            .unwrap()
-    };
     let a = device(
         root.path(),
         &rdir,
@@ -309,7 +418,7 @@ fn slow_and_idle_sockets_give_their_slots_back() {
             "4",
         ],
     );
-    let lan = lan_of(&a);
+    let lan = a.lan_addr().unwrap();
 
     // Headers that never finish: closed after the timeout, on every listener.
     for addr in [relay.addr, a.addr, lan] {
@@ -327,9 +436,7 @@ fn slow_and_idle_sockets_give_their_slots_back() {
         .build()
         .unwrap()
         .block_on(async move {
-            let mut ws = link::connect(&url, Duration::from_secs(5), &link::client_tls(&[]).unwrap())
-                .await
-                .unwrap();
+            let mut ws = dial_relay(&url).await;
             tokio::time::timeout(Duration::from_secs(20), async {
                 while let Some(Ok(_)) = ws.recv().await {}
             })
@@ -340,7 +447,7 @@ fn slow_and_idle_sockets_give_their_slots_back() {
 
     // Caps: the LAN listener takes 2 sockets, the API 4; the next is closed
     // at once, and the API counts it.
-    for (addr, cap) in [(lan_of(&b), 2), (b.addr, 4)] {
+    for (addr, cap) in [(b.lan_addr().unwrap(), 2), (b.addr, 4)] {
         let held: Vec<TcpStream> = (0..cap).map(|_| TcpStream::connect(addr).unwrap()).collect();
         std::thread::sleep(Duration::from_millis(200));
         let mut extra = TcpStream::connect(addr).unwrap();
@@ -354,10 +461,12 @@ fn slow_and_idle_sockets_give_their_slots_back() {
             _ => None,
         }
     });
-    assert!(
-        counter(&metrics, "sitesync_connections_refused_total") >= 1,
-        "{metrics}"
-    );
+    for refused in [
+        "sitesync_connections_refused_total",
+        "sitesync_peers_refused_total",
+    ] {
+        assert!(counter(&metrics, refused) >= 1, "{refused}: {metrics}");
+    }
 
     // The relay caps open sockets at its device limit plus 64.
     let held: Vec<TcpStream> = (0..65)
@@ -395,8 +504,8 @@ impl Node {
     fn start(&mut self, proxies: &[sitesync_tests::proxy::Proxy]) {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         let d = Daemon::start(&self.dir, &args);
-        if let (Some(i), Some(url)) = (self.lan, &d.peer_url) {
-            proxies[i].retarget(url.trim_start_matches("ws://").parse().unwrap());
+        if let (Some(i), Some(lan)) = (self.lan, d.lan_addr()) {
+            proxies[i].retarget(lan);
         }
         self.daemon = Some(d);
     }
@@ -447,7 +556,7 @@ fn a_mixed_topology_with_loops_converges_and_settles() {
             _ => 0,
         };
         for lan in [4, 5].into_iter().take(dials) {
-            args.extend(["--peer".into(), proxies[lan].ws_url()]);
+            args.extend(["--peer".into(), proxies[lan].wss_url()]);
         }
         let mut node = Node {
             dir: root.path().join(name),
@@ -571,4 +680,137 @@ fn a_mixed_topology_with_loops_converges_and_settles() {
         relay_per_second < 150,
         "relay: {relay_per_second} frames a second"
     );
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A device in the middle of a LAN link: it terminates the dialler's TLS
+/// with a certificate of its own, opens its own TLS session to `target`,
+/// and passes the plaintext both ways. Sets the flag once it has read a
+/// plaintext request (it really is in the middle). Runs until the test
+/// process ends.
+fn tls_in_the_middle(target: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let saw = Arc::new(AtomicBool::new(false));
+    let seen = saw.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(sitesync_sync::tls::self_signed_config().unwrap());
+            let dial = ClientTls::new(&[]).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                let config = dial.config(Trust::Binding);
+                tokio::spawn(async move {
+                    let Ok(mut inner) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(up) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let name = rustls::pki_types::ServerName::try_from("sitesync-peer").unwrap();
+                    let Ok(mut outer) = tokio_rustls::TlsConnector::from(config).connect(name, up).await
+                    else {
+                        return;
+                    };
+                    let mut first = vec![0u8; 4096];
+                    let Ok(n) = inner.read(&mut first).await else {
+                        return;
+                    };
+                    if first[..n].starts_with(b"GET ") {
+                        seen.store(true, Ordering::SeqCst);
+                    }
+                    if outer.write_all(&first[..n]).await.is_err() {
+                        return;
+                    }
+                    let _ = tokio::io::copy_bidirectional(&mut inner, &mut outer).await;
+                });
+            }
+        });
+    });
+    (addr, saw)
+}
+
+/// Item 7: a LAN link is TLS end to end (a device on the path sees no
+/// HTTP, no WebSocket and no project data), and its handshake is bound to
+/// the TLS session, so a device in the middle that terminates TLS on both
+/// sides and relays every frame gets the handshake refused and nothing
+/// synced.
+#[test]
+fn lan_links_are_encrypted_and_a_device_in_the_middle_gets_nothing() {
+    use sitesync_tests::proxy::Proxy;
+
+    let root = tempfile::tempdir().unwrap();
+    let rdir = org(root.path());
+    let a = device(root.path(), &rdir, "a", &["--peer-listen", "127.0.0.1:0"]);
+    let url = a.peer_url.clone().unwrap();
+    assert!(url.starts_with("wss://"), "{url}");
+    let lan = a.lan_addr().unwrap();
+    let canary = "Cleartext canary 7731";
+    let made = a.call(
+        "POST",
+        "/v1/projects",
+        Some(&json!({"name": canary, "code": "CAN"})),
+    );
+    assert_eq!(made.0, 201, "{}", made.1);
+
+    // On the path: B dials A through a proxy that keeps every byte.
+    let tap = Proxy::start(lan);
+    let b = device(root.path(), &rdir, "b", &["--peer", &tap.wss_url()]);
+    eventually("A's project on B over the LAN", WAIT, || {
+        let list = get(&b, "/v1/projects")?;
+        list["items"]
+            .as_array()?
+            .iter()
+            .any(|p| p["name"] == canary)
+            .then_some(())
+    });
+    let seen = tap.recorded();
+    assert_eq!(
+        seen.first(),
+        Some(&0x16),
+        "the link does not open with a TLS handshake"
+    );
+    for plain in [b"Upgrade: websocket".as_slice(), canary.as_bytes()] {
+        assert!(
+            !contains(&seen, plain),
+            "{:?} crossed the LAN in clear",
+            String::from_utf8_lossy(plain)
+        );
+    }
+
+    // In the middle: C dials A through a device that terminates TLS.
+    let (mitm, in_the_middle) = tls_in_the_middle(lan);
+    let c = device(root.path(), &rdir, "c", &["--peer", &format!("wss://{mitm}")]);
+    let refused = eventually("C refuses the handshake", WAIT, || {
+        let status = get(&c, "/v1/sync/status")?;
+        let peer = status["peers"].as_array()?.first()?.clone();
+        (peer["state"] == "error").then_some(peer)
+    });
+    assert!(
+        in_the_middle.load(Ordering::SeqCst),
+        "the test's device was not in the middle"
+    );
+    assert!(
+        refused["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unauthorized"),
+        "{refused}"
+    );
+    let list = get(&c, "/v1/projects").unwrap();
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
 }

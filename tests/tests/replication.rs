@@ -153,6 +153,18 @@ fn a_change_on_one_daemon_reaches_the_other_through_the_relay() {
     wait_connected(&a, 1);
     let (status, body) = a.call("POST", "/v1/sync/peers", Some(&json!({"url": "http://x"})));
     assert_eq!((status, body["error"]["field"].as_str()), (422, Some("url")));
+    // A LAN peer's listener speaks only TLS: a plain URL is refused, saying so.
+    let plain = json!({"url": "ws://10.0.0.7:7710", "kind": "lan"});
+    let (status, body) = a.call("POST", "/v1/sync/peers", Some(&plain));
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("url")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("wss://"),
+        "{body}"
+    );
     let (status, body) = a.call(
         "POST",
         "/v1/sync/peers",
@@ -554,4 +566,111 @@ fn daemons_sync_through_a_tls_relay_and_refuse_an_untrusted_certificate() {
     });
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     assert_eq!(ok(c.call("GET", "/v1/projects", None), "projects")["total"], 0);
+}
+
+/// Whether `d` has a peer that ended refused for `token_id`'s revocation.
+fn refused_as_revoked(d: &Daemon, token_id: &str) -> Option<()> {
+    let st = get(d, "/v1/sync/status")?;
+    st["peers"]
+        .as_array()?
+        .iter()
+        .any(|p| {
+            p["state"] != "connected"
+                && p["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("revoked") && e.contains(token_id))
+        })
+        .then_some(())
+}
+
+/// A revocation reaches LAN peers that never meet the relay (item 6): A
+/// has the relay and a LAN listener; B (to be revoked) and C are on the
+/// LAN only, B dialling A and C, C dialling A. Revoking B at the relay
+/// drops B's links to A (which heard it from the relay) and to C (which
+/// heard it from A); nothing B writes afterwards reaches them; and C,
+/// restarted with A and the relay gone, still refuses B (the list is kept).
+#[test]
+fn a_revocation_crosses_the_lan_and_outlives_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let rdir = org(root.path());
+    let relay = Relay::start(&rdir);
+    let listen = ["--peer-listen", "127.0.0.1:0"];
+    let a = device(
+        root.path(),
+        &rdir,
+        "a",
+        &["--relay", &relay.ws_url(), listen[0], listen[1]],
+    );
+    let a_lan = a.peer_url.clone().unwrap();
+    let c_token = Relay::token(&rdir, "acme", &[]);
+    let c_dir = root.path().join("c");
+    let c_args = ["--peer", &a_lan, listen[0], listen[1]];
+    let mut c = start(&c_dir, &c_token, &c_args);
+    // B reaches C through a proxy, so C can come back on another port.
+    let to_c = Proxy::start(c.lan_addr().unwrap());
+    let (b_id, b_token) = Relay::issue(&rdir, "acme", &[]);
+    let b = start(
+        &root.path().join("b"),
+        &b_token,
+        &["--peer", &a_lan, "--peer", &to_c.wss_url()],
+    );
+    let s = seed(&a);
+    for d in [&b, &c] {
+        eventually("A's project on the LAN", WAIT, || component(d, &s, &s.spool));
+    }
+    wait_connected(&b, 2);
+
+    sitesync_tests::relay_cmd(&[
+        "token",
+        "revoke",
+        &b_id,
+        "--org",
+        "acme",
+        "--data-dir",
+        rdir.to_str().unwrap(),
+    ]);
+    eventually("B dropped by A and by C", WAIT, || {
+        let st = get(&b, "/v1/sync/status")?;
+        let peers = st["peers"].as_array()?;
+        let refused = peers
+            .iter()
+            .filter(|p| {
+                p["state"] != "connected" && p["last_error"].as_str().is_some_and(|e| e.contains("revoked"))
+            })
+            .count();
+        (refused == 2).then_some(())
+    });
+    assert!(refused_as_revoked(&b, &b_id).is_some());
+
+    // What B writes now stays on B; what A writes still reaches C.
+    put(&b, &s, &s.spool, "weld", json!({"completed": true}));
+    put(&a, &s, &s.spool, "erect", json!({"completed": true}));
+    eventually("A's edit on C", WAIT, || {
+        component(&c, &s, &s.spool).filter(|x| milestone(x, "erect")["completed"] == true)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for d in [&a, &c] {
+        let spool = component(d, &s, &s.spool).unwrap();
+        assert_eq!(
+            milestone(&spool, "weld")["completed"],
+            false,
+            "B's write got through"
+        );
+    }
+
+    // C alone, restarted: it kept the list, and still refuses B.
+    drop(a);
+    drop(relay);
+    c.stop();
+    let c = start(&c_dir, &c_token, &c_args);
+    to_c.retarget(c.lan_addr().unwrap());
+    put(&b, &s, &s.spool, "erect", json!({"completed": false}));
+    std::thread::sleep(Duration::from_secs(2));
+    let spool = component(&c, &s, &s.spool).unwrap();
+    assert_eq!(
+        milestone(&spool, "erect")["completed"],
+        true,
+        "B's write reached C after its restart"
+    );
+    assert_eq!(milestone(&spool, "weld")["completed"], false);
 }

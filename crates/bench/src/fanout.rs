@@ -22,7 +22,6 @@ use sitesync_sync::model::automerge::ActorId;
 use sitesync_sync::session::{Event, Session};
 use sitesync_sync::{DocStore, MemBackend, Repo, RepoConfig};
 use sitesync_tests::{Client, Relay};
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::project::{Kind, Project, ok};
@@ -93,7 +92,7 @@ impl Fleet {
     /// Connects `count` more devices with these tokens (one each) and waits
     /// until every one has completed its handshake.
     pub fn connect(&mut self, relay: &Relay, tokens: Vec<String>, limit: Duration) -> anyhow::Result<()> {
-        let tls = link::client_tls(&[]).map_err(anyhow::Error::msg)?;
+        let tls = sitesync_sync::tls::ClientTls::new(&[])?;
         let first = self.size;
         let count = tokens.len();
         for (i, token) in tokens.into_iter().enumerate() {
@@ -101,8 +100,15 @@ impl Fleet {
             let token = Token::parse(&token).context("a token from `token create`")?;
             let (url, tls, notes) = (relay.ws_url(), tls.clone(), self.sender.clone());
             self.runtime.spawn(async move {
-                let socket = match link::connect(&url, Duration::from_secs(30), &tls).await {
-                    Ok(s) => s,
+                let socket = match link::connect(
+                    &url,
+                    Duration::from_secs(30),
+                    &tls,
+                    sitesync_sync::tls::Trust::Roots,
+                )
+                .await
+                {
+                    Ok((s, _)) => s,
                     Err(e) => {
                         let _ = notes.send(Note::Ended(n, e));
                         return;
@@ -126,12 +132,10 @@ impl Fleet {
                     },
                 );
                 let host = Arc::new(RepoHost::new(Arc::new(repo)));
-                // The senders live as long as the connection: a closed
-                // channel would end it. These devices never write.
-                let (changes, _) = broadcast::channel(16);
+                // These devices never write: no change feed.
                 let presence = link::PresenceHub::new();
                 let feeds = Feeds {
-                    changes: changes.subscribe(),
+                    changes: None,
                     presence: presence.subscribe(),
                     id: n as u64,
                 };
@@ -148,7 +152,7 @@ impl Fleet {
                 let ended = link::drive(
                     socket,
                     session,
-                    host,
+                    link::Documents::One(host),
                     feeds,
                     observer,
                     presence.clone(),

@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | `frame` | `protocol::decode` | no panic; what decodes re-encodes to a frame that decodes the same |
 //! | `sync_message` | `sync_check::check_sync_message`, then Automerge | no panic in the check; what it accepts, Automerge decodes, applies to a document and answers without a panic |
-//! | `token` | `Token::parse`, `Certificate::decode` | no panic; what decodes verifies (or not) without one |
+//! | `token` | `Token::parse`, `Certificate::decode`, `Revocations::decode` | no panic; what decodes verifies (or not) and answers lookups without one |
 //! | `import_csv`, `import_json` | the daemon's `import::read_rows` | no panic; a clear error or rows |
 //!
 //! Data flow: [`Target::seeds`] → [`mutate`] (seeded) → [`Target::run`]
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sitesync_sync::credentials::{Certificate, OrgKey, Token};
+use sitesync_sync::credentials::{Certificate, OrgKey, Revocations, Token};
 use sitesync_sync::model::automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc as _};
 use sitesync_sync::model::automerge::transaction::Transactable as _;
 use sitesync_sync::model::automerge::{AutoCommit, Automerge, ROOT};
@@ -229,11 +229,14 @@ fn token_seeds() -> Vec<Vec<u8>> {
         1,
         [3; 32],
     );
+    let revoked: Vec<uuid::Uuid> = (1..40).map(uuid::Uuid::from_u128).collect();
     vec![
         all.encode().into_bytes(),
         some.encode().into_bytes(),
         all.cert().encode(),
         some.cert().encode(),
+        Revocations::sign(&org, 1, &revoked[..1]).encode(),
+        Revocations::sign(&org, 39, &revoked).encode(),
     ]
 }
 
@@ -246,6 +249,11 @@ fn run_token(input: &[u8]) {
     if let Ok(cert) = Certificate::decode(input) {
         let _ = cert.verify("acme", &org.public(), 0);
         let _ = cert.scope();
+    }
+    if let Ok(list) = Revocations::decode(input) {
+        let _ = list.verify("acme", &org.public());
+        let _ = list.contains(uuid::Uuid::from_u128(7));
+        assert_eq!(Revocations::decode(&list.encode()).as_ref(), Ok(&list));
     }
 }
 

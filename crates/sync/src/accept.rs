@@ -9,6 +9,11 @@
 //!   to send a request's headers, so a socket trickling bytes cannot hold a
 //!   slot for ever.
 //!
+//! - **TLS inside the slot**, when configured: the handshake (bounded in
+//!   time) runs after the slot is taken, and the connection's TLS binding
+//!   ([`ConnectionBinding`]) is on every request, so a WebSocket handler
+//!   can bind its handshake to the TLS session it runs in ([`crate::tls`]).
+//!
 //! The server is HTTP/1.1 (with upgrades for WebSockets), which is all the
 //! API, the relay and the peers speak. Shutdown is graceful: accepting
 //! stops, and open requests finish.
@@ -36,6 +41,58 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time a client has to send a request's headers.
     pub header_read_timeout: Duration,
+}
+
+/// The [`crate::tls::Binding`] of the connection a request came on (`None`
+/// on plain TCP), in every request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionBinding(pub Option<crate::tls::Binding>);
+
+/// What one connection's task needs.
+struct Connection {
+    router: Router,
+    limits: Limits,
+    /// Changes when the server shuts down.
+    stopped: watch::Receiver<()>,
+}
+
+impl Connection {
+    /// Serves HTTP/1 (and upgrades) on `io` until it closes.
+    async fn serve<I>(mut self, io: Held<I>, binding: Option<crate::tls::Binding>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = self.router.clone();
+        let binding = ConnectionBinding(binding);
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            let router = router.clone();
+            req.extensions_mut().insert(binding);
+            async move {
+                let answer = router.oneshot(req.map(Body::new)).await;
+                Ok::<_, Infallible>(answer.unwrap_or_else(|never| match never {}))
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = self.stopped.changed() => conn.as_mut().graceful_shutdown(),
+        }
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// [`Limits::header_read_timeout`] by default: ample for any real client.
@@ -86,9 +143,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Held<I> {
 
 /// Serves `router` on `listener` within `limits` until `shutdown`
 /// resolves; then stops accepting and waits for open requests (not
-/// WebSockets, which their own tasks end) to finish.
+/// WebSockets, which their own tasks end) to finish. With `tls`, every
+/// connection first completes a TLS handshake (within
+/// [`crate::tls::HANDSHAKE_TIMEOUT`]) inside its slot, so sockets that
+/// stall mid-handshake count against the cap too.
 pub async fn serve<L>(
     mut listener: L,
+    tls: Option<Arc<crate::tls::ServerConfig>>,
     router: Router,
     limits: Limits,
     refused: Arc<dyn Fn() + Send + Sync>,
@@ -99,6 +160,7 @@ where
     L::Io: Unpin,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     // Dropping the sender tells every connection to finish; each holds a
     // receiver until it has, so `closed()` waits for them.
     let (stop, stopped) = watch::channel(());
@@ -113,34 +175,23 @@ where
             drop(io);
             continue;
         };
-        let router = router.clone();
-        let mut stopped = stopped.clone();
+        let connection = Connection {
+            router: router.clone(),
+            limits,
+            stopped: stopped.clone(),
+        };
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let router = router.clone();
-                async move {
-                    let answer = router.oneshot(req.map(Body::new)).await;
-                    Ok::<_, Infallible>(answer.unwrap_or_else(|never| match never {}))
+            let Some(acceptor) = acceptor else {
+                return connection.serve(Held { io, _slot: slot }, None).await;
+            };
+            match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => {
+                    let binding = crate::tls::binding(tls.get_ref().1);
+                    connection.serve(Held { io: tls, _slot: slot }, binding).await;
                 }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
-            let io = TokioIo::new(Held { io, _slot: slot });
-            let conn = builder.serve_connection(io, service).with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                _ = stopped.changed() => conn.as_mut().graceful_shutdown(),
-            }
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
         });
     }

@@ -39,6 +39,12 @@ pub enum CredentialError {
     Expired { id: Uuid, expired_at_ms: i64 },
     #[error("token {id} was revoked")]
     Revoked { id: Uuid },
+    #[error(
+        "the server's TLS certificate is not trusted and its handshake proof is not bound to this TLS \
+         session: someone may sit between the two devices (or, for a relay, its CA is not trusted here: \
+         pass --relay-ca)"
+    )]
+    UnboundProof,
 }
 
 /// Which projects a credential covers.
@@ -174,11 +180,23 @@ pub fn check_proof(key: &VerifyingKey, transcript: &[u8], proof: &[u8]) -> Resul
 }
 
 /// What each side signs in a handshake: a label for its role and both fresh
-/// nonces, so a proof is good for this one conversation only.
-pub fn transcript(role: &str, client_nonce: &[u8; 32], server_nonce: &[u8; 32]) -> Vec<u8> {
-    let mut t = format!("sitesync/handshake/v1/{role}/").into_bytes();
+/// nonces, so a proof is good for this one conversation only, and the TLS
+/// session's binding when the side binds ([`crate::tls`]), so it is good
+/// on this one TLS session only. Bound and unbound transcripts differ in
+/// their label, so neither can pass for the other.
+pub fn transcript(
+    role: &str,
+    client_nonce: &[u8; 32],
+    server_nonce: &[u8; 32],
+    binding: Option<&[u8; 32]>,
+) -> Vec<u8> {
+    let kind = if binding.is_some() { "v1-bound" } else { "v1" };
+    let mut t = format!("sitesync/handshake/{kind}/{role}/").into_bytes();
     t.extend_from_slice(client_nonce);
     t.extend_from_slice(server_nonce);
+    if let Some(b) = binding {
+        t.extend_from_slice(b);
+    }
     t
 }
 
@@ -352,6 +370,138 @@ pub fn check_server(
     Ok(cert.scope())
 }
 
+/// Most token ids one revocation list may name: a list travels in one
+/// frame (16 bytes an id), and an organisation that revokes more than this
+/// should rotate its key.
+pub const MAX_REVOKED: usize = 100_000;
+
+/// What the organisation signs in a revocation list.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+struct RevocationBody {
+    org: String,
+    /// How many revocations the organisation has made: lists only grow, so
+    /// a higher version holds every id of a lower one.
+    version: u64,
+    /// Sorted, for lookups.
+    revoked: Vec<[u8; 16]>,
+}
+
+/// An organisation's revoked tokens, signed by its key. The relay (which
+/// holds the key) makes it; devices keep the newest they have heard and
+/// pass it on to LAN peers of their organisation, which check it against
+/// the organisation key in their own certificate. So a revocation reaches a
+/// laptop that never meets the relay, through any that did.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Revocations {
+    body: RevocationBody,
+    signature: [u8; 64],
+}
+
+fn revocations_config() -> impl bincode::config::Config {
+    // The ids, the organisation name and the signature, with room.
+    bincode::config::standard().with_limit::<{ MAX_REVOKED * 17 + 4096 }>()
+}
+
+impl Revocations {
+    /// Signs the list of `revoked` token ids as version `version`.
+    pub fn sign(org: &OrgKey, version: u64, revoked: &[Uuid]) -> Self {
+        let mut ids: Vec<[u8; 16]> = revoked.iter().map(|u| *u.as_bytes()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let body = RevocationBody {
+            org: org.name.clone(),
+            version,
+            revoked: ids,
+        };
+        let bytes = bincode::encode_to_vec(&body, revocations_config()).expect("encodes");
+        Self {
+            signature: org.key.sign(&bytes).to_bytes(),
+            body,
+        }
+    }
+
+    pub fn org(&self) -> &str {
+        &self.body.org
+    }
+
+    pub fn version(&self) -> u64 {
+        self.body.version
+    }
+
+    pub fn len(&self) -> usize {
+        self.body.revoked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.revoked.is_empty()
+    }
+
+    pub fn contains(&self, token: Uuid) -> bool {
+        self.body.revoked.binary_search(token.as_bytes()).is_ok()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::encode_to_vec(self, revocations_config()).expect("lists always encode")
+    }
+
+    /// Decodes a list within [`MAX_REVOKED`] ids, sorted, with nothing
+    /// after it. Its signature is [`Self::verify`]'s business.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CredentialError> {
+        let (list, used): (Self, usize) =
+            bincode::decode_from_slice(bytes, revocations_config()).map_err(malformed)?;
+        if used != bytes.len() {
+            return Err(malformed("trailing bytes after the revocation list"));
+        }
+        if list.body.revoked.len() > MAX_REVOKED {
+            return Err(malformed(format!(
+                "a revocation list of {} ids (at most {MAX_REVOKED})",
+                list.body.revoked.len()
+            )));
+        }
+        if !list.body.revoked.is_sorted() {
+            return Err(malformed("the revocation list is not sorted"));
+        }
+        Ok(list)
+    }
+
+    /// Checks that `org_key`, organisation `org`'s, signed this list.
+    pub fn verify(&self, org: &str, org_key: &[u8; 32]) -> Result<(), CredentialError> {
+        if self.body.org != org {
+            return Err(CredentialError::WrongOrganization {
+                trusted: org.to_owned(),
+                found: self.body.org.clone(),
+            });
+        }
+        let key = VerifyingKey::from_bytes(org_key).map_err(malformed)?;
+        let body = bincode::encode_to_vec(&self.body, revocations_config()).expect("encodes");
+        key.verify(&body, &Signature::from_bytes(&self.signature))
+            .map_err(|_| CredentialError::BadSignature {
+                org: self.body.org.clone(),
+            })
+    }
+}
+
+/// What one side knows of revocations: the newest list it holds per
+/// organisation. The session sends it to every peer of that organisation
+/// (after the handshake and whenever it grows), refuses and drops peers
+/// whose token it names, and reports a newer list a peer sent
+/// ([`crate::session::Event::Revocations`]) for the side to keep.
+pub trait RevocationBook: Send + Sync {
+    /// The newest list held for `org`.
+    fn latest(&self, org: &str) -> Option<Revocations>;
+
+    /// Whether a list a peer sent should be kept: `Ok(true)` when it is
+    /// newer than the held one, an error when it is not signed by the key
+    /// this side trusts for its organisation. A relay, the lists' source,
+    /// keeps none.
+    fn is_news(&self, list: &Revocations) -> Result<bool, CredentialError>;
+
+    /// Whether `token` of `org` is revoked, as far as this side knows.
+    fn is_revoked(&self, org: &str, token: Uuid) -> bool {
+        self.latest(org).is_some_and(|l| l.contains(token))
+    }
+}
+
 /// The key a side keeps a peer's bookkeeping under (its sync states, its
 /// status entry): the device id the peer claims, bound to the token it
 /// proved (`token_id`; none for a relay, which proves the organisation
@@ -438,14 +588,14 @@ mod tests {
         let acme = org("acme", 1);
         let a = acme.issue(Uuid::from_u128(1), &[], NOW + 1000, [9; 32]);
         let b = acme.issue(Uuid::from_u128(2), &[], NOW + 1000, [8; 32]);
-        let t = transcript("server", &[1; 32], &[2; 32]);
+        let t = transcript("server", &[1; 32], &[2; 32], None);
         let proof = b.sign(&t);
         // A client holding `a` checks the LAN peer `b`.
         assert_eq!(
             check_server(&a, &b.cert().encode(), &t, &proof, NOW),
             Ok(Scope::All)
         );
-        let other_nonce = transcript("server", &[1; 32], &[3; 32]);
+        let other_nonce = transcript("server", &[1; 32], &[3; 32], None);
         assert_eq!(
             check_server(&a, &b.cert().encode(), &other_nonce, &proof, NOW),
             Err(CredentialError::BadProof)

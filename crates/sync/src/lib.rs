@@ -20,10 +20,12 @@ pub mod link;
 pub mod memory;
 pub mod presence;
 pub mod protocol;
+pub mod rate;
 pub mod repo;
 pub mod session;
 pub mod store;
 pub mod sync_check;
+pub mod tls;
 pub mod workers;
 
 pub use repo::{Arrived, Doc, Persisted, Repo, RepoConfig, RepoError, Tx};

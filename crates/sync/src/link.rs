@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 use crate::presence::{self, Offer};
 use crate::protocol::{self, MAX_FRAME, PresenceEntry};
-use crate::session::{Event, Host, Output, PeerInfo, Session};
+use crate::session::{Event, Host, HostError, Incoming, Output, Session};
+use crate::tls::{Channel, ClientTls, Trust};
+use sitesync_model::automerge::ChangeHash;
+use sitesync_model::automerge::sync::{Message as SyncMessage, State as SyncState};
 
 /// A bidirectional stream of binary frames (a WebSocket, either side).
 pub trait FrameSocket: Send {
@@ -81,20 +84,30 @@ pub fn without_nagle(
     listener.tap_io(set as fn(&mut tokio::net::TcpStream))
 }
 
-/// Opens a WebSocket to `url` (`ws://`, or `wss://` checked against `tls`).
+/// Opens a WebSocket to `url` (`ws://`, or `wss://` with `tls` under
+/// `trust`), and says what the handshake over it may rely on
+/// ([`Channel`]).
 pub async fn connect(
     url: &str,
     timeout: Duration,
-    tls: &Arc<rustls::ClientConfig>,
-) -> Result<ClientSocket, String> {
+    tls: &ClientTls,
+    trust: Trust,
+) -> Result<(ClientSocket, Channel), String> {
+    let config = tls.config(trust);
     let connecting = tokio_tungstenite::connect_async_tls_with_config(
         url,
         Some(ws_config()),
         true,
-        Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+        Some(tokio_tungstenite::Connector::Rustls(config)),
     );
     match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Ok((socket, _))) => {
+            let channel = Channel {
+                binding: crate::tls::client_binding(socket.get_ref()),
+                server_trusted: trust == Trust::Roots,
+            };
+            Ok((socket, channel))
+        }
         Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}")),
         Err(_) => Err(format!("cannot connect to {url}: timed out after {timeout:?}")),
     }
@@ -187,14 +200,16 @@ pub trait Observer: Send + Sync {
     /// summary acknowledges every document at once (2,001 on the
     /// benchmark's project, one durable write each took 6.7 s).
     fn events(&self, _events: &[Event]) {}
-    /// Checked on every ping tick: `Err(reason)` drops the connection
-    /// (e.g. its token was revoked meanwhile).
-    fn still_admitted(&self, _peer: &PeerInfo) -> Result<(), String> {
-        Ok(())
-    }
     /// A peer's presence entry was dropped: already heard (`Seen`, the
-    /// normal end of a loop) or the table is full (`Full`, a limit).
+    /// normal end of a loop), the table is full (`Full`) or the
+    /// connection's budget spent (`Limited`).
     fn presence_dropped(&self, _offer: Offer) {}
+    /// How long to wait before handling the next received frame (a relay
+    /// keeps an organisation within its messages a second by pacing: the
+    /// peer's TCP window then slows the peer, nothing is dropped).
+    fn pace(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// A presence entry on its way to other connections, with the connection it
@@ -253,11 +268,89 @@ impl PresenceHub {
 
 /// What a connection listens to besides its socket.
 pub struct Feeds {
-    /// Ids of documents whose changes just became durable here.
-    pub changes: broadcast::Receiver<Uuid>,
+    /// Ids of documents whose changes just became durable here. `None`
+    /// with [`Documents::PerOrg`]: the organisation's own feed is
+    /// subscribed once it is known.
+    pub changes: Option<broadcast::Receiver<Uuid>>,
     pub presence: broadcast::Receiver<PresenceNote>,
     /// This connection's id in [`PresenceNote::from`].
     pub id: u64,
+}
+
+/// Where a connection's documents live.
+pub enum Documents {
+    /// One host for every peer, its changes on [`Feeds::changes`] (a
+    /// daemon: it holds its own organisation's projects only).
+    One(Arc<dyn Host + Send + Sync>),
+    /// One per organisation, opened once the peer's Hello is admitted (a
+    /// relay: organisations share no namespace of project or document
+    /// ids, so one that learns another's ids can neither claim nor see
+    /// them).
+    PerOrg(Arc<dyn OrgDocuments>),
+}
+
+/// A relay's documents, one space per organisation.
+pub trait OrgDocuments: Send + Sync {
+    /// `org`'s documents and the feed of their changes. `org` comes from
+    /// an admitted certificate. `Err` closes the connection with the
+    /// reason.
+    fn open(&self, org: &str) -> Result<(Arc<dyn Host + Send + Sync>, broadcast::Receiver<Uuid>), String>;
+}
+
+/// The host of a connection whose organisation is not known yet: it holds
+/// nothing. The session reaches documents only after the handshake, by
+/// which time [`Documents::PerOrg`] has replaced it.
+struct NoDocuments;
+
+impl Host for NoDocuments {
+    fn projects(&self) -> Result<Vec<Uuid>, HostError> {
+        Ok(Vec::new())
+    }
+    fn may_share(&self, _org: &str, _project: Uuid) -> Result<bool, HostError> {
+        Ok(false)
+    }
+    fn holds(&self, _org: &str, _project: Uuid) -> Result<bool, HostError> {
+        Ok(false)
+    }
+    fn summary(&self, _project: Uuid) -> Result<Vec<(Uuid, Vec<ChangeHash>)>, HostError> {
+        Ok(Vec::new())
+    }
+    fn project_of(&self, _doc: Uuid) -> Result<Option<Uuid>, HostError> {
+        Ok(None)
+    }
+    fn heads(&self, _doc: Uuid) -> Result<Vec<ChangeHash>, HostError> {
+        Ok(Vec::new())
+    }
+    fn generate(&self, _doc: Uuid, _state: &mut SyncState) -> Result<Option<SyncMessage>, HostError> {
+        Err(not_yet())
+    }
+    fn receive(
+        &self,
+        _ctx: &Incoming<'_>,
+        _state: &mut SyncState,
+        _message: SyncMessage,
+    ) -> Result<Option<Vec<ChangeHash>>, HostError> {
+        Err(not_yet())
+    }
+    fn load_state(&self, _peer: Uuid, _doc: Uuid) -> Result<Option<Vec<u8>>, HostError> {
+        Ok(None)
+    }
+}
+
+fn not_yet() -> HostError {
+    HostError::Storage {
+        detail: "no documents before the handshake".into(),
+    }
+}
+
+/// The next change notification; never, without a feed.
+async fn next_change(
+    changes: &mut Option<broadcast::Receiver<Uuid>>,
+) -> Result<Uuid, broadcast::error::RecvError> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Timing of a connection.
@@ -289,7 +382,9 @@ impl Default for LinkTiming {
     }
 }
 
-fn now_ms() -> i64 {
+/// The wall clock in ms since the epoch: what the edges pass the pure
+/// modules as "now".
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -320,7 +415,7 @@ impl Ended {
 pub async fn drive<S: FrameSocket>(
     mut socket: S,
     mut session: Session,
-    host: Arc<dyn Host + Send + Sync>,
+    documents: Documents,
     mut feeds: Feeds,
     observer: Arc<dyn Observer>,
     presence: Arc<PresenceHub>,
@@ -331,7 +426,13 @@ pub async fn drive<S: FrameSocket>(
     let step = |session: &mut Session, f: &mut dyn FnMut(&mut Session) -> Vec<Output>| {
         tokio::task::block_in_place(|| f(session))
     };
+    let (mut host, mut per_org): (Arc<dyn Host + Send + Sync>, _) = match documents {
+        Documents::One(host) => (host, None),
+        Documents::PerOrg(orgs) => (Arc::new(NoDocuments), Some(orgs)),
+    };
     let mut pending = step(&mut session, &mut |s| s.start());
+    // What this connection may pass on of the peer's presence.
+    let mut budget = presence::budget(now_ms());
     let mut ticker = tokio::time::interval(timing.ping_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
@@ -348,7 +449,12 @@ pub async fn drive<S: FrameSocket>(
             .filter_map(|o| match o {
                 Output::Event(Event::Presence(entry)) => {
                     let org = session.peer().map_or("", |p| p.org.as_str());
-                    match presence.offer(feeds.id, org, entry.clone()) {
+                    let offer = if budget.take(now_ms()) {
+                        presence.offer(feeds.id, org, entry.clone())
+                    } else {
+                        Offer::Limited
+                    };
+                    match offer {
                         Offer::New => Some(Event::Presence(entry)),
                         dropped => {
                             observer.presence_dropped(dropped);
@@ -388,14 +494,43 @@ pub async fn drive<S: FrameSocket>(
                 None => return Ended::transport("closed by the peer"),
                 Some(Err(e)) => return Ended::transport(format!("connection failed: {e}")),
                 Some(Ok(bytes)) => {
+                    let wait = observer.pace();
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
                     last_heard = Instant::now();
                     observer.frame_in(bytes.len());
                     let started = Instant::now();
                     pending = step(&mut session, &mut |s| s.handle(&bytes, now_ms(), host.as_ref()));
                     observer.handled(started.elapsed());
+                    // A relay opens the organisation's documents once the
+                    // Hello is admitted, before the Auth that reaches them.
+                    if let Some(org) = session.admitted_org()
+                        && let Some(orgs) = per_org.take()
+                    {
+                        match tokio::task::block_in_place(|| orgs.open(org)) {
+                            Ok((opened, changes)) => {
+                                host = opened;
+                                feeds.changes = Some(changes);
+                            }
+                            Err(reason) => {
+                                pending = vec![
+                                    Output::Send(protocol::Message::Error {
+                                        code: "unavailable".into(),
+                                        message: reason.clone(),
+                                        fatal: true,
+                                    }),
+                                    Output::Close {
+                                        code: "unavailable".into(),
+                                        reason,
+                                    },
+                                ];
+                            }
+                        }
+                    }
                 }
             },
-            changed = feeds.changes.recv() => match changed {
+            changed = next_change(&mut feeds.changes) => match changed {
                 Ok(doc) => pending = step(&mut session, &mut |s| s.doc_changed(doc, host.as_ref())),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     pending = step(&mut session, &mut |s| s.resync(host.as_ref()));
@@ -418,22 +553,6 @@ pub async fn drive<S: FrameSocket>(
                 if last_heard.elapsed() > timing.idle_timeout {
                     socket.close("idle timeout".into()).await;
                     return Ended::transport(format!("no frame for {:?}", timing.idle_timeout));
-                }
-                if let Some(peer) = session.peer()
-                    && let Err(reason) = observer.still_admitted(peer)
-                {
-                    pending = vec![
-                        Output::Send(protocol::Message::Error {
-                            code: "unauthorized".into(),
-                            message: reason.clone(),
-                            fatal: true,
-                        }),
-                        Output::Close {
-                            code: "unauthorized".into(),
-                            reason,
-                        },
-                    ];
-                    continue;
                 }
                 pending = session.ping(now_ms());
             }
@@ -471,40 +590,6 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Durat
     let base = (min.as_secs_f64() * doubling).min(max.as_secs_f64());
     let with_jitter = base * (1.0 + 0.25 * jitter.clamp(0.0, 1.0));
     Duration::from_secs_f64(with_jitter.min(max.as_secs_f64()))
-}
-
-/// The TLS settings a device dials `wss://` relays with: the platform's
-/// trusted roots plus any extra CA certificates (PEM files) given, for a
-/// relay whose certificate a private CA signed.
-pub fn client_tls(extra_roots: &[std::path::PathBuf]) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    // Platform roots are best effort: a machine without any still reaches a
-    // relay whose CA is given explicitly.
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    for path in extra_roots {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("reading CA certificates from {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{} holds no PEM certificate", path.display()));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("CA certificate in {}: {e}", path.display()))?;
-        }
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@
 //! forever (~11,000 messages a second from one `PUT /v1/presence`).
 //!
 //! The table is bounded: entries expire [`TTL_MS`] after they were last
-//! heard (pruned on every write, not only on read), and a full table takes
-//! no new key until one expires. Entries are checked ([`check`]) before
+//! heard (pruned on writes, at most once a second and whenever the table
+//! is full), and a full table takes no new key until one expires. Each
+//! connection passes on at most [`PER_SECOND`] entries a second
+//! ([`budget`]). Entries are checked ([`check`]) before
 //! anything records them, and every entry is kept with the organisation of
 //! the connection it came from, so one organisation's presence is never
 //! shown to, or passed on to, another's.
@@ -19,9 +21,19 @@
 use std::collections::HashMap;
 
 use crate::protocol::{PresenceEntry, WireId};
+use crate::rate::Rate;
 
 /// A heartbeat expires this long after it was last heard (ms).
 pub const TTL_MS: i64 = 30_000;
+/// Expired entries are pruned at most this often (ms), and whenever the
+/// table is full: a write costs O(1), not a walk of the table.
+pub const PRUNE_EVERY_MS: i64 = 1_000;
+/// Presence entries one connection may pass on per second, sustained
+/// ([`budget`]); a burst of twice as many is allowed. A LAN peer passing
+/// on a whole site's heartbeats (one per user every few seconds) stays
+/// far below it; past it, entries are dropped and counted, the
+/// connection stays.
+pub const PER_SECOND: u32 = 50;
 /// Most (project, device, user) keys one node holds at once.
 pub const MAX_ENTRIES: usize = 10_000;
 /// Longest user name, in characters (as the HTTP API's `X-User`).
@@ -59,6 +71,14 @@ pub enum Offer {
     Seen,
     /// The table is full of live entries: dropped.
     Full,
+    /// The connection sent more than its [`budget`]: dropped.
+    Limited,
+}
+
+/// A connection's presence allowance: [`PER_SECOND`] entries a second,
+/// in bursts of up to twice that.
+pub fn budget(now_ms: i64) -> Rate {
+    Rate::new(PER_SECOND, 2 * PER_SECOND, now_ms)
 }
 
 /// One live heartbeat as the table holds it.
@@ -75,22 +95,40 @@ pub struct Heard {
     pub at_ms: i64,
 }
 
+/// An entry's key: its organisation too, so one organisation's entries
+/// can never replace another's, whatever ids they claim.
+type Key = (String, WireId, WireId, String);
+
 /// The presence table of one node.
 #[derive(Debug, Default)]
 pub struct Board {
-    entries: HashMap<(WireId, WireId, String), Heard>,
+    entries: HashMap<Key, Heard>,
+    /// When expired entries were last pruned.
+    pruned_at_ms: i64,
 }
 
 impl Board {
+    fn prune(&mut self, now_ms: i64) {
+        self.entries.retain(|_, h| now_ms - h.at_ms < TTL_MS);
+        self.pruned_at_ms = now_ms;
+    }
+
     /// Offers `entry`, heard from a connection of organisation `org` (or
     /// made here), at `now_ms`. The caller has [`check`]ed it.
     pub fn offer(&mut self, org: &str, entry: &PresenceEntry, now_ms: i64) -> Offer {
-        self.entries.retain(|_, h| now_ms - h.at_ms < TTL_MS);
-        let key = (entry.project, entry.device, entry.user.clone());
+        if now_ms - self.pruned_at_ms >= PRUNE_EVERY_MS {
+            self.prune(now_ms);
+        }
+        let key = (org.to_owned(), entry.project, entry.device, entry.user.clone());
         match self.entries.get(&key) {
-            Some(h) if h.seq >= entry.seq => return Offer::Seen,
+            Some(h) if h.seq >= entry.seq && now_ms - h.at_ms < TTL_MS => return Offer::Seen,
             Some(_) => {}
-            None if self.entries.len() >= MAX_ENTRIES => return Offer::Full,
+            None if self.entries.len() >= MAX_ENTRIES => {
+                self.prune(now_ms);
+                if self.entries.len() >= MAX_ENTRIES {
+                    return Offer::Full;
+                }
+            }
             None => {}
         }
         self.entries.insert(
@@ -111,10 +149,9 @@ impl Board {
 
     /// The live entries of `project` heard from organisation `org`.
     pub fn live(&mut self, org: &str, project: WireId, now_ms: i64) -> Vec<Heard> {
-        self.entries.retain(|_, h| now_ms - h.at_ms < TTL_MS);
         self.entries
             .values()
-            .filter(|h| h.project == project && h.org == org)
+            .filter(|h| h.project == project && h.org == org && now_ms - h.at_ms < TTL_MS)
             .cloned()
             .collect()
     }
@@ -196,6 +233,31 @@ mod tests {
             b.offer("acme", &entry(1, "one more", 0), 2 * TTL_MS + 1),
             Offer::New
         );
+    }
+
+    /// The same ids claimed by another organisation are another key: they
+    /// cannot replace (or hide) this organisation's entry.
+    #[test]
+    fn an_organisation_cannot_replace_anothers_entry() {
+        let mut b = Board::default();
+        assert_eq!(b.offer("acme", &entry(1, "ana", 5), 0), Offer::New);
+        assert_eq!(b.offer("evil", &entry(1, "ana", 99), 1), Offer::New);
+        let live = b.live("acme", WireId([1; 16]), 2);
+        assert_eq!((live.len(), live[0].seq), (1, 5));
+        assert_eq!(b.offer("acme", &entry(1, "ana", 5), 3), Offer::Seen);
+    }
+
+    #[test]
+    fn a_connections_budget_allows_a_burst_then_its_rate() {
+        let mut budget = budget(0);
+        let burst = (0..1000).take_while(|_| budget.take(0)).count();
+        assert_eq!(burst, 2 * PER_SECOND as usize);
+        assert!(!budget.take(0));
+        // A second later, a second's worth more.
+        let more = (0..1000).take_while(|_| budget.take(1000)).count();
+        assert_eq!(more, PER_SECOND as usize);
+        // A clock that goes back gives nothing.
+        assert!(!budget.take(500));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!                                           project; only docs that differ go on
 //! A ◀─▶ Sync{doc, Automerge sync message}   per document
 //! A ◀── Ack{doc, heads made durable}        "pending" counts what is unacked
-//! A ◀─▶ Presence, Ping/Pong
+//! A ◀─▶ Presence, Ping/Pong, Revocations  the organisation's signed list
 //! ```
 //!
 //! The protocol version is the frame's variant ([`Frame::V1`]), so it is on
@@ -116,6 +116,13 @@ pub enum Message {
     },
     Pong {
         nonce: u64,
+    },
+    /// The organisation's signed revocation list
+    /// ([`crate::credentials::Revocations`], encoded), sent after the
+    /// handshake and whenever the sender's grows, so revocations reach LAN
+    /// peers that never meet the relay.
+    Revocations {
+        list: Vec<u8>,
     },
     /// A refusal or failure; the sender closes after it when `fatal`.
     Error {
@@ -229,6 +236,7 @@ mod tests {
             }),
             Message::Ping { nonce: 7 },
             Message::Pong { nonce: 7 },
+            Message::Revocations { list: vec![6; 90] },
             Message::Error {
                 code: "unsupported_version".into(),
                 message: "speak version 1".into(),

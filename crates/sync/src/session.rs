@@ -37,11 +37,13 @@ use sitesync_model::automerge::sync::{Message as SyncMessage, State as SyncState
 use uuid::Uuid;
 
 use crate::credentials::{
-    Authority, Certificate, CredentialError, Scope, Token, check_server, peer_key, transcript,
+    Authority, Certificate, CredentialError, RevocationBook, Revocations, Scope, Token, check_server,
+    peer_key, transcript,
 };
 use crate::presence;
 use crate::protocol::{self, Head, Message, PresenceEntry, WireId};
 use crate::sync_check::{SyncLimits, check_sync_message};
+use crate::tls::Channel;
 
 /// Why the host could not do what a session asked.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,11 @@ pub enum HostError {
     BadChanges { doc: Uuid, detail: String },
     #[error("storage failed: {detail}")]
     Storage { detail: String },
+    /// The side's limit on what one organisation may keep was reached
+    /// (a relay's per-organisation quota); what the message brought is not
+    /// stored.
+    #[error("{detail}")]
+    Quota { detail: String },
 }
 
 /// What a session needs of the documents on this side.
@@ -138,6 +145,10 @@ pub enum Event {
     Presence(PresenceEntry),
     /// Round trip of a ping, in the caller's time unit (ms).
     Latency(i64),
+    /// A revocation list from the peer, signed by this side's organisation
+    /// and newer than the one held: the side keeps it (durably), and its
+    /// sessions pass it on at their next ping.
+    Revocations(Revocations),
     /// A non-fatal error the peer reported.
     PeerError {
         code: String,
@@ -283,6 +294,14 @@ pub struct Session {
     sync_limits: SyncLimits,
     /// In-memory sync states kept before settled ones are dropped.
     max_states: usize,
+    /// The transport underneath, which the handshake's proofs are bound
+    /// to when it is TLS this side can bind ([`Session::over`]).
+    channel: Channel,
+    /// What this side knows of revocations ([`Session::with_revocations`]).
+    book: Option<Arc<dyn RevocationBook>>,
+    /// The version of the newest revocation list this connection has sent
+    /// or heard: a list goes to the peer once, and never back.
+    revocations_shared: u64,
 }
 
 fn heads_to_wire(heads: &[ChangeHash]) -> Vec<Head> {
@@ -313,6 +332,7 @@ fn host_failure(e: HostError) -> Vec<Output> {
         HostError::WrongProject { .. } => fatal("out_of_scope", e.to_string()),
         HostError::BadChanges { .. } => fatal("bad_changes", e.to_string()),
         HostError::Storage { .. } => fatal("unavailable", e.to_string()),
+        HostError::Quota { .. } => fatal("quota_exceeded", e.to_string()),
     }
 }
 
@@ -344,6 +364,48 @@ impl Session {
         Self::new(device, name, Side::Server(authority), nonce, Phase::AwaitHello)
     }
 
+    /// Runs the handshake over `channel` (default: [`Channel::UNBOUND`]).
+    ///
+    /// A server with a binding signs it into its proof and accepts only a
+    /// client proof bound to it, so the two proofs are good for this TLS
+    /// session alone. A client accepts a server proof bound to its own
+    /// binding, or, only when the server's certificate is trusted or the
+    /// link is plain `ws://`, an unbound one (a relay's); it signs its own
+    /// proof the same way. A device in the middle of a LAN link, running a
+    /// TLS session with each side, gets proofs that verify on neither.
+    pub fn over(mut self, channel: Channel) -> Self {
+        self.channel = channel;
+        self
+    }
+
+    /// Consults `book` for revocations: a peer whose token it names is
+    /// refused at the handshake and dropped at the next ping; its list
+    /// for the peer's organisation is sent after the handshake and again
+    /// whenever it grows; a newer list from the peer comes out as
+    /// [`Event::Revocations`].
+    pub fn with_revocations(mut self, book: Arc<dyn RevocationBook>) -> Self {
+        self.book = Some(book);
+        self
+    }
+
+    /// The peer's token is revoked, as far as this side knows.
+    fn revoked(&self, org: &str, token: Option<Uuid>) -> Option<CredentialError> {
+        let (book, id) = (self.book.as_ref()?, token?);
+        book.is_revoked(org, id)
+            .then_some(CredentialError::Revoked { id })
+    }
+
+    /// This side's revocation list for the peer, when it has one the peer
+    /// has not had from this connection.
+    fn offer_revocations(&mut self, org: &str) -> Option<Output> {
+        let list = self.book.as_ref()?.latest(org)?;
+        if list.version() <= self.revocations_shared {
+            return None;
+        }
+        self.revocations_shared = list.version();
+        Some(Output::Send(Message::Revocations { list: list.encode() }))
+    }
+
     fn new(device: Uuid, name: &str, side: Side, nonce: [u8; 32], phase: Phase) -> Self {
         Self {
             device,
@@ -357,6 +419,9 @@ impl Session {
             next_ping: 0,
             sync_limits: SyncLimits::default(),
             max_states: DEFAULT_MAX_STATES,
+            channel: Channel::UNBOUND,
+            book: None,
+            revocations_shared: 0,
         }
     }
 
@@ -393,6 +458,15 @@ impl Session {
     pub fn peer(&self) -> Option<&PeerInfo> {
         match &self.phase {
             Phase::Ready(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The peer's organisation once its Hello is admitted (a server still
+    /// awaiting the client's Auth, or either side once ready).
+    pub fn admitted_org(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::AwaitAuth { peer, .. } | Phase::Ready(peer) => Some(&peer.org),
             _ => None,
         }
     }
@@ -467,7 +541,13 @@ impl Session {
                 },
                 Message::Auth { proof },
             ) => {
-                if let Err(e) = cert.check_proof(&transcript("client", &client_nonce, &self.nonce), &proof) {
+                let signed = transcript(
+                    "client",
+                    &client_nonce,
+                    &self.nonce,
+                    self.channel.binding.as_ref(),
+                );
+                if let Err(e) = cert.check_proof(&signed, &proof) {
                     return credential_failure(e);
                 }
                 self.ready(peer, host)
@@ -513,6 +593,9 @@ impl Session {
             Ok(a) => a,
             Err(e) => return credential_failure(e),
         };
+        if let Some(e) = self.revoked(cert.org(), Some(cert.id())) {
+            return credential_failure(e);
+        }
         let info = PeerInfo {
             device: peer.into(),
             name: device_name,
@@ -525,7 +608,12 @@ impl Session {
         };
         let proof = admission
             .signer
-            .sign(&transcript("server", &client_nonce, &self.nonce))
+            .sign(&transcript(
+                "server",
+                &client_nonce,
+                &self.nonce,
+                self.channel.binding.as_ref(),
+            ))
             .to_bytes()
             .to_vec();
         let welcome = Message::Welcome {
@@ -557,17 +645,31 @@ impl Session {
         let Side::Client(token) = &self.side else {
             unreachable!("only clients await a Welcome")
         };
-        let server_scope = match check_server(
-            token,
-            credentials,
-            &transcript("server", &self.nonce, &server_nonce),
-            proof,
-            now_ms,
-        ) {
-            Ok(s) => s,
+        // The bound proof first; an unbound one only where nothing else
+        // needs the binding to know who is at the other end ([`Self::over`]).
+        let bound = self.channel.binding;
+        let unbound_ok = bound.is_none() || self.channel.server_trusted;
+        let check = |binding: Option<&[u8; 32]>| {
+            let signed = transcript("server", &self.nonce, &server_nonce, binding);
+            check_server(token, credentials, &signed, proof, now_ms)
+        };
+        let mut checked = check(bound.as_ref()).map(|scope| (scope, bound));
+        if checked.is_err() && bound.is_some() {
+            let unbound = check(None).map(|scope| (scope, None));
+            checked = match unbound {
+                Ok(found) if unbound_ok => Ok(found),
+                Ok(_) => Err(CredentialError::UnboundProof),
+                Err(_) => checked,
+            };
+        }
+        let (server_scope, binding) = match checked {
+            Ok(found) => found,
             Err(e) => return credential_failure(e),
         };
         let server_cert = Certificate::decode(credentials).ok();
+        if let Some(e) = self.revoked(token.cert().org(), server_cert.as_ref().map(Certificate::id)) {
+            return credential_failure(e);
+        }
         let info = PeerInfo {
             device: peer.into(),
             name: device_name,
@@ -579,7 +681,12 @@ impl Session {
             key: peer_key(server_cert.as_ref().map(Certificate::id), peer.into()),
         };
         let auth = Message::Auth {
-            proof: token.sign(&transcript("client", &self.nonce, &server_nonce)),
+            proof: token.sign(&transcript(
+                "client",
+                &self.nonce,
+                &server_nonce,
+                binding.as_ref(),
+            )),
         };
         let mut out = vec![Output::Send(auth)];
         out.extend(self.ready(info, host));
@@ -589,7 +696,8 @@ impl Session {
     /// Handshake done: announce, then summarise every shared project held.
     fn ready(&mut self, peer: PeerInfo, host: &dyn Host) -> Vec<Output> {
         self.phase = Phase::Ready(peer.clone());
-        let mut out = vec![Output::Event(Event::Ready(peer))];
+        let mut out = vec![Output::Event(Event::Ready(peer.clone()))];
+        out.extend(self.offer_revocations(&peer.org));
         out.extend(self.resync(host));
         out
     }
@@ -718,13 +826,22 @@ impl Session {
             });
             return self.fail(out);
         }
+        // So is revocation: a link lives at most a ping interval past the
+        // moment this side learns of it.
+        if let Some(e) = self.revoked(&peer.org, peer.token_id) {
+            let out = credential_failure(e);
+            return self.fail(out);
+        }
+        let org = peer.org.clone();
+        let mut out: Vec<Output> = self.offer_revocations(&org).into_iter().collect();
         self.next_ping += 1;
         // Forget pings never answered, so the map stays small.
         self.pings.retain(|n, _| *n + 8 > self.next_ping);
         self.pings.insert(self.next_ping, now_ms);
-        vec![Output::Send(Message::Ping {
+        out.push(Output::Send(Message::Ping {
             nonce: self.next_ping,
-        })]
+        }));
+        out
     }
 
     fn on_ready_message(
@@ -761,6 +878,7 @@ impl Session {
                     Err(e) => Err(e),
                 }
             }
+            Message::Revocations { list } => self.on_revocations(peer, &list),
             Message::Ping { nonce } => Ok(vec![Output::Send(Message::Pong { nonce })]),
             Message::Pong { nonce } => Ok(self
                 .pings
@@ -882,6 +1000,39 @@ impl Session {
         Ok(out)
     }
 
+    /// A revocation list from the peer: checked, reported when news, and
+    /// never sent back on this connection.
+    fn on_revocations(&mut self, peer: &PeerInfo, bytes: &[u8]) -> Result<Vec<Output>, HostError> {
+        let list = match Revocations::decode(bytes) {
+            Ok(list) => list,
+            Err(e) => return Ok(fatal("bad_revocations", e.to_string())),
+        };
+        if list.org() != peer.org {
+            return Ok(fatal(
+                "bad_revocations",
+                format!("a revocation list of organisation {:?}", list.org()),
+            ));
+        }
+        let Some(book) = self.book.clone() else {
+            return Ok(Vec::new());
+        };
+        let news = match book.is_news(&list) {
+            Ok(news) => news,
+            Err(e) => return Ok(fatal("bad_revocations", e.to_string())),
+        };
+        self.revocations_shared = self.revocations_shared.max(list.version());
+        if !news {
+            return Ok(Vec::new());
+        }
+        let names_peer = peer.token_id.is_some_and(|t| list.contains(t));
+        let mut out = vec![Output::Event(Event::Revocations(list))];
+        if names_peer {
+            let id = peer.token_id.unwrap_or_default();
+            out.extend(credential_failure(CredentialError::Revoked { id }));
+        }
+        Ok(out)
+    }
+
     fn on_sync(
         &mut self,
         peer: &PeerInfo,
@@ -946,6 +1097,7 @@ fn name_of(m: &Message) -> &'static str {
         Message::Presence(_) => "Presence",
         Message::Ping { .. } => "Ping",
         Message::Pong { .. } => "Pong",
+        Message::Revocations { .. } => "Revocations",
         Message::Error { .. } => "Error",
     }
 }

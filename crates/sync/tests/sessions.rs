@@ -8,10 +8,13 @@ use sitesync_model::{
     DeviceId, DrawingDoc, DrawingId, NewDrawing, NewProject, OperationId, OperationKind, ProjectDoc,
     ProjectId, ProjectPatch, Timestamp, WriteCtx,
 };
-use sitesync_sync::credentials::{Admission, Authority, Certificate, CredentialError, OrgKey, Token};
+use sitesync_sync::credentials::{
+    Admission, Authority, Certificate, CredentialError, OrgKey, RevocationBook, Revocations, Token,
+};
 use sitesync_sync::host::{RepoHost, binding_records, project_record};
 use sitesync_sync::protocol::{self, Message};
 use sitesync_sync::session::{Event, Host, Output, Session};
+use sitesync_sync::tls::Channel;
 use sitesync_sync::{Doc, DocStore, MemBackend, Repo, RepoConfig};
 use uuid::Uuid;
 
@@ -797,4 +800,178 @@ fn a_connection_keeps_a_bounded_number_of_sync_states() {
             s.sync_states()
         );
     }
+}
+
+fn bound(binding: u8, server_trusted: bool) -> Channel {
+    Channel {
+        binding: Some([binding; 32]),
+        server_trusted,
+    }
+}
+
+/// Both ends of one TLS session export the same binding: a LAN pair
+/// handshakes and syncs.
+#[test]
+fn a_lan_handshake_bound_to_one_tls_session_succeeds() {
+    let (ha, hb) = (host(), host());
+    project(&hb, P1, 1);
+    let (a, b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let (mut a, mut b) = (a.over(bound(5, false)), b.over(bound(5, false)));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    assert_eq!(ha.heads(P1.0).unwrap(), hb.heads(P1.0).unwrap());
+}
+
+/// A device in the middle runs one TLS session with each side, so each
+/// side exports another binding: neither accepts the other's proof, and
+/// nothing is shared. Unbound, the same relaying of frames would succeed.
+#[test]
+fn a_device_in_the_middle_of_a_lan_link_gets_nothing() {
+    let (ha, hb) = (host(), host());
+    project(&hb, P1, 1);
+    let (a, b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let (mut a, mut b) = (a.over(bound(5, false)), b.over(bound(6, false)));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(
+        t.closed.iter().any(|c| c.contains("unauthorized")),
+        "{:?}",
+        t.closed
+    );
+    assert!(t.synced_docs.is_empty());
+    assert!(a.peer().is_none() && b.peer().is_none());
+    assert!(ha.projects().unwrap().is_empty());
+
+    // A server that does not bind (as if the attacker offered the client
+    // plain TLS it terminates itself, with a proof from elsewhere) is
+    // refused by a client whose server certificate is not trusted.
+    let (a, b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let mut a = a.over(bound(5, false));
+    let mut b = b;
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(
+        t.closed
+            .iter()
+            .any(|c| c.contains("not bound to this TLS session")),
+        "{:?}",
+        t.closed
+    );
+    assert!(t.synced_docs.is_empty());
+}
+
+/// A relay signs without binding (a TLS-terminating proxy may sit in
+/// front of it); a client accepts that when the relay's certificate is
+/// trusted, and refuses it when not.
+#[test]
+fn an_unbound_relay_is_accepted_only_behind_a_trusted_certificate() {
+    let (ha, hr) = (host(), host());
+    project(&ha, P1, 1);
+    let client = |trusted| {
+        Session::client(Uuid::from_u128(0xA), "a", token(&acme(), 1, &[]), [1; 32]).over(bound(5, trusted))
+    };
+    let relay = || Session::server(Uuid::from_u128(0xF), "relay", Arc::new(Relay(acme())), [2; 32]);
+    let (mut a, mut r) = (client(true), relay());
+    let t = pump(&mut a, &ha, &mut r, &hr);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    assert_eq!(hr.heads(P1.0).unwrap(), ha.heads(P1.0).unwrap());
+
+    let hr = host();
+    let (mut a, mut r) = (client(false), relay());
+    let t = pump(&mut a, &ha, &mut r, &hr);
+    assert!(
+        t.closed.iter().any(|c| c.contains("--relay-ca")),
+        "{:?}",
+        t.closed
+    );
+    assert!(hr.projects().unwrap().is_empty());
+}
+
+/// A revocation book as a daemon keeps one: the newest list its
+/// organisation (acme) signed.
+#[derive(Default)]
+struct Book(std::sync::Mutex<Option<Revocations>>);
+
+impl RevocationBook for Book {
+    fn latest(&self, org: &str) -> Option<Revocations> {
+        self.0.lock().unwrap().clone().filter(|l| l.org() == org)
+    }
+
+    fn is_news(&self, list: &Revocations) -> Result<bool, CredentialError> {
+        list.verify("acme", &acme().public())?;
+        Ok(self.latest("acme").is_none_or(|h| h.version() < list.version()))
+    }
+}
+
+fn book(list: Option<Revocations>) -> Arc<Book> {
+    Arc::new(Book(std::sync::Mutex::new(list)))
+}
+
+/// Item 6: a LAN peer learns revocations from its peers. A list one side
+/// holds reaches the other after the handshake (reported once, as news);
+/// a peer it names is refused at the handshake, and a live link ends at
+/// the first ping after the list arrives; a list the organisation did not
+/// sign closes the link.
+#[test]
+fn revocations_travel_between_lan_peers_and_end_the_revoked_ones_links() {
+    let (ha, hb) = (host(), host());
+    let revoked = Uuid::from_u128(66);
+    let list = Revocations::sign(&acme(), 1, &[revoked]);
+
+    // A holds the list; B learns it from A.
+    let (a, b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let (book_a, book_b) = (book(Some(list.clone())), book(None));
+    let (mut a, mut b) = (a.with_revocations(book_a), b.with_revocations(book_b.clone()));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    let heard: Vec<&Event> = t
+        .events_b
+        .iter()
+        .filter(|e| matches!(e, Event::Revocations(_)))
+        .collect();
+    assert_eq!(heard, vec![&Event::Revocations(list.clone())]);
+    // Kept (as a daemon's observer does), it is not sent back, nor again.
+    *book_b.0.lock().unwrap() = Some(list.clone());
+    let outs = b.ping(NOW);
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Send(Message::Revocations { .. }))),
+        "{outs:?}"
+    );
+
+    // A revoked client is refused at the handshake.
+    let ta = acme().issue(revoked, &[], NOW + 86_400_000, [1; 32]);
+    let (a, b) = lan_pair(ta.clone(), token(&acme(), 2, &[]));
+    let (mut a, mut b) = (a, b.with_revocations(book(Some(list.clone()))));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(t.closed.iter().any(|c| c.contains("revoked")), "{:?}", t.closed);
+    assert!(t.synced_docs.is_empty());
+
+    // A live link ends at the first ping after the server learns of it.
+    let late = book(None);
+    let (a, b) = lan_pair(ta, token(&acme(), 2, &[]));
+    let (mut a, mut b) = (a, b.with_revocations(late.clone()));
+    let t = pump(&mut a, &ha, &mut b, &hb);
+    assert!(t.closed.is_empty(), "{:?}", t.closed);
+    *late.0.lock().unwrap() = Some(list);
+    let outs = b.ping(NOW);
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Close { reason, .. } if reason.contains("revoked"))),
+        "{outs:?}"
+    );
+
+    // A list signed by another key is refused, and closes the link.
+    let forged = Revocations::sign(&OrgKey::from_secret("acme", [9; 32]), 9, &[Uuid::from_u128(2)]);
+    let (a, b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let (mut a, mut b) = (a, b.with_revocations(book(None)));
+    pump(&mut a, &ha, &mut b, &hb);
+    let frame = protocol::encode(&Message::Revocations {
+        list: forged.encode(),
+    });
+    let outs = b.handle(&frame, NOW, &hb);
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Close { code, .. } if code == "bad_revocations")),
+        "{outs:?}"
+    );
 }

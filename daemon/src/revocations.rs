@@ -24,7 +24,7 @@ pub struct Book {
     /// The organisation this daemon's token names and its key: the only
     /// lists kept are ones this key signed. `None` without a token.
     trusted: Option<(String, [u8; 32])>,
-    held: RwLock<Option<Revocations>>,
+    held: RwLock<Option<Arc<Revocations>>>,
     repo: Arc<Repo>,
 }
 
@@ -37,7 +37,7 @@ impl Book {
             let bytes = repo.store().get_meta(&record(org)).ok().flatten()?;
             let list = Revocations::decode(&bytes).ok()?;
             list.verify(org, key).ok()?;
-            Some(list)
+            Some(Arc::new(list))
         });
         Self {
             trusted,
@@ -64,12 +64,12 @@ impl Book {
             revoked = list.len(),
             "revocation list updated"
         );
-        *held = Some(list);
+        *held = Some(Arc::new(list));
     }
 }
 
 impl RevocationBook for Book {
-    fn latest(&self, org: &str) -> Option<Revocations> {
+    fn latest(&self, org: &str) -> Option<Arc<Revocations>> {
         let held = self.held.read().unwrap_or_else(|p| p.into_inner());
         held.as_ref().filter(|l| l.org() == org).cloned()
     }
@@ -78,9 +78,16 @@ impl RevocationBook for Book {
         let Some((org, key)) = &self.trusted else {
             return Ok(false);
         };
-        list.verify(org, key)?;
-        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
-        Ok(held.as_ref().is_none_or(|h| h.version() < list.version()))
+        // The version first: a peer resending what is held (every peer
+        // does, once per connection) costs no signature check.
+        let newer = {
+            let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+            held.as_ref().is_none_or(|h| h.version() < list.version())
+        };
+        if newer {
+            list.verify(org, key)?;
+        }
+        Ok(newer)
     }
 
     fn is_revoked(&self, org: &str, token: Uuid) -> bool {

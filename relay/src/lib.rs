@@ -249,9 +249,8 @@ where
     L: axum::serve::Listener,
     L::Io: Unpin,
 {
-    for (_, space) in relay.spaces.all() {
-        sitesync_sync::repo::compact_in_background(space.host.repo());
-    }
+    // Each space compacts in the background from the moment it opens
+    // (`Spaces::get`), so nothing here.
     sitesync_sync::memory::trim_periodically(sitesync_sync::memory::TRIM_EVERY);
     let app = Router::new()
         .route("/", get(upgrade))

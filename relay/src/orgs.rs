@@ -4,8 +4,10 @@
 //! `token revoke` work while `serve` runs; `serve` re-reads them at every
 //! handshake and on every ping tick of a live connection.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -39,12 +41,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OrgError + '_ {
 /// The organisations of one relay data directory.
 pub struct Orgs {
     dir: PathBuf,
+    /// Each organisation's signed revocation list, with the length of the
+    /// `revoked` file it was made from: sessions ask at every ping, and
+    /// the file only grows, so an unchanged length means an unchanged list
+    /// (one `stat` instead of reading the file and signing again).
+    signed: Mutex<HashMap<String, (u64, Arc<Revocations>)>>,
 }
 
 impl Orgs {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             dir: data_dir.join("orgs"),
+            signed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -122,30 +130,37 @@ impl Orgs {
     }
 
     pub fn is_revoked(&self, org: &str, token: Uuid) -> Result<bool, OrgError> {
-        Ok(self.revoked(org)?.contains(&token))
-    }
-
-    /// The organisation's revoked token ids, in the order revoked (a token
-    /// revoked twice is listed twice: the count is the list's version).
-    fn revoked(&self, org: &str) -> Result<Vec<Uuid>, OrgError> {
-        let path = self.org_dir(org)?.join("revoked");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io(&path)(e)),
-        }
+        Ok(self.revocations(org)?.is_some_and(|l| l.contains(token)))
     }
 
     /// The organisation's revocation list, signed with its key, for devices
     /// to keep and pass on to LAN peers; `None` while nothing is revoked.
-    /// Its version is the number of revocations made: the file only grows.
-    pub fn revocations(&self, org: &str) -> Result<Option<Revocations>, OrgError> {
-        let revoked = self.revoked(org)?;
+    /// Its version is the number of revocations made (a token revoked
+    /// twice counts twice): the file only grows.
+    pub fn revocations(&self, org: &str) -> Result<Option<Arc<Revocations>>, OrgError> {
+        let path = self.org_dir(org)?.join("revoked");
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut signed = self.signed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((made_from, list)) = signed.get(org)
+            && *made_from == len
+        {
+            return Ok(Some(list.clone()));
+        }
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let revoked: Vec<Uuid> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
         if revoked.is_empty() {
             return Ok(None);
         }
         let key = self.load(org)?;
-        Ok(Some(Revocations::sign(&key, revoked.len() as u64, &revoked)))
+        let list = Arc::new(Revocations::sign(&key, revoked.len() as u64, &revoked));
+        // The length read before the text: a revocation appended between
+        // the two is signed now and signed again at the next call.
+        signed.insert(org.to_owned(), (len, list.clone()));
+        Ok(Some(list))
     }
 }
 
@@ -194,7 +209,7 @@ impl Authority for Orgs {
 /// The relay is where revocations start: it hands every device of an
 /// organisation the signed list, and keeps none from devices.
 impl RevocationBook for Orgs {
-    fn latest(&self, org: &str) -> Option<Revocations> {
+    fn latest(&self, org: &str) -> Option<Arc<Revocations>> {
         self.revocations(org).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read the revocation list");
             None
@@ -254,6 +269,13 @@ mod tests {
         list.verify("acme", &org.public()).unwrap();
         assert_eq!(list.version(), 1);
         assert!(list.contains(Uuid::from_u128(3)));
+        // Asked again with nothing revoked since: the same list, not a new
+        // signature; a revocation makes the next one.
+        assert!(Arc::ptr_eq(&list, &orgs.revocations("acme").unwrap().unwrap()));
+        orgs.revoke("acme", Uuid::from_u128(4)).unwrap();
+        let grown = orgs.revocations("acme").unwrap().unwrap();
+        assert_eq!(grown.version(), 2);
+        assert!(grown.contains(Uuid::from_u128(4)) && grown.contains(Uuid::from_u128(3)));
         let stranger =
             OrgKey::from_secret("stranger", [1; 32]).issue(Uuid::from_u128(4), &[], now + 1000, [7; 32]);
         assert!(matches!(

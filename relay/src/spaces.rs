@@ -261,6 +261,8 @@ impl Spaces {
                 let _ = notify.send(p.id);
             }
         }));
+        // Compaction runs as a task on the relay's runtime; a space opened
+        // outside one (unit tests) compacts inline, on the write path.
         if tokio::runtime::Handle::try_current().is_ok() {
             sitesync_sync::repo::compact_in_background(&repo);
         }

@@ -487,8 +487,9 @@ impl Revocations {
 /// whose token it names, and reports a newer list a peer sent
 /// ([`crate::session::Event::Revocations`]) for the side to keep.
 pub trait RevocationBook: Send + Sync {
-    /// The newest list held for `org`.
-    fn latest(&self, org: &str) -> Option<Revocations>;
+    /// The newest list held for `org`. Shared, not copied: sessions ask at
+    /// every ping, and a list may hold 100,000 ids.
+    fn latest(&self, org: &str) -> Option<std::sync::Arc<Revocations>>;
 
     /// Whether a list a peer sent should be kept: `Ok(true)` when it is
     /// newer than the held one, an error when it is not signed by the key

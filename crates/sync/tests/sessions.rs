@@ -891,8 +891,13 @@ fn an_unbound_relay_is_accepted_only_behind_a_trusted_certificate() {
 struct Book(std::sync::Mutex<Option<Revocations>>);
 
 impl RevocationBook for Book {
-    fn latest(&self, org: &str) -> Option<Revocations> {
-        self.0.lock().unwrap().clone().filter(|l| l.org() == org)
+    fn latest(&self, org: &str) -> Option<Arc<Revocations>> {
+        self.0
+            .lock()
+            .unwrap()
+            .clone()
+            .filter(|l| l.org() == org)
+            .map(Arc::new)
     }
 
     fn is_news(&self, list: &Revocations) -> Result<bool, CredentialError> {

@@ -135,9 +135,15 @@ pub enum Event {
         doc: Uuid,
         heads: Vec<ChangeHash>,
     },
-    /// The peer has made these heads of `doc` durable: from its Ack, or
-    /// from its Summary (a summary lists durable heads), so an Ack lost to
-    /// a cut connection is made good at the next connect.
+    /// The peer has made these heads of `doc` durable: from its Ack, from
+    /// its Summary (a summary lists durable heads), so an Ack lost to a cut
+    /// connection is made good at the next connect, or from the heads of
+    /// its sync message. The last matters when this side's changes reached
+    /// the peer by another route (a LAN peer carried them to the relay):
+    /// the peer then never asks for them, so no Ack ever comes. A peer's
+    /// sync heads are durable because a host generates only from stored
+    /// state ([`crate::Repo::sync_doc`] drops a document whose persist
+    /// failed; a daemon's writes are durable before they return).
     Acked {
         doc: Uuid,
         heads: Vec<ChangeHash>,
@@ -1067,6 +1073,7 @@ impl Session {
             doc,
         };
         let state = self.state(peer.key, doc, host)?;
+        let theirs = message.heads.clone();
         let mut out = Vec::new();
         if let Some(heads) = host.receive(&incoming, state, message)? {
             out.push(Output::Send(Message::Ack {
@@ -1074,6 +1081,9 @@ impl Session {
                 heads: heads_to_wire(&heads),
             }));
             out.push(Output::Event(Event::Applied { project, doc, heads }));
+        }
+        if !theirs.is_empty() {
+            out.push(Output::Event(Event::Acked { doc, heads: theirs }));
         }
         // The peer started this document: it no longer waits for a slot.
         self.window.queued.remove(&doc);

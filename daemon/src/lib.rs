@@ -72,10 +72,28 @@ pub enum StartError {
 /// How many events the stream keeps for `Last-Event-ID` resumption.
 const EVENT_RING: usize = 10_000;
 
+/// How much of the store stays decoded in memory: at most `documents`
+/// documents weighing at most `bytes` together (estimated,
+/// [`sitesync_sync::cache::weight`]); whichever binds first.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheLimits {
+    pub documents: usize,
+    pub bytes: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        let repo = RepoConfig::default();
+        Self {
+            documents: repo.max_cached,
+            bytes: repo.max_cached_bytes,
+        }
+    }
+}
+
 /// Opens the store in `data_dir` and builds the service: the device id is
 /// created once and kept; the Automerge actor is fresh for every start.
-/// `max_cached` documents stay decoded in memory.
-pub fn open_service(data_dir: &Path, max_cached: usize) -> Result<Service, StartError> {
+pub fn open_service(data_dir: &Path, cache: CacheLimits) -> Result<Service, StartError> {
     let store_dir = data_dir.join("store");
     let store_err = |source| StartError::Store {
         dir: store_dir.display().to_string(),
@@ -87,7 +105,8 @@ pub fn open_service(data_dir: &Path, max_cached: usize) -> Result<Service, Start
         store,
         ActorId::random(),
         RepoConfig {
-            max_cached,
+            max_cached: cache.documents,
+            max_cached_bytes: cache.bytes,
             ..RepoConfig::default()
         },
     );

@@ -41,6 +41,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
     documents_loaded: Gauge<i64, AtomicI64>,
+    cache_bytes: Gauge<i64, AtomicI64>,
     store_bytes: Gauge<i64, AtomicI64>,
     damaged_records: Gauge<i64, AtomicI64>,
     connections_refused: Counter,
@@ -57,6 +58,7 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let documents_loaded = Gauge::default();
+        let cache_bytes = Gauge::default();
         let store_bytes = Gauge::default();
         let damaged_records = Gauge::default();
         let connections_refused = Counter::default();
@@ -74,6 +76,11 @@ impl Default for Metrics {
             "documents_loaded",
             "Automerge documents in memory",
             documents_loaded.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Estimated heap of the documents in memory (bounded by --max-cache-mb)",
+            cache_bytes.clone(),
         );
         registry.register(
             "store_size_bytes",
@@ -95,6 +102,7 @@ impl Default for Metrics {
             requests,
             latency,
             documents_loaded,
+            cache_bytes,
             store_bytes,
             damaged_records,
             connections_refused,
@@ -189,6 +197,7 @@ pub async fn render(State(app): State<Arc<AppState>>) -> Response {
     let m = &app.metrics;
     let svc = &app.service;
     m.documents_loaded.set(svc.documents_loaded() as i64);
+    m.cache_bytes.set(svc.repo().cached_bytes() as i64);
     m.store_bytes.set(svc.repo().store().size_on_disk() as i64);
     m.damaged_records.set(svc.repo().damaged().len() as i64);
     let mut body = String::new();

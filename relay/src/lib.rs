@@ -55,6 +55,13 @@ pub struct RelayConfig {
     /// loaded first (2–3 ms for a drawing of 50 components), on the path
     /// of every device waiting for the change.
     pub max_cached: usize,
+    /// Most bytes the decoded documents of every organisation may take
+    /// together (estimated, [`sitesync_sync::cache::weight`]). The space
+    /// that goes over evicts its own least recently used documents, and
+    /// every [`sitesync_sync::memory::TRIM_EVERY`] the spaces idle longest
+    /// are emptied until the total is back under ([`Spaces::shed_idle`]):
+    /// memory does not grow with the number of organisations.
+    pub max_cache_bytes: usize,
     /// Time a client has to send its HTTP request headers.
     pub header_read_timeout: Duration,
     /// What one organisation may keep here.
@@ -78,6 +85,7 @@ impl Default for RelayConfig {
             max_connections: 10_000,
             timing: LinkTiming::default(),
             max_cached: DEFAULT_MAX_CACHED,
+            max_cache_bytes: sitesync_sync::RepoConfig::default().max_cached_bytes,
             header_read_timeout: sitesync_sync::accept::HEADER_READ_TIMEOUT,
             quota: Quota::default(),
         }
@@ -101,6 +109,11 @@ pub struct Metrics {
     /// messages a second.
     paced: Counter,
     documents: Gauge<i64, AtomicI64>,
+    /// Estimated heap of the decoded documents, set at each scrape.
+    cache_bytes: Gauge<i64, AtomicI64>,
+    /// Organisations whose decoded documents were dropped to keep the
+    /// relay within --max-cache-mb ([`Spaces::shed_idle`]).
+    shed: Counter,
 }
 
 impl Default for Metrics {
@@ -119,6 +132,8 @@ impl Default for Metrics {
             refused: Family::default(),
             paced: Counter::default(),
             documents: Gauge::default(),
+            cache_bytes: Gauge::default(),
+            shed: Counter::default(),
         };
         registry.register("connections", "Connected devices", m.connections.clone());
         registry.register("messages_in", "Frames received", m.messages_in.clone());
@@ -146,6 +161,16 @@ impl Default for Metrics {
             m.paced.clone(),
         );
         registry.register("documents_held", "Documents stored", m.documents.clone());
+        registry.register(
+            "cache_bytes",
+            "Estimated heap of the documents kept decoded, all organisations (bounded by --max-cache-mb)",
+            m.cache_bytes.clone(),
+        );
+        registry.register(
+            "spaces_shed",
+            "Idle organisations whose decoded documents were dropped to stay within --max-cache-mb",
+            m.shed.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -181,6 +206,7 @@ impl Relay {
         let spaces = Spaces::open(
             data_dir,
             config.max_cached,
+            sitesync_sync::cache::CacheBudget::new(config.max_cache_bytes),
             config.quota,
             metrics.documents.clone(),
         )?;
@@ -252,6 +278,7 @@ where
     // Each space compacts in the background from the moment it opens
     // (`Spaces::get`), so nothing here.
     sitesync_sync::memory::trim_periodically(sitesync_sync::memory::TRIM_EVERY);
+    shed_idle_periodically(relay.clone());
     let app = Router::new()
         .route("/", get(upgrade))
         .route("/healthz", get(healthz))
@@ -286,6 +313,11 @@ async fn healthz(State(relay): State<Arc<Relay>>) -> Response {
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> Response {
+    let cached = relay.spaces.budget().used();
+    relay
+        .metrics
+        .cache_bytes
+        .set(i64::try_from(cached).unwrap_or(i64::MAX));
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &relay.metrics.registry) {
         return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
@@ -298,6 +330,36 @@ async fn metrics(State(relay): State<Arc<Relay>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// Every [`sitesync_sync::memory::TRIM_EVERY`], empties the organisations
+/// idle longest while the decoded documents are over
+/// [`RelayConfig::max_cache_bytes`] ([`Spaces::shed_idle`]); stops with the
+/// runtime.
+fn shed_idle_periodically(relay: Arc<Relay>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(sitesync_sync::memory::TRIM_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !relay.spaces.budget().over() {
+                continue;
+            }
+            let shedding = relay.clone();
+            // Dropping decoded documents takes each space's lock in turn.
+            let shed = tokio::task::spawn_blocking(move || shedding.spaces.shed_idle())
+                .await
+                .unwrap_or(0);
+            if shed > 0 {
+                relay.metrics.shed.inc_by(shed as u64);
+                tracing::info!(
+                    organisations = shed,
+                    cache_bytes = relay.spaces.budget().used(),
+                    "emptied idle organisations' document caches to stay within --max-cache-mb"
+                );
+            }
+        }
+    });
 }
 
 /// The metrics label of a connection's closing code, for the codes a check

@@ -94,6 +94,22 @@ enum Command {
             value_parser = clap::value_parser!(u64).range(1..)
         )]
         max_cached_documents: u64,
+        /// Most memory, in MiB, the decoded documents of every
+        /// organisation may take together (estimated from their operations
+        /// and changes: a drawing of 50 components ~90 KB, one with 5,000
+        /// writes of history ~2.5 MB). An organisation whose change goes
+        /// over evicts its own least recently used documents; the relay
+        /// then empties the caches of the organisations idle longest
+        /// (counted in sitesync_relay_spaces_shed_total). Memory stays
+        /// bounded however many organisations are active.
+        #[arg(
+            long,
+            env = "SITESYNC_RELAY_MAX_CACHE_MB",
+            default_value_t = (sitesync_sync::RepoConfig::default().max_cached_bytes >> 20) as u64,
+            value_name = "MIB",
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
+        max_cache_mb: u64,
         /// Most documents (one per drawing, one per project) one
         /// organisation may keep on this relay. Past it, a change that
         /// would add one is refused (its connection closes with
@@ -271,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             max_cached_documents,
+            max_cache_mb,
             max_documents_per_org,
             max_mb_per_org,
             max_messages_per_second_per_org,
@@ -281,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
             let config = RelayConfig {
                 max_connections,
                 max_cached: max_cached_documents as usize,
+                max_cache_bytes: (max_cache_mb as usize).saturating_mul(1 << 20),
                 timing: LinkTiming::from_ping(ping_every),
                 header_read_timeout: Duration::from_millis(header_timeout_ms.max(1)),
                 quota: sitesync_relay::spaces::Quota {

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
+use sitesync_sync::cache::CacheBudget;
 use sitesync_sync::host::{RepoHost, binding_records, project_record};
 use sitesync_sync::link::OrgDocuments;
 use sitesync_sync::model::automerge::sync::{Message as SyncMessage, State as SyncState};
@@ -180,6 +181,9 @@ impl Host for SpaceHost {
 pub struct Spaces {
     dir: PathBuf,
     max_cached: usize,
+    /// Shared by every space's repository: memory for decoded documents is
+    /// bounded for the relay, not per organisation.
+    budget: Arc<CacheBudget>,
     quota: Quota,
     open: Mutex<HashMap<String, Arc<Space>>>,
     /// Documents held over all spaces (`sitesync_relay_documents_held`).
@@ -189,16 +193,18 @@ pub struct Spaces {
 impl Spaces {
     /// Opens every space under `<data_dir>/spaces`, splitting a store of
     /// an earlier relay first. `max_cached`: documents kept decoded, per
-    /// space.
+    /// space; `budget`: the bytes they may take, all spaces together.
     pub fn open(
         data_dir: &Path,
         max_cached: usize,
+        budget: Arc<CacheBudget>,
         quota: Quota,
         held: Gauge<i64, AtomicI64>,
     ) -> Result<Self, SpaceError> {
         let spaces = Self {
             dir: data_dir.join("spaces"),
             max_cached,
+            budget,
             quota,
             open: Mutex::new(HashMap::new()),
             held,
@@ -237,7 +243,7 @@ impl Spaces {
         };
         let store = DocStore::new(RedbBackend::open(&dir).map_err(store_err)?);
         let held_now = store.meta_names("bind/").map_err(store_err)?.len();
-        let repo = Arc::new(Repo::new(
+        let repo = Arc::new(Repo::sharing(
             store,
             ActorId::random(),
             RepoConfig {
@@ -245,6 +251,7 @@ impl Spaces {
                 max_cached: self.max_cached,
                 ..RepoConfig::default()
             },
+            self.budget.clone(),
         ));
         let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
         // Counted once here, then followed write by write: a scrape of
@@ -279,6 +286,41 @@ impl Spaces {
         });
         open.insert(org.to_owned(), space.clone());
         Ok(space)
+    }
+
+    /// The memory budget every space's documents share.
+    pub fn budget(&self) -> &CacheBudget {
+        &self.budget
+    }
+
+    /// While the spaces' documents weigh more than their budget, empties
+    /// the space used longest ago, then the next; never the one used last
+    /// (it sheds its own documents as it goes over). Returns how many
+    /// were emptied. A space whose write went over evicts only its own
+    /// documents, so without this an idle organisation would keep its
+    /// share while active ones reload theirs on every change.
+    pub fn shed_idle(&self) -> usize {
+        if !self.budget.over() {
+            return 0;
+        }
+        let mut by_use: Vec<(u64, Arc<Space>)> = self
+            .all()
+            .into_iter()
+            .map(|(_, space)| (space.host.repo().last_used(), space))
+            .collect();
+        by_use.sort_by_key(|(used, _)| *used);
+        by_use.pop();
+        let mut shed = 0;
+        for (_, space) in by_use {
+            if !self.budget.over() {
+                break;
+            }
+            if space.host.repo().cached_bytes() > 0 {
+                space.host.repo().evict_all();
+                shed += 1;
+            }
+        }
+        shed
     }
 
     /// Every open space, for flushing at shutdown.
@@ -478,6 +520,47 @@ mod tests {
         host.receive(&ctx, &mut SyncState::new(), change_for(doc))
     }
 
+    /// The spaces' documents share one memory budget: the organisation
+    /// whose change goes over evicts its own, and the relay then empties
+    /// the organisations idle longest until the total is back under.
+    #[test]
+    fn idle_organisations_give_their_memory_back_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str, budget| {
+            Spaces::open(
+                &dir.path().join(name),
+                16,
+                budget,
+                Quota::default(),
+                Gauge::default(),
+            )
+            .unwrap()
+        };
+        let probe = open("probe", CacheBudget::new(1 << 30));
+        let (host, _) = OrgDocuments::open(&probe, "acme").unwrap();
+        receive(host.as_ref(), 1).unwrap();
+        let one = probe.budget().used();
+        assert!(one > 0);
+
+        let spaces = open("relay", CacheBudget::new(one * 5 / 2));
+        let (acme, _) = OrgDocuments::open(&spaces, "acme").unwrap();
+        let (globex, _) = OrgDocuments::open(&spaces, "globex").unwrap();
+        receive(acme.as_ref(), 1).unwrap();
+        receive(acme.as_ref(), 2).unwrap();
+        assert_eq!(spaces.shed_idle(), 0, "within the budget nothing is shed");
+        receive(globex.as_ref(), 3).unwrap();
+        assert!(spaces.budget().over(), "acme's two and globex's one");
+        let repo = |org: &str| spaces.get(org).unwrap().host.repo().clone();
+        assert_eq!(repo("globex").loaded(), 1, "the one in use stays");
+
+        assert_eq!(spaces.shed_idle(), 1);
+        assert_eq!(repo("acme").cached_bytes(), 0, "the idle one was emptied");
+        assert_eq!(spaces.budget().used(), repo("globex").cached_bytes());
+        assert!(!spaces.budget().over());
+        // What was shed reloads on use.
+        assert!(repo("acme").heads(Uuid::from_u128(2)).unwrap().is_some());
+    }
+
     /// Past its document quota an organisation keeps no new document, but
     /// its documents still take changes; past its bytes, nothing does.
     #[test]
@@ -488,7 +571,8 @@ mod tests {
             max_bytes: u64::MAX,
             ..Quota::default()
         };
-        let spaces = Spaces::open(dir.path(), 16, quota, Gauge::default()).unwrap();
+        let spaces =
+            Spaces::open(dir.path(), 16, CacheBudget::new(1 << 30), quota, Gauge::default()).unwrap();
         let (host, _) = OrgDocuments::open(&spaces, "acme").unwrap();
         receive(host.as_ref(), 1).unwrap();
         receive(host.as_ref(), 2).unwrap();
@@ -517,7 +601,7 @@ mod tests {
             ..Quota::default()
         };
         let dir = tempfile::tempdir().unwrap();
-        let spaces = Spaces::open(dir.path(), 16, tiny, Gauge::default()).unwrap();
+        let spaces = Spaces::open(dir.path(), 16, CacheBudget::new(1 << 30), tiny, Gauge::default()).unwrap();
         let (host, _) = OrgDocuments::open(&spaces, "acme").unwrap();
         let refused = receive(host.as_ref(), 1).unwrap_err();
         assert!(refused.to_string().contains("bytes"), "{refused}");
@@ -532,7 +616,8 @@ mod tests {
             max_messages_per_second: 100,
             ..Quota::default()
         };
-        let spaces = Spaces::open(dir.path(), 16, quota, Gauge::default()).unwrap();
+        let spaces =
+            Spaces::open(dir.path(), 16, CacheBudget::new(1 << 30), quota, Gauge::default()).unwrap();
         let (acme, globex) = (spaces.get("acme").unwrap(), spaces.get("globex").unwrap());
         let t = sitesync_sync::link::now_ms();
         assert!((0..200).all(|_| acme.pace(t) == 0), "the burst is twice the rate");

@@ -165,6 +165,69 @@ fn a_presence_heartbeat_crosses_a_loop_of_relay_and_lan_once() {
     );
 }
 
+/// A relay's memory for decoded documents is bounded for every
+/// organisation together (`--max-cache-mb`), not per organisation: one
+/// whose changes go over evicts its own least recently used documents,
+/// and the relay empties the organisations idle longest. Sync goes on: a
+/// new device clones everything afterwards.
+#[test]
+fn the_relay_keeps_every_organisations_documents_within_one_memory_budget() {
+    const MIB: u64 = 1 << 20;
+    let root = tempfile::tempdir().unwrap();
+    let rdir = org(root.path());
+    Relay::create_org(&rdir, "globex");
+    let relay = Relay::start_with(&rdir, "127.0.0.1:0", &["--max-cache-mb", "1"]);
+    let url = relay.ws_url();
+    let metric = |name: &str| counter(&relay.http_get("/metrics").1, name);
+    let cached = || metric("sitesync_relay_cache_bytes");
+    // The budget, and the one document in use, whatever it weighs (a
+    // drawing of 50 components: ~90 KB).
+    let bound = MIB + MIB / 2;
+    // 1,500 components: 30 drawings, ~2.7 MB decoded.
+    let mut csv = String::from("DWG,TAG,TEMPLATE,QTY\n");
+    for i in 0..1500 {
+        csv.push_str(&format!("BIG-{:03},T-{i:05},Pipe,{}\n", i / 50, 1 + i % 90));
+    }
+    let fill = |d: &Daemon| {
+        let s = seed(d);
+        let (status, accepted) = d.upload(
+            &format!("/v1/projects/{}/imports", s.project),
+            csv.as_bytes(),
+            "text/csv",
+        );
+        assert_eq!(status, 202, "{accepted}");
+        let job = d.wait_job(accepted["job_id"].as_str().unwrap());
+        assert_eq!(job["state"], "completed", "{}", job["message"]);
+        eventually("the import stored on the relay", WAIT, || settled(d, &s));
+        s
+    };
+    let a = sitesync_tests::start_syncing(
+        &root.path().join("a"),
+        &Relay::token(&rdir, "acme", &[]),
+        &["--relay", &url],
+    );
+    let s = fill(&a);
+    assert!(cached() <= bound, "{} bytes cached", cached());
+
+    let g = sitesync_tests::start_syncing(
+        &root.path().join("g"),
+        &Relay::token(&rdir, "globex", &[]),
+        &["--relay", &url],
+    );
+    fill(&g);
+    eventually("the idle organisation shed", WAIT, || {
+        (metric("sitesync_relay_spaces_shed_total") >= 1).then_some(())
+    });
+    assert!(cached() <= bound, "{} bytes cached", cached());
+
+    // Nothing was lost: a new device of acme gets all of it.
+    let b = device(root.path(), &rdir, "b", &["--relay", &url]);
+    eventually("the whole project on B", WAIT, || {
+        let p = get(&b, &format!("/v1/projects/{}", s.project))?;
+        (p["component_count"].as_u64()? >= 1500).then_some(())
+    });
+}
+
 /// The 15 bytes: a sync message whose `have` Bloom filter claims
 /// 2³² probes. Automerge accepts it and the next sync message generated
 /// for the document asks for 17 GB, aborting the relay. The relay refuses

@@ -14,6 +14,7 @@
 //! [`host::RepoHost`].
 
 pub mod accept;
+pub mod cache;
 pub mod credentials;
 pub mod host;
 pub mod link;

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use sitesync_model::Spread;
 
+use crate::cache::{CacheBudget, Weighed, Weighted, weight};
 use crate::store::{Append, Compaction, Damage, DocStore, Loaded, StoreError};
 use crate::workers::Workers;
 
@@ -179,6 +180,15 @@ struct Slot {
     /// ([`SHRINK_AFTER_BYTES`]).
     unshrunk: usize,
     last_used: u64,
+    /// The document's estimated heap ([`weight`]), as of its last load or
+    /// persist; what the cache's budget counts.
+    weight: usize,
+}
+
+impl Weighed for Slot {
+    fn weight(&self) -> usize {
+        self.weight
+    }
 }
 
 /// A stored document is shrunk ([`Doc::shrink`]) once this many bytes of
@@ -192,10 +202,10 @@ struct Slot {
 /// bulk change is over it at once.
 const SHRINK_AFTER_BYTES: usize = 4 * 1024;
 
-#[derive(Default)]
 struct Cache {
-    slots: HashMap<Uuid, Slot>,
+    slots: Weighted<Slot>,
     damaged: Vec<Damage>,
+    /// This repository's last use, on its budget's clock.
     tick: u64,
     /// Documents due for compaction ([`RepoConfig::compact_at`],
     /// [`RepoConfig::compact_bytes`]), waiting for [`Repo::compact_due`]
@@ -208,7 +218,30 @@ struct Cache {
     /// twice its snapshot's load (`perf` of the offline catch-up's receiving
     /// daemon: a third of its CPU in applying stored change records). A
     /// document asked for meanwhile comes back from here, not the store.
-    evicted: HashMap<Uuid, Slot>,
+    evicted: Weighted<Slot>,
+}
+
+impl Cache {
+    fn new(budget: Arc<CacheBudget>) -> Self {
+        Self {
+            slots: Weighted::new(budget.clone()),
+            damaged: Vec::new(),
+            tick: 0,
+            due: HashSet::new(),
+            evicted: Weighted::new(budget),
+        }
+    }
+
+    /// Marks a use: later than every earlier use of any repository sharing
+    /// the budget.
+    fn advance(&mut self) -> u64 {
+        self.tick = self.slots.budget().tick();
+        self.tick
+    }
+
+    fn over_budget(&self) -> bool {
+        self.slots.budget().over()
+    }
 }
 
 /// At most this many evicted documents wait for compaction in memory
@@ -227,6 +260,10 @@ pub struct RepoConfig {
     pub compact_bytes: usize,
     /// Keep at most this many documents in memory.
     pub max_cached: usize,
+    /// ... weighing at most this many bytes together (estimated,
+    /// [`crate::cache::weight`]), unless the repository shares a budget
+    /// ([`Repo::sharing`]).
+    pub max_cached_bytes: usize,
     /// Read documents as projects and drawings (a daemon) or keep every
     /// document raw (a relay, which never interprets them).
     pub typed: bool,
@@ -250,6 +287,11 @@ impl Default for RepoConfig {
             // bulk; working memory after the benchmark's writes is 404 MB
             // at 512 and 589 MB at 2,048 (FINDINGS weighs the trade).
             max_cached: 2048,
+            // 2,048 drawings of the benchmark's project weigh ~190 MB by
+            // the estimate; this leaves room for history-heavy documents
+            // (a drawing with 20,000 writes: ~10 MB) before the count
+            // binds.
+            max_cached_bytes: 1 << 30,
             typed: true,
             workers: Workers::per_core(),
         }
@@ -296,11 +338,18 @@ impl Repo {
     /// `actor` must be fresh for every process start, so a restored backup
     /// never reuses an actor's sequence numbers.
     pub fn new(store: DocStore, actor: ActorId, config: RepoConfig) -> Self {
+        Self::sharing(store, actor, config, CacheBudget::new(config.max_cached_bytes))
+    }
+
+    /// [`Repo::new`] whose cache draws on `budget` together with other
+    /// repositories' (a relay's organisations share one), instead of
+    /// [`RepoConfig::max_cached_bytes`] of its own.
+    pub fn sharing(store: DocStore, actor: ActorId, config: RepoConfig, budget: Arc<CacheBudget>) -> Self {
         Self {
             store,
             actor,
             config,
-            cache: Mutex::new(Cache::default()),
+            cache: Mutex::new(Cache::new(budget)),
             on_persist: std::sync::OnceLock::new(),
             on_compaction_due: std::sync::OnceLock::new(),
             compacting: Mutex::new(()),
@@ -448,7 +497,7 @@ impl Repo {
         match self.slot(&mut cache, id) {
             Ok(_) => {}
             Err(RepoError::NotFound { .. }) => {
-                let tick = cache.tick;
+                let tick = cache.advance();
                 cache.slots.insert(
                     id,
                     Slot {
@@ -459,6 +508,7 @@ impl Repo {
                         change_bytes: 0,
                         unshrunk: 0,
                         last_used: tick,
+                        weight: 0,
                     },
                 );
             }
@@ -658,11 +708,19 @@ impl Repo {
         self.store.append(&appends, &metas)?;
         let mut grown = Vec::new();
         for (p, a) in persisted.iter().zip(&appends) {
-            let slot = cache.slots.get_mut(&p.id).expect("cached");
-            slot.saved = p.heads.clone();
-            slot.unshrunk += a.bytes.len();
-            if a.whole || slot.unshrunk >= SHRINK_AFTER_BYTES {
-                slot.unshrunk = 0;
+            let shrink = cache.slots.update(&p.id, |slot| {
+                slot.saved = p.heads.clone();
+                // Changed documents are weighed again: the cache's budget
+                // follows history as it grows.
+                slot.weight = weight(slot.doc.automerge());
+                slot.unshrunk += a.bytes.len();
+                let shrink = a.whole || slot.unshrunk >= SHRINK_AFTER_BYTES;
+                if shrink {
+                    slot.unshrunk = 0;
+                }
+                shrink
+            });
+            if shrink.expect("cached") {
                 grown.push(p.id);
             }
         }
@@ -716,8 +774,7 @@ impl Repo {
     }
 
     fn slot<'c>(&self, cache: &'c mut Cache, id: Uuid) -> Result<&'c mut Slot, RepoError> {
-        cache.tick += 1;
-        let tick = cache.tick;
+        let tick = cache.advance();
         if !cache.slots.contains_key(&id)
             && let Some(slot) = cache.evicted.remove(&id)
         {
@@ -742,7 +799,9 @@ impl Repo {
     fn slot_from(&self, cache: &mut Cache, loaded: Loaded, tick: u64) -> Result<Slot, RepoError> {
         cache.damaged.extend(loaded.damaged);
         let saved = loaded.doc.get_heads();
+        let weight = weight(&loaded.doc);
         Ok(Slot {
+            weight,
             doc: Doc::from_automerge(loaded.doc, self.config.typed)?,
             saved,
             next_seq: loaded.next_seq,
@@ -829,23 +888,39 @@ impl Repo {
         self.config.workers
     }
 
-    /// Evicts the least recently used documents beyond the cache size.
+    /// Evicts the least recently used documents beyond the cache size, and
+    /// while the budget's bytes are exceeded (this repository's, or the
+    /// one it shares): first documents waiting for compaction, then the
+    /// least recently used, down to the one used last, whatever it weighs.
     /// Safe between operations, when every cached change is durable — never
     /// call it inside a write, whose touched documents are not yet stored.
     fn trim(&self, cache: &mut Cache) {
         let excess = cache.slots.len().saturating_sub(self.config.max_cached);
-        if excess == 0 {
+        let over = cache.over_budget();
+        if excess == 0 && !over {
             return;
+        }
+        if over {
+            // Due ones are compacted from the store instead.
+            cache.evicted.clear();
         }
         let mut by_age: Vec<(u64, Uuid)> = cache.slots.iter().map(|(id, s)| (s.last_used, *id)).collect();
         by_age.sort_unstable();
+        by_age.pop(); // the one used last stays
         let compacting_later = self.on_compaction_due.get();
         let mut queued = false;
-        for (_, id) in by_age.into_iter().take(excess) {
+        for (n, (_, id)) in by_age.into_iter().enumerate() {
+            if n >= excess && !cache.over_budget() {
+                break;
+            }
             let Some(slot) = cache.slots.remove(&id) else {
                 continue;
             };
-            if slot.change_records > 0 && compacting_later.is_some() && cache.evicted.len() < EVICTED_KEPT {
+            if slot.change_records > 0
+                && compacting_later.is_some()
+                && cache.evicted.len() < EVICTED_KEPT
+                && !cache.over_budget()
+            {
                 cache.due.insert(id);
                 cache.evicted.insert(id, slot);
                 queued = true;
@@ -854,6 +929,19 @@ impl Repo {
         if queued && let Some(hook) = compacting_later {
             hook();
         }
+    }
+
+    /// This repository's last use, on its budget's clock
+    /// ([`CacheBudget::tick`]): an owner of several repositories sharing a
+    /// budget sheds the one idle longest first.
+    pub fn last_used(&self) -> u64 {
+        self.lock().tick
+    }
+
+    /// What this repository's decoded documents weigh (estimated).
+    pub fn cached_bytes(&self) -> usize {
+        let cache = self.lock();
+        cache.slots.bytes() + cache.evicted.bytes()
     }
 
     /// Drops every cached document (e.g. when idle), and those waiting for
@@ -946,18 +1034,19 @@ impl Tx<'_> {
 
     /// Adds a newly created document; it is stored with the write.
     pub fn insert(&mut self, id: Uuid, doc: Doc) {
-        self.cache.tick += 1;
+        let tick = self.cache.advance();
         self.touched.insert(id);
         self.cache.slots.insert(
             id,
             Slot {
+                weight: weight(doc.automerge()),
                 doc,
                 saved: Vec::new(),
                 next_seq: 0,
                 change_records: 0,
                 change_bytes: 0,
                 unshrunk: 0,
-                last_used: self.cache.tick,
+                last_used: tick,
             },
         );
     }
@@ -1302,6 +1391,107 @@ mod tests {
             repo.doc_ids().unwrap().len() == ids.len(),
             "an empty document is not stored"
         );
+    }
+
+    /// Creates projects `ids` in `repo`, one write each.
+    fn create_projects(repo: &Repo, ids: &[ProjectId]) {
+        for id in ids {
+            repo.write(|tx| {
+                let new = NewProject {
+                    name: format!("P{id}"),
+                    code: None,
+                };
+                let doc = ProjectDoc::create(*id, &new, &ctx(1), tx.actor())?;
+                tx.insert(id.0, Doc::Project(doc));
+                Ok(())
+            })
+            .unwrap();
+        }
+    }
+
+    /// Memory is bounded by bytes as well as by count: documents beyond
+    /// the budget are evicted, least recently used first, and one heavier
+    /// than the whole budget is still served (it is the one in use).
+    #[test]
+    fn memory_holds_at_most_max_cached_bytes() {
+        let probe = Repo::new(
+            DocStore::new(MemBackend::default()),
+            ActorId::random(),
+            RepoConfig::default(),
+        );
+        create_projects(&probe, &[ProjectId::from_u128(1)]);
+        let one = probe.cached_bytes();
+        assert!(one > 0, "a cached document weighs something");
+
+        let config = RepoConfig {
+            max_cached_bytes: one * 5 / 2,
+            ..RepoConfig::default()
+        };
+        let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
+        let ids: Vec<ProjectId> = (10..15).map(ProjectId::from_u128).collect();
+        create_projects(&repo, &ids);
+        assert_eq!(repo.loaded(), 2, "two fit in two and a half documents' bytes");
+        assert!(repo.cached_bytes() <= config.max_cached_bytes);
+        for id in &ids {
+            let name = repo.read_project(*id, |p| p.info().unwrap().name).unwrap();
+            assert_eq!(name, format!("P{id}"), "evicted documents reload from the store");
+        }
+        assert_eq!(repo.loaded(), 2, "reads are bounded too");
+
+        let tiny = Repo::new(
+            DocStore::new(MemBackend::default()),
+            ActorId::random(),
+            RepoConfig {
+                max_cached_bytes: 1,
+                ..RepoConfig::default()
+            },
+        );
+        create_projects(&tiny, &ids);
+        assert_eq!(tiny.loaded(), 1, "the document used last stays");
+        let name = tiny.read_project(ids[0], |p| p.info().unwrap().name).unwrap();
+        assert_eq!(name, format!("P{}", ids[0]));
+    }
+
+    /// Repositories sharing a budget bound memory together: the one whose
+    /// use goes over sheds its own least recently used documents, and the
+    /// budget's clock tells which repository was used last.
+    #[test]
+    fn repositories_sharing_a_budget_bound_memory_together() {
+        let probe = Repo::new(
+            DocStore::new(MemBackend::default()),
+            ActorId::random(),
+            RepoConfig::default(),
+        );
+        create_projects(&probe, &[ProjectId::from_u128(1)]);
+        let one = probe.cached_bytes();
+        let budget = CacheBudget::new(one * 9 / 2);
+        let open = || {
+            Repo::sharing(
+                DocStore::new(MemBackend::default()),
+                ActorId::random(),
+                RepoConfig::default(),
+                budget.clone(),
+            )
+        };
+        let (a, b) = (open(), open());
+        create_projects(&a, &(10..13).map(ProjectId::from_u128).collect::<Vec<_>>());
+        assert_eq!((a.loaded(), budget.used()), (3, a.cached_bytes()));
+        create_projects(&b, &(20..23).map(ProjectId::from_u128).collect::<Vec<_>>());
+        assert_eq!(a.loaded(), 3, "an idle repository keeps what it holds");
+        assert_eq!(b.loaded(), 1, "the one that went over shed its own");
+        assert!(budget.used() <= budget.max_bytes());
+        assert_eq!(budget.used(), a.cached_bytes() + b.cached_bytes());
+        assert!(a.last_used() < b.last_used());
+
+        // Its owner sheds the idle one; the other then keeps more.
+        a.evict_all();
+        assert_eq!(budget.used(), b.cached_bytes());
+        for n in 20..23 {
+            b.read_project(ProjectId::from_u128(n), |_| ()).unwrap();
+        }
+        assert_eq!(b.loaded(), 3);
+        drop(b);
+        assert_eq!(budget.used(), 0, "a dropped repository gives its share back");
     }
 
     /// A write or a read over many documents loads those the cache lacks

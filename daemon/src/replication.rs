@@ -569,6 +569,9 @@ impl Replication {
         let mut records = Vec::new();
         let mut marked = Vec::new();
         for &(doc, heads) in acks {
+            if self.pending.nothing_pending(doc) {
+                continue;
+            }
             let theirs = sorted_heads(heads);
             // A reconnect re-announces every document's heads: most are
             // what was recorded last time, and cost one metadata read.
@@ -783,6 +786,25 @@ impl Pending {
                 (before == at).then_some((after, n + own))
             })
             .map(|(at, n)| (at.clone(), n))
+    }
+
+    /// Whether `doc` is known to hold none of this device's changes unacknowledged:
+    /// counted at 0, and nothing of this process's own written since.
+    /// An acknowledgement of such a document changes no count, so it need
+    /// not be recorded (a daemon hears one with every sync message a relay
+    /// sends it, for documents others changed).
+    fn nothing_pending(&self, doc: Uuid) -> bool {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.get(&doc).is_none_or(|c| c.count != 0) {
+            return false;
+        }
+        let dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        match dirty.as_ref() {
+            None => false,
+            Some(dirty) => dirty
+                .get(&doc)
+                .is_none_or(|d| !d.recount && d.grew.iter().all(|(_, _, own)| *own == 0)),
+        }
     }
 
     /// These documents were acknowledged: count them from their documents.
@@ -1038,6 +1060,36 @@ mod tests {
         assert_eq!(repl.pending_counts()[&pid.0], 7);
         *repl.pending.dirty.lock().unwrap() = None;
         assert_eq!(repl.pending_counts()[&pid.0], 7, "counted from scratch");
+    }
+
+    /// Once nothing of a document is pending, further acknowledgements of
+    /// it are not recorded: a relay's every sync message carries its heads
+    /// (one store write each, for documents others changed), and one that
+    /// lags behind an Ack already recorded would count acknowledged
+    /// changes as pending again.
+    #[test]
+    fn acknowledgements_of_a_document_with_nothing_pending_change_nothing() {
+        let (service, repl) = replication();
+        let new = NewProject {
+            name: "P".into(),
+            code: None,
+        };
+        let pid = service.create_project("ana", new).unwrap().id;
+        let older = service.repo().heads(pid.0).unwrap().unwrap();
+        let patch = sitesync_model::ProjectPatch {
+            name: Some("Q".into()),
+            code: None,
+        };
+        service.update_project("ana", pid, patch).unwrap();
+        let newer = service.repo().heads(pid.0).unwrap().unwrap();
+        repl.acked(&[(pid.0, &newer)]);
+        assert_eq!(repl.pending_counts()[&pid.0], 0);
+        let recorded = || service.repo().store().get_meta(&acked_key(pid.0)).unwrap();
+        let before = recorded();
+
+        repl.acked(&[(pid.0, &older)]);
+        assert_eq!(recorded(), before, "nothing written");
+        assert_eq!(repl.pending_counts()[&pid.0], 0, "nothing pending again");
     }
 
     /// Counting races writes: a write can land after a count took the

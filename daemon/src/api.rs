@@ -83,13 +83,13 @@ impl utoipa::Modify for BearerAuth {
 /// The error answer's shape, for the API document.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
-struct ErrorResponse {
+pub(crate) struct ErrorResponse {
     error: ErrorDetail,
 }
 
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
-struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// snake_case, stable
     code: String,
     /// a sentence for a person
@@ -156,6 +156,8 @@ pub fn routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(download_job))
+        .routes(routes!(crate::app::create_session, crate::app::end_session))
+        .routes(routes!(crate::app::create_link))
         .split_for_parts()
 }
 
@@ -175,6 +177,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         }
     };
     api.route("/v1/openapi.json", get(openapi))
+        .route("/", get(crate::app::index))
+        .route("/app/{file}", get(crate::app::asset))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -1682,6 +1686,10 @@ mod tests {
         ("GET", "/v1/projects/{pid}/components.csv"),
         // Added beyond the contract: the job list.
         ("GET", "/v1/jobs"),
+        // ...and the field app's sign-in (the field app issue).
+        ("POST", "/v1/session"),
+        ("DELETE", "/v1/session"),
+        ("POST", "/v1/session/links"),
     ];
 
     #[test]

@@ -1,14 +1,16 @@
 //! Who may talk to the daemon: the API token (created once, written
-//! atomically with mode 0600 before the daemon listens), the Host check
-//! (DNS-rebinding defence, first on every request) and the Origin check
-//! (browsers from other sites). Only `GET /v1/health` needs no token.
+//! atomically with mode 0600 before the daemon listens) or a signed-in
+//! browser's session cookie ([`crate::app`]), the Host check (DNS-rebinding
+//! defence, first on every request) and the Origin check (browsers from
+//! other sites). Only the app's page and assets, `GET /v1/health` and
+//! `POST /v1/session` need neither token nor cookie ([`crate::app::is_public`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
@@ -114,8 +116,18 @@ pub async fn guard(State(app): State<Arc<AppState>>, req: Request, next: Next) -
         }
     }
     let mut cors = None;
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
+    let own_origin = |origin: &str| {
+        origin
+            .strip_prefix("http://")
+            .is_some_and(|h| app.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h)))
+    };
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or("").to_owned());
+    if let Some(origin) = &origin
+        && !own_origin(origin)
+    {
         if !app.allowed_origins.iter().any(|o| o == origin) {
             return deny(
                 StatusCode::FORBIDDEN,
@@ -150,15 +162,32 @@ pub async fn guard(State(app): State<Arc<AppState>>, req: Request, next: Next) -
         );
         return response;
     }
-    let mut response = if req.uri().path() != "/v1/health" && !authorized(&app.token, &req) {
-        deny(
+    let public = crate::app::is_public(req.method(), req.uri().path());
+    let mut response = match (public, authorized(&app, &req)) {
+        (true, _) | (false, Some(Credential::Token)) => next.run(req).await,
+        (false, Some(Credential::Cookie)) => {
+            // A browser sends the cookie with any request to this host,
+            // whichever page asked: a write must come from the app itself.
+            let safe = matches!(req.method(), &Method::GET | &Method::HEAD);
+            if safe || origin.as_deref().is_some_and(own_origin) {
+                next.run(req).await
+            } else {
+                deny(
+                    StatusCode::FORBIDDEN,
+                    "forbidden_origin",
+                    format!(
+                        "a write signed in by cookie must come from this daemon's own page (Origin {:?})",
+                        origin.unwrap_or_default()
+                    ),
+                )
+            }
+        }
+        (false, None) => deny(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing or wrong API token: send `Authorization: Bearer <token>` (the token is in <data-dir>/api-token)"
+            "missing or wrong API token: send `Authorization: Bearer <token>` (the token is in <data-dir>/api-token), or sign in to the app with the URL the daemon printed (`sitesync-daemon open` prints a new one)"
                 .into(),
-        )
-    } else {
-        next.run(req).await
+        ),
     };
     if let Some(origin) = &cors {
         allow_origin(&mut response, origin);
@@ -182,26 +211,41 @@ fn allow_origin(response: &mut Response, origin: &header::HeaderValue) {
     h.append(header::VARY, header::HeaderValue::from_static("Origin"));
 }
 
-fn authorized(token: &str, req: &Request) -> bool {
-    let expected = token.as_bytes();
+/// What a request proved itself with.
+enum Credential {
+    /// The API token: a program, or a page given the token.
+    Token,
+    /// A signed-in browser's session cookie.
+    Cookie,
+}
+
+fn authorized(app: &AppState, req: &Request) -> Option<Credential> {
+    let expected = app.token.as_bytes();
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if let Some(given) = bearer {
-        return given.trim().as_bytes().ct_eq(expected).into();
+        return bool::from(given.trim().as_bytes().ct_eq(expected)).then_some(Credential::Token);
     }
     // Browsers' EventSource cannot set headers, so event streams may pass
     // the token in the query.
     if req.uri().path() == "/v1/events" {
         let query = req.uri().query().unwrap_or("");
-        return query
+        if query
             .split('&')
             .filter_map(|kv| kv.strip_prefix("token="))
-            .any(|t| t.as_bytes().ct_eq(expected).into());
+            .any(|t| t.as_bytes().ct_eq(expected).into())
+        {
+            return Some(Credential::Token);
+        }
     }
-    false
+    let session = crate::app::session_of(req.headers(), &app.cookie_name)?;
+    let mut logins = app.logins.lock().unwrap_or_else(|p| p.into_inner());
+    logins
+        .touch(&session, sitesync_sync::link::now_ms())
+        .then_some(Credential::Cookie)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! port 0 and read the address back.
 
 pub mod api;
+pub mod app;
 pub mod auth;
 pub mod error;
 pub mod events;
@@ -19,6 +20,7 @@ pub mod extract;
 pub mod import;
 pub mod index;
 pub mod jobs;
+pub mod login;
 pub mod metrics;
 pub mod replication;
 pub mod revocations;
@@ -41,8 +43,13 @@ use crate::service::{Clock, Service};
 /// Everything a request handler needs.
 pub struct AppState {
     pub service: Arc<Service>,
-    /// The API token every request but health must present.
+    /// The API token every request but health must present (or a
+    /// signed-in browser's cookie).
     pub token: String,
+    /// One-time sign-in codes and the app's sessions.
+    pub logins: std::sync::Mutex<login::Logins>,
+    /// The session cookie's name ([`app::cookie_name`]).
+    pub cookie_name: String,
     /// Host header values accepted (DNS-rebinding defence).
     pub allowed_hosts: Vec<String>,
     /// Browser origins accepted (none by default).

@@ -23,14 +23,22 @@ use tokio::net::TcpListener;
 /// directory; it prints where the token file is, never the token. Send it as
 /// `Authorization: Bearer <token>` on every request but GET /v1/health.
 ///
+/// People use the field app at http://127.0.0.1:7700/. The daemon prints a
+/// one-time URL that signs a browser in (it works once, for 5 minutes);
+/// `sitesync-daemon open` prints and opens a new one for the daemon running
+/// on the same data directory.
+///
 /// Logs go to stderr. SITESYNC_LOG sets what is logged, as a tracing filter
 /// (default: info,automerge=warn; e.g. SITESYNC_LOG=debug).
 #[derive(Parser, Debug)]
 #[command(name = "sitesync-daemon", version, about, long_about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Where the store and the API token live. Default: the platform data
     /// directory (Linux: ~/.local/share/sitesync).
-    #[arg(long, env = "SITESYNC_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "SITESYNC_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
     /// Address of the HTTP API. Port 0 picks a free port (printed at start).
@@ -233,6 +241,77 @@ struct Cli {
     demo: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Signs a browser in to the field app of the daemon running on this
+    /// data directory: prints a one-time URL (it works once, for 5 minutes)
+    /// and opens it in the default browser when there is one.
+    Open {
+        /// Only print the URL; do not start a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
+}
+
+/// The running daemon's API address, written at start so `open` finds it.
+const URL_FILE: &str = "daemon-url";
+
+fn write_url_file(data_dir: &std::path::Path, url: &str) -> anyhow::Result<()> {
+    let path = data_dir.join(URL_FILE);
+    let tmp = data_dir.join(format!(".{URL_FILE}.tmp"));
+    std::fs::write(&tmp, url).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// `sitesync-daemon open`: asks the running daemon for a sign-in URL.
+fn open(data_dir: &std::path::Path, no_browser: bool) -> anyhow::Result<()> {
+    let url_path = data_dir.join(URL_FILE);
+    let base = std::fs::read_to_string(&url_path).with_context(|| {
+        format!(
+            "no daemon has run on {} ({} is missing): start `sitesync-daemon` first",
+            data_dir.display(),
+            url_path.display()
+        )
+    })?;
+    let token_path = data_dir.join(auth::TOKEN_FILE);
+    let token =
+        std::fs::read_to_string(&token_path).with_context(|| format!("reading {}", token_path.display()))?;
+    let endpoint = format!("{}/v1/session/links", base.trim());
+    let mut answer = ureq::post(&endpoint)
+        .header("Authorization", &format!("Bearer {}", token.trim()))
+        .send_empty()
+        .with_context(|| {
+            format!(
+                "asking the daemon at {} for a sign-in URL (is it running?)",
+                base.trim()
+            )
+        })?;
+    let body: serde_json::Value = answer
+        .body_mut()
+        .read_json()
+        .context("reading the daemon's answer")?;
+    let url = body["url"].as_str().context("the daemon's answer has no url")?;
+    println!("{url}");
+    if !no_browser {
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        if std::process::Command::new(opener)
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .is_err()
+        {
+            eprintln!("(no {opener} here: open the URL above in a browser)");
+        }
+    }
+    Ok(())
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -266,6 +345,9 @@ async fn main() -> anyhow::Result<()> {
             .context("no platform data directory; pass --data-dir")?
             .join("sitesync"),
     };
+    if let Some(Command::Open { no_browser }) = cli.command {
+        return open(&data_dir, no_browser);
+    }
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     #[cfg(unix)]
     {
@@ -341,6 +423,8 @@ async fn main() -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         service,
         token,
+        logins: Default::default(),
+        cookie_name: sitesync_daemon::app::cookie_name(addr.port()),
         allowed_hosts: auth::allowed_hosts(addr.port(), extra_host),
         allowed_origins: cli.allow_origin,
         default_user: cli
@@ -363,6 +447,10 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  data directory: {}", data_dir.display());
     println!("  API token file: {}", token_path.display());
+    // The app's sign-in, good once and for five minutes; never the token.
+    let login = sitesync_daemon::app::login_url(&state, &state.allowed_hosts[0]);
+    println!("  open the app: {login}");
+    write_url_file(&data_dir, &format!("http://{addr}"))?;
     if let Some(addr) = cli.peer_listen {
         let limits = Limits {
             max_connections: cli.max_peers as usize,

@@ -82,6 +82,8 @@ pub struct Daemon {
     client: Client,
     /// `wss://` address of its `--peer-listen`, when given.
     pub peer_url: Option<String>,
+    /// The one-time sign-in URL it printed at start.
+    pub login_url: Option<String>,
 }
 
 impl std::ops::Deref for Daemon {
@@ -118,11 +120,15 @@ impl Daemon {
             .expect("starting sitesync-daemon");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
+        let (login_tx, login_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             for line in lines.by_ref().map_while(Result::ok) {
                 if let Some(url) = line.split("listening on http://").nth(1) {
                     let _ = tx.send(url.trim().to_owned());
+                }
+                if let Some(url) = line.split("open the app: ").nth(1) {
+                    let _ = login_tx.send(url.trim().to_owned());
                 }
                 if let Some(url) = line.split("LAN peers: ").nth(1) {
                     let _ = tx.send(url.trim().to_owned());
@@ -142,6 +148,7 @@ impl Daemon {
             }
         };
         let peer_url = wants_peer_url.then(|| wait(&rx).expect("the daemon reports its LAN peer address"));
+        let login_url = login_rx.recv_timeout(Duration::from_secs(10)).ok();
         let token = std::fs::read_to_string(data_dir.join("api-token")).expect("token file");
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -152,6 +159,7 @@ impl Daemon {
             child: Some(child),
             data_dir: data_dir.to_owned(),
             peer_url,
+            login_url,
             client: Client {
                 addr,
                 token: token.trim().to_owned(),

@@ -793,8 +793,16 @@ impl Pending {
     /// An acknowledgement of such a document changes no count, so it need
     /// not be recorded (a daemon hears one with every sync message a relay
     /// sends it, for documents others changed).
+    ///
+    /// Never waits: a count in progress holds `counts` while it reads the
+    /// repository, and this runs on a connection's task; then the
+    /// acknowledgement is simply recorded.
     fn nothing_pending(&self, doc: Uuid) -> bool {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = match self.counts.try_lock() {
+            Ok(counts) => counts,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
         if counts.get(&doc).is_none_or(|c| c.count != 0) {
             return false;
         }

@@ -53,6 +53,9 @@ function show(...nodes) {
   main.replaceChildren(...nodes);
 }
 
+/** A project's status as a person reads it. */
+const STATUS = { not_started: "Not started", in_progress: "In progress", completed: "Completed" };
+
 function percent(p) {
   const n = Number(p) || 0;
   return `${Math.round(n * 10) / 10}%`;
@@ -85,7 +88,7 @@ async function projectsScreen() {
     "form",
     {
       class: "card",
-      "aria-label": "New project",
+      "aria-labelledby": "new-project",
       onsubmit: async (ev) => {
         ev.preventDefault();
         create.disabled = true;
@@ -102,6 +105,7 @@ async function projectsScreen() {
         }
       },
     },
+    el("h2", { id: "new-project" }, "New project"),
     el(
       "div",
       { class: "form-row" },
@@ -125,7 +129,7 @@ async function projectsScreen() {
       el(
         "span",
         { class: "project-meta" },
-        [p.code, p.status, `${p.component_count ?? 0} components`].filter(Boolean).join(" · "),
+        [p.code, STATUS[p.status] || p.status, `${p.component_count ?? 0} components`].filter(Boolean).join(" · "),
       ),
     ),
   );

@@ -138,8 +138,8 @@ pub enum Event {
     /// The peer has made these heads of `doc` durable: from its Ack, from
     /// its Summary (a summary lists durable heads), so an Ack lost to a cut
     /// connection is made good at the next connect, or from the heads of
-    /// its sync message. The last matters when this side's changes reached
-    /// the peer by another route (a LAN peer carried them to the relay):
+    /// a relay's sync message. The last matters when this side's changes
+    /// reached the relay by another route (a LAN peer carried them):
     /// the peer then never asks for them, so no Ack ever comes. A peer's
     /// sync heads are durable because a host generates only from stored
     /// state ([`crate::Repo::sync_doc`] drops a document whose persist
@@ -1073,7 +1073,11 @@ impl Session {
             doc,
         };
         let state = self.state(peer.key, doc, host)?;
-        let theirs = message.heads.clone();
+        let theirs = if peer.relay {
+            message.heads.clone()
+        } else {
+            Vec::new()
+        };
         let mut out = Vec::new();
         if let Some(heads) = host.receive(&incoming, state, message)? {
             out.push(Output::Send(Message::Ack {
@@ -1082,7 +1086,9 @@ impl Session {
             }));
             out.push(Output::Event(Event::Applied { project, doc, heads }));
         }
-        if !theirs.is_empty() {
+        // Only a relay's holdings mean "stored off this device"; a LAN
+        // peer's sync messages need no event.
+        if peer.relay && !theirs.is_empty() {
             out.push(Output::Event(Event::Acked { doc, heads: theirs }));
         }
         // The peer started this document: it no longer waits for a slot.

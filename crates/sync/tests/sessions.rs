@@ -304,14 +304,20 @@ fn deliver(
 #[test]
 fn changes_a_peer_carried_to_the_relay_are_acknowledged_to_their_author() {
     let (ha, hb, hr) = (host(), host(), host());
+    let to_relay = |n: u8| {
+        (
+            Session::client(Uuid::from_u128(n as u128), "d", token(&acme(), n, &[]), [n; 32]),
+            Session::server(Uuid::from_u128(0xF), "relay", Arc::new(Relay(acme())), [9; 32]),
+        )
+    };
     // A and the relay are connected, with nothing yet to sync.
-    let (mut a, mut r) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 3, &[]));
+    let (mut a, mut r) = to_relay(1);
     pump(&mut a, &ha, &mut r, &hr);
     project(&ha, P1, 1);
     // B takes A's project over the LAN and brings it to the relay.
     let (mut ab, mut b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
     pump(&mut ab, &ha, &mut b, &hb);
-    let (mut br, mut rb) = lan_pair(token(&acme(), 2, &[]), token(&acme(), 3, &[]));
+    let (mut br, mut rb) = to_relay(2);
     pump(&mut br, &hb, &mut rb, &hr);
     assert_eq!(name(&hr, P1).as_deref(), Some("Plant"));
 

@@ -991,7 +991,7 @@ async fn progress(
         Some(g) => Some(GroupBy::parse(g).ok_or_else(|| {
             query_error(
                 "group_by",
-                "group_by must be drawing, area, system, kind or template",
+                "group_by must be drawing, area, system, test_package, kind or template",
             )
         })?),
     };

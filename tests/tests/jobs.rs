@@ -135,6 +135,22 @@ fn an_import_then_its_undo_leaves_the_project_exactly_as_it_was() {
         pipe["attributes"],
         json!({"area": "A1", "test_package": "TP-1", "Line Class": "CS150"})
     );
+    // Progress rolls up by test package, as a pressure test is signed off.
+    let by_package = ok(
+        d.call(
+            "GET",
+            &format!("/v1/projects/{p}/progress?group_by=test_package"),
+            None,
+        ),
+        "progress by test package",
+    );
+    let keys: Vec<&Value> = by_package["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| &g["key"])
+        .collect();
+    assert!(keys.contains(&&json!("TP-1")), "{by_package}");
     let list = ok(
         d.call("GET", &format!("/v1/projects/{p}/components?q=P-9"), None),
         "list",

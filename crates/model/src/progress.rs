@@ -74,6 +74,9 @@ pub enum GroupBy {
     System,
     Kind,
     Template,
+    /// The component's `test_package` attribute (imported from `TEST PKG`):
+    /// a pressure test is signed off package by package.
+    TestPackage,
 }
 
 impl GroupBy {
@@ -85,6 +88,7 @@ impl GroupBy {
             "system" => Self::System,
             "kind" => Self::Kind,
             "template" => Self::Template,
+            "test_package" => Self::TestPackage,
             _ => return None,
         })
     }
@@ -183,6 +187,7 @@ pub fn group_key(c: &Component, drawing: Option<&DrawingInfo>, by: GroupBy) -> O
         GroupBy::System => attr_or_drawing("system", |d| &d.system),
         GroupBy::Kind => Some(c.kind.clone()),
         GroupBy::Template => Some(c.template_id.to_string()),
+        GroupBy::TestPackage => c.attributes.get("test_package").cloned(),
     }
 }
 
@@ -256,6 +261,7 @@ mod tests {
             ("system", GroupBy::System),
             ("kind", GroupBy::Kind),
             ("template", GroupBy::Template),
+            ("test_package", GroupBy::TestPackage),
         ] {
             assert_eq!(GroupBy::parse(s), Some(g));
         }

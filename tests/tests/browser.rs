@@ -4,6 +4,7 @@
 //! a project, signing out. Screenshots of each screen are saved under
 //! `target/tmp/screenshots/` for a person to look at.
 
+use serde_json::{Value, json};
 use sitesync_tests::Daemon;
 use sitesync_tests::browser::Browser;
 
@@ -81,4 +82,260 @@ fn a_crew_member_signs_in_once_sees_the_projects_and_signs_out() {
         "the sign-in page",
         "document.querySelector('h1')?.textContent === 'Sign in to sitesync'",
     );
+}
+
+/// The demo project's id and a discrete component with a milestone not yet
+/// done: (project, component, milestone key).
+fn demo_work(d: &Daemon) -> (String, String, String) {
+    let (_, projects) = d.call("GET", "/v1/projects", None);
+    let pid = projects["items"][0]["id"].as_str().unwrap().to_owned();
+    let (_, list) = d.call("GET", &format!("/v1/projects/{pid}/components?limit=200"), None);
+    for c in list["items"].as_array().unwrap() {
+        if c["workflow_type"] != "discrete" {
+            continue;
+        }
+        if let Some(m) = c["milestones"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["completed"] == false)
+        {
+            return (
+                pid,
+                c["id"].as_str().unwrap().to_owned(),
+                m["key"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    panic!("the demo project has no discrete milestone left to do");
+}
+
+/// The page's completion figure, as shown.
+fn shown_completion(b: &mut Browser) -> String {
+    b.eval("document.getElementById('completion')?.textContent ?? ''")
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn as_shown(percent: &Value) -> String {
+    let p = percent.as_f64().unwrap();
+    let tidy = (p * 10.0).round() / 10.0;
+    if tidy.fract() == 0.0 {
+        format!("{}%", tidy as i64)
+    } else {
+        format!("{tidy}%")
+    }
+}
+
+#[test]
+fn the_dashboard_shows_progress_rollups_and_connection_and_follows_changes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("d"), &["--demo"]);
+    let (pid, cid, key) = demo_work(&d);
+    let mut b = Browser::start();
+    b.goto(d.login_url.as_deref().unwrap());
+    b.click(".project-name");
+    b.wait_for("the dashboard", "document.getElementById('completion') !== null");
+
+    let (_, progress) = d.call("GET", &format!("/v1/projects/{pid}/progress"), None);
+    assert_eq!(
+        shown_completion(&mut b),
+        as_shown(&progress["completion_percent"])
+    );
+    let text = b.text();
+    assert!(text.contains("Offline"), "no peers: offline\n{text}");
+    assert!(text.contains("earned of"), "{text}");
+    // Rolled up by area first, then by drawing at a tap.
+    b.wait_for("bars by area", "document.querySelectorAll('.bars li').length > 0");
+    let (_, by_area) = d.call("GET", &format!("/v1/projects/{pid}/progress?group_by=area"), None);
+    let bars = b.eval("document.querySelectorAll('.bars li').length");
+    assert_eq!(bars, json!(by_area["groups"].as_array().unwrap().len()));
+    b.screenshot("dashboard-laptop");
+    b.click("button[data-group=drawing]");
+    let (_, by_drawing) = d.call(
+        "GET",
+        &format!("/v1/projects/{pid}/progress?group_by=drawing"),
+        None,
+    );
+    let first = by_drawing["groups"][0]["label"].as_str().unwrap().to_owned();
+    b.wait_for(
+        "bars by drawing",
+        &format!(
+            "[...document.querySelectorAll('.bar-key')].some(e => e.textContent === {})",
+            json!(first)
+        ),
+    );
+    b.viewport(360, 740, true);
+    let wide = b.eval("document.documentElement.scrollWidth");
+    assert!(wide.as_u64().unwrap() <= 360, "the page is {wide} px wide");
+    b.screenshot("dashboard-phone");
+    b.viewport(1280, 800, false);
+
+    // A change made elsewhere (here through the API) shows without a reload:
+    // the earned hours move (one milestone of 150 components may not move
+    // the completion's first decimal).
+    let earned = |b: &mut Browser| b.eval("document.getElementById('earned').textContent");
+    let before = earned(&mut b);
+    let (status, _) = d.call(
+        "PUT",
+        &format!("/v1/projects/{pid}/components/{cid}/milestones/{key}"),
+        Some(&json!({"completed": true})),
+    );
+    assert_eq!(status, 200);
+    let (_, progress) = d.call("GET", &format!("/v1/projects/{pid}/progress"), None);
+    let hours = |v: &Value| as_shown(v).trim_end_matches('%').to_owned() + " h";
+    let now = format!(
+        "{} earned of {} budgeted",
+        hours(&progress["earned_hours"]),
+        hours(&progress["budget_hours"])
+    );
+    assert_ne!(json!(now), before, "the write changed the earned hours");
+    b.wait_for(
+        "the new earned hours, live",
+        &format!(
+            "document.getElementById('earned')?.textContent === {}",
+            json!(now)
+        ),
+    );
+    b.wait_for(
+        "the new completion, live",
+        &format!(
+            "document.getElementById('completion')?.textContent === {}",
+            json!(as_shown(&progress["completion_percent"]))
+        ),
+    );
+    b.wait_for(
+        "the write in the activity list",
+        "document.querySelectorAll('#activity li strong').length > 0",
+    );
+}
+
+/// A component of the demo project on `workflow`, with its first milestone.
+fn demo_component(d: &Daemon, pid: &str, workflow: &str) -> Value {
+    let (_, list) = d.call(
+        "GET",
+        &format!("/v1/projects/{pid}/components?limit=200&sort=tag"),
+        None,
+    );
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["workflow_type"] == workflow && c["completion_percent"].as_f64() < Some(50.0))
+        .unwrap_or_else(|| panic!("no {workflow} component in the demo project"))
+        .clone()
+}
+
+/// Finds `tag` as a scanner would (types it, then Enter) and waits for its page.
+fn scan(b: &mut Browser, tag: &str) {
+    b.eval("document.getElementById('find').value = ''");
+    b.type_into("#find", tag);
+    b.press_enter();
+    b.wait_for(
+        "the component's page",
+        &format!("document.querySelector('h1')?.textContent === {}", json!(tag)),
+    );
+}
+
+fn completion_of(d: &Daemon, pid: &str, cid: &str) -> String {
+    let (_, c) = d.call("GET", &format!("/v1/projects/{pid}/components/{cid}"), None);
+    as_shown(&c["completion_percent"])
+}
+
+#[test]
+fn a_foreman_finds_components_by_tag_and_records_work_in_each_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("d"), &["--demo"]);
+    let (pid, _, _) = demo_work(&d);
+    let mut b = Browser::start();
+    b.goto(d.login_url.as_deref().unwrap());
+    b.click(".project-name");
+    b.wait_for("the dashboard", "document.getElementById('find') !== null");
+
+    // Discrete: one tap per milestone.
+    let c = demo_component(&d, &pid, "discrete");
+    let (cid, tag) = (c["id"].as_str().unwrap(), c["tag"].as_str().unwrap());
+    scan(&mut b, tag);
+    let key = c["milestones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["completed"] == false)
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.click(&format!("li[data-key='{key}'] button[aria-pressed=false]"));
+    b.wait_for(
+        "the milestone shown done",
+        &format!(
+            "document.querySelector(\"li[data-key='{key}'] button\")?.getAttribute('aria-pressed') === 'true'"
+        ),
+    );
+    let now = completion_of(&d, &pid, cid);
+    assert_eq!(
+        b.eval("document.getElementById('component-completion').textContent"),
+        json!(now)
+    );
+    b.screenshot("record-discrete-laptop");
+    b.viewport(360, 740, true);
+    let wide = b.eval("document.documentElement.scrollWidth");
+    assert!(wide.as_u64().unwrap() <= 360, "the page is {wide} px wide");
+    b.screenshot("record-discrete-phone");
+    b.viewport(1280, 800, false);
+
+    // Percentage: a quick step; an exact value out of range is refused with
+    // the API's own message next to the control, and nothing changes.
+    b.click("a[href^='#/projects/']:not([href*='components'])");
+    b.wait_for("the dashboard", "document.getElementById('find') !== null");
+    let c = demo_component(&d, &pid, "percentage");
+    let (cid, tag) = (c["id"].as_str().unwrap(), c["tag"].as_str().unwrap());
+    let key = c["milestones"][0]["key"].as_str().unwrap().to_owned();
+    scan(&mut b, tag);
+    b.click(&format!("li[data-key='{key}'] .steps > button:nth-of-type(4)"));
+    b.wait_for(
+        "75% shown",
+        &format!("document.querySelector(\"li[data-key='{key}'] .milestone-value\")?.textContent === '75%'"),
+    );
+    let (_, after) = d.call("GET", &format!("/v1/projects/{pid}/components/{cid}"), None);
+    assert_eq!(after["milestones"][0]["percent"], 75.0);
+    b.type_into(&format!("li[data-key='{key}'] form.inline input"), "150");
+    b.click(&format!("li[data-key='{key}'] form.inline button"));
+    let said = b.wait_for(
+        "the refusal next to the control",
+        &format!("(() => {{ const m = document.querySelector(\"li[data-key='{key}'] .field-message\"); return m && !m.hidden && m.textContent; }})()"),
+    );
+    assert!(said.as_str().unwrap().contains("100"), "{said}");
+    let (_, unchanged) = d.call("GET", &format!("/v1/projects/{pid}/components/{cid}"), None);
+    assert_eq!(unchanged["milestones"][0]["percent"], 75.0);
+
+    // Quantity: add installed quantity, with its unit.
+    b.click("a[href^='#/projects/']:not([href*='components'])");
+    b.wait_for("the dashboard", "document.getElementById('find') !== null");
+    let c = demo_component(&d, &pid, "quantity");
+    let (cid, tag) = (c["id"].as_str().unwrap(), c["tag"].as_str().unwrap());
+    let key = c["milestones"][0]["key"].as_str().unwrap().to_owned();
+    let had = c["milestones"][0]["quantity"].as_f64().unwrap_or(0.0);
+    scan(&mut b, tag);
+    b.type_into(&format!("li[data-key='{key}'] form.inline input"), "2.5");
+    b.click(&format!("li[data-key='{key}'] form.inline button"));
+    let want = had + 2.5;
+    let (_, after) = eventually_quantity(&d, &pid, cid, want);
+    assert_eq!(after["milestones"][0]["quantity"].as_f64(), Some(want));
+    b.wait_for(
+        "the new quantity shown",
+        &format!(
+            "document.querySelector(\"li[data-key='{key}'] .milestone-value\")?.textContent.startsWith({})",
+            json!(format!("{want}"))
+        ),
+    );
+    b.screenshot("record-quantity-laptop");
+}
+
+fn eventually_quantity(d: &Daemon, pid: &str, cid: &str, want: f64) -> (u16, Value) {
+    sitesync_tests::eventually("the quantity stored", std::time::Duration::from_secs(10), || {
+        let (status, c) = d.call("GET", &format!("/v1/projects/{pid}/components/{cid}"), None);
+        (c["milestones"][0]["quantity"].as_f64() == Some(want)).then_some((status, c))
+    })
 }

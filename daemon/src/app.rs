@@ -107,6 +107,15 @@ pub fn session_of(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
+/// Sets the session cookie: script cannot read it, and no other site's
+/// request carries it. `value` and `extra` are ours (hex, attributes).
+fn set_cookie(response: &mut Response, name: &str, value: &str, extra: &str) {
+    let cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict{extra}");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+}
+
 fn now_ms() -> i64 {
     sitesync_sync::link::now_ms()
 }
@@ -137,15 +146,12 @@ pub async fn create_session(State(app): App, Json(body): Json<SessionBody>) -> R
     };
     match redeemed {
         Ok(session) => {
-            let cookie = format!("{}={session}; Path=/; HttpOnly; SameSite=Strict", app.cookie_name);
             let mut response = (
                 StatusCode::CREATED,
                 Json(json!({"signed_in": true, "idle_timeout_ms": SESSION_IDLE_MS})),
             )
                 .into_response();
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                response.headers_mut().insert(header::SET_COOKIE, v);
-            }
+            set_cookie(&mut response, &app.cookie_name, &session, "");
             response
         }
         Err(e) => ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()).into_response(),
@@ -164,13 +170,7 @@ pub async fn end_session(State(app): App, req: Request) -> Response {
         app.logins.lock().unwrap_or_else(|p| p.into_inner()).end(&session);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    let clear = format!(
-        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-        app.cookie_name
-    );
-    if let Ok(v) = HeaderValue::from_str(&clear) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
+    set_cookie(&mut response, &app.cookie_name, "", "; Max-Age=0");
     response
 }
 

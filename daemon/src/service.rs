@@ -1272,6 +1272,17 @@ mod tests {
     use sitesync_model::{MilestoneDef, MilestoneValue, WorkflowType};
     use sitesync_sync::{DocStore, MemBackend, RepoConfig};
 
+    /// A service on `dir` with a small cache, as the restart tests want.
+    fn open_small(dir: &std::path::Path) -> Result<Service, crate::StartError> {
+        crate::open_service(
+            dir,
+            crate::CacheLimits {
+                documents: 512,
+                ..Default::default()
+            },
+        )
+    }
+
     fn service() -> Service {
         let repo = Repo::new(
             DocStore::new(MemBackend::default()),
@@ -1389,14 +1400,7 @@ mod tests {
     #[test]
     fn a_restart_reads_saved_entries_and_rereads_drawings_changed_since() {
         let dir = tempfile::tempdir().unwrap();
-        let svc = crate::open_service(
-            dir.path(),
-            crate::CacheLimits {
-                documents: 512,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let svc = open_small(dir.path()).unwrap();
         let (p, t) = project_with_template(&svc);
         let mut components = Vec::new();
         for n in 0..3 {
@@ -1444,14 +1448,7 @@ mod tests {
         assert_eq!(before.iter().filter(|c| c.completion_percent == 100.0).count(), 1);
         drop(svc);
 
-        let svc = crate::open_service(
-            dir.path(),
-            crate::CacheLimits {
-                documents: 512,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let svc = open_small(dir.path()).unwrap();
         let (_, built) = ProjectIndex::build(svc.repo(), p.id).unwrap();
         assert_eq!(built, crate::index::Built { saved: 2, read: 1 });
         assert_eq!(all(&svc), before);
@@ -1459,14 +1456,7 @@ mod tests {
         // The re-read drawing is saved again; then every drawing reads back.
         assert_eq!(svc.save_index().unwrap(), 1);
         drop(svc);
-        let svc = crate::open_service(
-            dir.path(),
-            crate::CacheLimits {
-                documents: 512,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let svc = open_small(dir.path()).unwrap();
         let (_, built) = ProjectIndex::build(svc.repo(), p.id).unwrap();
         assert_eq!(built, crate::index::Built { saved: 3, read: 0 });
         assert_eq!(all(&svc), before);
@@ -1607,14 +1597,7 @@ mod tests {
     fn an_index_save_during_a_remote_apply_leaves_that_drawing_due() {
         let dir = tempfile::tempdir().unwrap();
         let a = service();
-        let b = crate::open_service(
-            dir.path(),
-            crate::CacheLimits {
-                documents: 512,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let b = open_small(dir.path()).unwrap();
         let (pid, did, ids) = shared_drawing(&a, &b, 2);
         assert_eq!(b.progress(pid, None).unwrap().earned_hours, 0.0);
         assert_eq!(b.save_index().unwrap(), 1);
@@ -1628,14 +1611,7 @@ mod tests {
         });
         // Killed before the second change is indexed or saved.
         drop(b);
-        let b = crate::open_service(
-            dir.path(),
-            crate::CacheLimits {
-                documents: 512,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let b = open_small(dir.path()).unwrap();
         assert_eq!(b.progress(pid, None).unwrap().earned_hours, 4.0);
         for id in ids {
             assert_eq!(b.component(pid, id).unwrap().completion_percent, 100.0);

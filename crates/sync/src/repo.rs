@@ -1359,18 +1359,7 @@ mod tests {
         };
         let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
         let ids: Vec<ProjectId> = (10..15).map(ProjectId::from_u128).collect();
-        for id in &ids {
-            repo.write(|tx| {
-                let new = NewProject {
-                    name: format!("P{id}"),
-                    code: None,
-                };
-                let doc = ProjectDoc::create(*id, &new, &ctx(1), tx.actor())?;
-                tx.insert(id.0, Doc::Project(doc));
-                Ok(())
-            })
-            .unwrap();
-        }
+        create_projects(&repo, &ids);
         assert_eq!(repo.loaded(), 2, "least recently used documents were evicted");
         for id in &ids {
             let name = repo.read_project(*id, |p| p.info().unwrap().name).unwrap();

@@ -577,7 +577,7 @@ async function componentScreen(pid, cid) {
           el(
             "li",
             {},
-            `${x.updated_by} recorded ${milestoneValue(c, { completed: x.value, percent: x.value, quantity: x.value })} ${ago(x.updated_at)} on another device`,
+            `${x.updated_by} recorded ${milestoneValue(c, { completed: x.value, percent: x.value, quantity: x.value })}, ${ago(x.updated_at)}`,
             el("button", { type: "button", class: "quiet-dark", onclick: () => write(m, valueBody(c, x.value), message) }, "Keep this"),
           ),
         );

@@ -5,8 +5,9 @@
 //! `target/tmp/screenshots/` for a person to look at.
 
 use serde_json::{Value, json};
-use sitesync_tests::Daemon;
 use sitesync_tests::browser::Browser;
+use sitesync_tests::proxy::{Mode, Proxy};
+use sitesync_tests::{Daemon, Relay, acme_relay_dir, device, eventually, seed};
 
 /// Laptop and phone (the narrowest the app supports) sizes.
 const LAPTOP: (u32, u32) = (1280, 800);
@@ -338,4 +339,111 @@ fn eventually_quantity(d: &Daemon, pid: &str, cid: &str, want: f64) -> (u16, Val
         let (status, c) = d.call("GET", &format!("/v1/projects/{pid}/components/{cid}"), None);
         (c["milestones"][0]["quantity"].as_f64() == Some(want)).then_some((status, c))
     })
+}
+
+/// A milestone of component `cid` on `d`, as the API returns it.
+fn milestone_on(d: &Daemon, project: &str, cid: &str, key: &str) -> Value {
+    let (_, c) = d.call("GET", &format!("/v1/projects/{project}/components/{cid}"), None);
+    c["milestones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == key)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Two laptops through a relay: B's change appears on A's dashboard with
+/// no reload; the badge says offline when A's link to the relay is cut;
+/// edits made on both sides of the cut merge, and the losing value is
+/// shown on A with who made it and kept with one tap.
+#[test]
+fn another_laptops_change_appears_live_the_badge_goes_offline_and_a_conflict_is_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let rdir = acme_relay_dir(root.path());
+    let relay = Relay::start(&rdir);
+    let (pa, pb) = (Proxy::start(relay.addr), Proxy::start(relay.addr));
+    let a = device(root.path(), &rdir, "a", &["--relay", &pa.ws_url()]);
+    let b = device(root.path(), &rdir, "b", &["--relay", &pb.ws_url()]);
+    let s = seed(&a);
+    let spool = s.spool.clone();
+    eventually("the project on B", std::time::Duration::from_secs(30), || {
+        let (status, _) = b.call(
+            "GET",
+            &format!("/v1/projects/{}/components/{spool}", s.project),
+            None,
+        );
+        (status == 200).then_some(())
+    });
+
+    let mut page = Browser::start();
+    page.goto(a.login_url.as_deref().unwrap());
+    page.click(".project-name");
+    page.wait_for(
+        "the relay badge",
+        "document.getElementById('connection')?.textContent.includes('Online through the relay')",
+    );
+    // B records work; A's page follows.
+    let before = page.eval("document.getElementById('earned').textContent");
+    let (status, _) = b.call(
+        "PUT",
+        &format!("/v1/projects/{}/components/{spool}/milestones/erect", s.project),
+        Some(&json!({"completed": true})),
+    );
+    assert_eq!(status, 200);
+    page.wait_for(
+        "B's change on A's page",
+        &format!("document.getElementById('earned').textContent !== {before}"),
+    );
+    page.wait_for(
+        "B's write in A's activity",
+        "[...document.querySelectorAll('#activity li')].some(l => l.textContent.includes('milestone update'))",
+    );
+
+    // Cut: A shows offline; both record the same milestone differently.
+    pa.set_mode(Mode::Down);
+    pb.set_mode(Mode::Down);
+    page.wait_for(
+        "the offline badge",
+        "document.getElementById('connection')?.textContent.includes('Offline')",
+    );
+    page.screenshot("dashboard-offline");
+    for (d, done) in [(&a, true), (&b, false)] {
+        let (status, _) = d.call(
+            "PUT",
+            &format!("/v1/projects/{}/components/{spool}/milestones/weld", s.project),
+            Some(&json!({"completed": done, "reason": "walkdown"})),
+        );
+        assert_eq!(status, 200);
+    }
+    pa.set_mode(Mode::Pass);
+    pb.set_mode(Mode::Pass);
+    let weld = eventually("the conflict on A", std::time::Duration::from_secs(30), || {
+        let m = milestone_on(&a, &s.project, &spool, "weld");
+        (m["conflicts"].as_array()?.len() == 1).then_some(m)
+    });
+    let loser = weld["conflicts"][0]["value"].clone();
+
+    // A's page shows the losing value, who recorded it, and keeps it.
+    page.type_into("#find", "SP-1");
+    page.press_enter();
+    page.wait_for(
+        "the spool's page",
+        "document.querySelector('h1')?.textContent === 'SP-1'",
+    );
+    let shown = page.wait_for(
+        "the conflict shown",
+        "document.querySelector(\"li[data-key='weld'] .conflicts\")?.textContent",
+    );
+    let who = weld["conflicts"][0]["updated_by"].as_str().unwrap();
+    assert!(shown.as_str().unwrap().contains(who), "{shown}");
+    page.screenshot("conflict-laptop");
+    page.click("li[data-key='weld'] .conflicts button");
+    page.wait_for(
+        "the conflict resolved on the page",
+        "document.querySelector(\"li[data-key='weld'] .conflicts\") === null",
+    );
+    let kept = milestone_on(&a, &s.project, &spool, "weld");
+    assert_eq!(kept["completed"], loser, "the kept value is the one tapped");
+    assert_eq!(kept["conflicts"], json!([]), "{kept}");
 }

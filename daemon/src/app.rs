@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::api::ErrorResponse;
 use crate::error::ApiError;
+use crate::extract::JsonBody;
 use crate::login::{CODE_TTL_MS, SESSION_IDLE_MS};
 
 type App = State<Arc<AppState>>;
@@ -139,7 +140,7 @@ pub struct SessionBody {
         (status = 401, body = ErrorResponse, description = "login_code_used, login_code_expired or login_code_unknown")
     )
 )]
-pub async fn create_session(State(app): App, Json(body): Json<SessionBody>) -> Response {
+pub async fn create_session(State(app): App, JsonBody(body): JsonBody<SessionBody>) -> Response {
     let redeemed = {
         let mut logins = app.logins.lock().unwrap_or_else(|p| p.into_inner());
         logins.redeem(body.code.trim(), now_ms(), &mut rand::rng())

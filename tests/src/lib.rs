@@ -645,6 +645,16 @@ pub fn device(root: &Path, rdir: &Path, name: &str, extra: &[&str]) -> Daemon {
     start_syncing(&root.join(name), &Relay::token(rdir, "acme", &[]), extra)
 }
 
+/// Milestone `key` of a component as the API returns it; a component
+/// without it fails the test.
+pub fn milestone(c: &Value, key: &str) -> Value {
+    c["milestones"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["key"] == key))
+        .cloned()
+        .unwrap_or_else(|| panic!("no milestone {key:?} in {c}"))
+}
+
 /// A relay data directory under `root` with the organisation `acme`.
 pub fn acme_relay_dir(root: &Path) -> PathBuf {
     let dir = root.join("relay");

@@ -142,6 +142,14 @@ fn a_sign_in_code_opens_one_cookie_session_that_writes_only_from_the_app() {
     );
     let forged = send(d.addr, "POST", "/v1/session", &[], Some(r#"{"code":"00"}"#));
     assert_eq!((forged.status, forged.code()), (401, "login_code_unknown"));
+    // A malformed body gets the API's own error, naming what is wrong.
+    let garbled = send(d.addr, "POST", "/v1/session", &[], Some(r#"{"cod":"00"}"#));
+    assert_eq!(
+        (garbled.status, garbled.code()),
+        (400, "invalid_field"),
+        "{}",
+        garbled.text
+    );
 
     // The cookie reads like the token...
     let list = send(d.addr, "GET", "/v1/projects", &[("Cookie", &cookie)], None);

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 use sitesync_tests::browser::Browser;
 use sitesync_tests::proxy::{Mode, Proxy};
-use sitesync_tests::{Daemon, Relay, acme_relay_dir, device, eventually, seed};
+use sitesync_tests::{Daemon, Relay, acme_relay_dir, device, eventually, milestone, seed};
 
 /// Laptop and phone (the narrowest the app supports) sizes.
 const LAPTOP: (u32, u32) = (1280, 800);
@@ -344,13 +344,7 @@ fn eventually_quantity(d: &Daemon, pid: &str, cid: &str, want: f64) -> (u16, Val
 /// A milestone of component `cid` on `d`, as the API returns it.
 fn milestone_on(d: &Daemon, project: &str, cid: &str, key: &str) -> Value {
     let (_, c) = d.call("GET", &format!("/v1/projects/{project}/components/{cid}"), None);
-    c["milestones"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["key"] == key)
-        .cloned()
-        .unwrap_or(Value::Null)
+    milestone(&c, key)
 }
 
 /// Two laptops through a relay: B's change appears on A's dashboard with

@@ -10,7 +10,7 @@ use sitesync_tests::{Daemon, Relay, Seeded, eventually, ok, seed};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-use sitesync_tests::{acme_relay_dir as org, device, get_ok as get, start_syncing as start};
+use sitesync_tests::{acme_relay_dir as org, device, get_ok as get, milestone, start_syncing as start};
 
 fn component(d: &Daemon, s: &Seeded, cid: &str) -> Option<Value> {
     get(d, &format!("/v1/projects/{}/components/{cid}", s.project))
@@ -25,16 +25,6 @@ fn put(d: &Daemon, s: &Seeded, cid: &str, key: &str, body: Value) -> Value {
         ),
         "milestone write",
     )
-}
-
-fn milestone(c: &Value, key: &str) -> Value {
-    c["milestones"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["key"] == key)
-        .cloned()
-        .unwrap()
 }
 
 /// Components without per-replica fields, for comparing replicas.

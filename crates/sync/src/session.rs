@@ -1088,7 +1088,7 @@ impl Session {
         }
         // Only a relay's holdings mean "stored off this device"; a LAN
         // peer's sync messages need no event.
-        if peer.relay && !theirs.is_empty() {
+        if !theirs.is_empty() {
             out.push(Output::Event(Event::Acked { doc, heads: theirs }));
         }
         // The peer started this document: it no longer waits for a slot.

@@ -656,7 +656,7 @@ fn component_query(params: &[(String, String)]) -> ApiResult<(ComponentQuery, Pa
     path = "/v1/projects/{pid}/components",
     tag = "components",
     params(("pid" = String, Path, description = "project id"), ("drawing_id" = Option<String>, Query), ("status" = Option<Status>, Query), ("kind" = Option<String>, Query), ("q" = Option<String>, Query, description = "tag substring"), ("min_completion" = Option<f64>, Query), ("max_completion" = Option<f64>, Query), ("include_deleted" = Option<bool>, Query), ("sort" = Option<String>, Query, description = "tag, -tag, completion, -completion, updated_at, -updated_at"), PageQuery),
-    description = "Also filters by `attr.<name>=<value>`.",
+    description = "Also filters by `attr.<name>=<value>`; `attr.area` and `attr.system` match the drawing's area or system when the component has none of its own, as the rollups group them.",
     responses((status = 200, body = Paged<Component>), Refusals)
 )]
 async fn list_components(
@@ -714,7 +714,7 @@ struct ComponentPatchBody {
     tag = "components",
     params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")),
     request_body = ComponentPatchBody,
-    responses((status = 200, body = Component), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), Refusals)
+    responses((status = 200, body = Component, headers(("Operation-Id" = String, description = "the operation this write made, for undo"))), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), Refusals)
 )]
 async fn patch_component(
     State(app): App,
@@ -731,7 +731,9 @@ async fn patch_component(
         budget_hours: b.budget_hours,
         attributes: b.attributes,
     };
-    Ok(Json(blocking(&app, move |s| s.update_component(&user, p, c, patch)).await?).into_response())
+    Ok(written(
+        blocking(&app, move |s| s.update_component(&user, p, c, patch)).await?,
+    ))
 }
 
 #[utoipa::path(
@@ -739,7 +741,7 @@ async fn patch_component(
     path = "/v1/projects/{pid}/components/{cid}",
     tag = "components",
     params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")),
-    responses((status = 204, description = "soft-deleted"), Refusals)
+    responses((status = 204, description = "soft-deleted", headers(("Operation-Id" = String, description = "the operation this write made, for undo"))), Refusals)
 )]
 async fn delete_component(
     State(app): App,
@@ -747,8 +749,10 @@ async fn delete_component(
     PathParams((p, c)): PathParams<(String, String)>,
 ) -> ApiResult<Response> {
     let (p, c) = (pid(&p)?, cid(&c)?);
-    blocking(&app, move |s| s.set_component_deleted(&user, p, c, true)).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let (_, op) = blocking(&app, move |s| s.set_component_deleted(&user, p, c, true)).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(OPERATION_ID, operation_header(op));
+    Ok(response)
 }
 
 #[utoipa::path(
@@ -756,7 +760,7 @@ async fn delete_component(
     path = "/v1/projects/{pid}/components/{cid}/restore",
     tag = "components",
     params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id")),
-    responses((status = 200, body = Component), Refusals)
+    responses((status = 200, body = Component, headers(("Operation-Id" = String, description = "the operation this write made, for undo"))), Refusals)
 )]
 async fn restore_component(
     State(app): App,
@@ -764,7 +768,9 @@ async fn restore_component(
     PathParams((p, c)): PathParams<(String, String)>,
 ) -> ApiResult<Response> {
     let (p, c) = (pid(&p)?, cid(&c)?);
-    Ok(Json(blocking(&app, move |s| s.set_component_deleted(&user, p, c, false)).await?).into_response())
+    Ok(written(
+        blocking(&app, move |s| s.set_component_deleted(&user, p, c, false)).await?,
+    ))
 }
 
 #[utoipa::path(
@@ -831,7 +837,7 @@ struct MilestoneBody {
     tag = "milestones",
     params(("pid" = String, Path, description = "project id"), ("cid" = String, Path, description = "component id"), ("key" = String, Path, description = "milestone key")),
     request_body = MilestoneBody,
-    responses((status = 200, body = Component), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), Refusals)
+    responses((status = 200, body = Component, headers(("Operation-Id" = String, description = "the operation this write made, for undo"))), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), Refusals)
 )]
 async fn put_milestone(
     State(app): App,
@@ -847,7 +853,25 @@ async fn put_milestone(
         effective_date: b.effective_date,
     };
     let reason = b.reason;
-    Ok(Json(blocking(&app, move |s| s.update_milestone(&user, p, update, reason)).await?).into_response())
+    Ok(written(
+        blocking(&app, move |s| s.update_milestone(&user, p, update, reason)).await?,
+    ))
+}
+
+/// The header naming the operation a single-component write made, so a
+/// caller (the field app's "Undo" toast) can undo exactly that write.
+const OPERATION_ID: &str = "operation-id";
+
+fn operation_header(op: OperationId) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(&op.to_string()).expect("an operation id is a UUID")
+}
+
+/// A single-component write's answer: the component, and its operation
+/// in the `Operation-Id` header.
+fn written((component, op): (Component, OperationId)) -> Response {
+    let mut response = Json(component).into_response();
+    response.headers_mut().insert(OPERATION_ID, operation_header(op));
+    response
 }
 
 #[derive(utoipa::ToSchema, Deserialize)]

@@ -36,6 +36,46 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../app/app.js"),
     ),
     (
+        "ui.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../app/ui.js"),
+    ),
+    (
+        "find.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../app/find.js"),
+    ),
+    (
+        "projects.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../app/projects.js"),
+    ),
+    (
+        "dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../app/dashboard.js"),
+    ),
+    (
+        "component.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../app/component.js"),
+    ),
+    (
+        "components.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../app/components.js"),
+    ),
+    (
+        "operations.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../app/operations.js"),
+    ),
+    (
+        "files.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../app/files.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../app/style.css"),

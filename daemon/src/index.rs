@@ -450,7 +450,15 @@ impl ProjectIndex {
             Some(None) => return page.of(Vec::new()),
         };
         let mut attributes = Vec::with_capacity(q.attributes.len());
+        // `area` and `system` fall back to the drawing's, as the rollups
+        // group them: a component with no `area` of its own is in its
+        // drawing's area. They are checked per entry, not by bits.
+        let mut inherited: Vec<(&str, &str)> = Vec::new();
         for (k, v) in &q.attributes {
+            if inherits(k) {
+                inherited.push((k, v));
+                continue;
+            }
             match (interned(k), interned(v)) {
                 (Some(k), Some(v)) => attributes.push((k, v)),
                 _ => return page.of(Vec::new()),
@@ -477,6 +485,20 @@ impl ProjectIndex {
                         .any(|(ck, cv)| Arc::ptr_eq(ck, k) && Arc::ptr_eq(cv, v))
                 })
             })
+            .filter(|c| {
+                inherited.iter().all(|&(k, v)| {
+                    let own = c.attribute(k);
+                    let drawing = || {
+                        let d = self.drawings.get(&c.drawing_id)?;
+                        if k == "area" {
+                            d.area.as_deref()
+                        } else {
+                            d.system.as_deref()
+                        }
+                    };
+                    own.or_else(drawing) == Some(v)
+                })
+            })
             .filter(|c| q.min_completion.is_none_or(|m| c.completion_percent >= m))
             .filter(|c| q.max_completion.is_none_or(|m| c.completion_percent <= m))
             .filter(|c| needle.as_ref().is_none_or(|n| c.tag.to_lowercase().contains(n)))
@@ -484,6 +506,12 @@ impl ProjectIndex {
         hits.sort_unstable_by(|a, b| q.sort.compare(a, b));
         page.of_mapped(&hits, |s| s.component())
     }
+}
+
+/// Whether a component attribute filter falls back to the drawing's field
+/// of that name ([`sitesync_model::progress::group_key`] groups the same).
+fn inherits(name: &str) -> bool {
+    matches!(name, "area" | "system")
 }
 
 /// Saved entries live in metadata records `index/<project>/<drawing>`.
@@ -795,6 +823,7 @@ impl HistoryIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sitesync_model::progress::group_key;
 
     fn component(n: u128, drawing: u128, hours: f64, completion: f64, deleted: bool) -> Component {
         Component {
@@ -816,6 +845,24 @@ mod tests {
             updated_at: sitesync_model::Timestamp(n as i64),
             updated_by: "u".into(),
             milestones: Vec::new(),
+        }
+    }
+
+    /// Drawing `n`, with no area or system.
+    fn drawing_info(n: u128) -> DrawingInfo {
+        DrawingInfo {
+            id: DrawingId::from_u128(n),
+            project_id: ProjectId::from_u128(1),
+            number: format!("D-{n}"),
+            title: None,
+            revision: None,
+            parent_id: None,
+            area: None,
+            system: None,
+            deleted: false,
+            created_at: sitesync_model::Timestamp(1),
+            updated_at: sitesync_model::Timestamp(1),
+            updated_by: "u".into(),
         }
     }
 
@@ -901,6 +948,57 @@ mod tests {
                 )
                 .total,
             1
+        );
+    }
+
+    /// `attr.area` and `attr.system` find a component by its drawing's
+    /// area or system when it has none of its own (as the rollups group
+    /// it), and by its own when it has one; other attributes never fall
+    /// back.
+    #[test]
+    fn area_and_system_filters_fall_back_to_the_drawings() {
+        let drawing = |n: u128, area: &str| DrawingInfo {
+            area: Some(area.into()),
+            system: Some("Steam".into()),
+            ..drawing_info(n)
+        };
+        let mut index = empty();
+        index
+            .drawings
+            .insert(DrawingId::from_u128(1), drawing(1, "Bay 1"));
+        index
+            .drawings
+            .insert(DrawingId::from_u128(2), drawing(2, "Bay 2"));
+        let inherits = component(1, 1, 1.0, 0.0, false);
+        let mut own = component(2, 1, 1.0, 0.0, false);
+        own.attributes = BTreeMap::from([("area".into(), "Bay 2".into()), ("line".into(), "L-1".into())]);
+        let other = component(3, 2, 1.0, 0.0, false);
+        for c in [&inherits, &own, &other] {
+            index.put(c);
+        }
+        let tags = |attributes: Vec<(&str, &str)>| -> Vec<String> {
+            let q = ComponentQuery {
+                attributes: attributes
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+                ..Default::default()
+            };
+            index
+                .query(&q, Page::parse(None, None).unwrap())
+                .items
+                .into_iter()
+                .map(|c| c.tag)
+                .collect()
+        };
+        assert_eq!(tags(vec![("area", "Bay 1")]), ["T-001"]);
+        assert_eq!(tags(vec![("area", "Bay 2")]), ["T-002", "T-003"]);
+        assert_eq!(tags(vec![("system", "Steam")]), ["T-001", "T-002", "T-003"]);
+        assert_eq!(tags(vec![("area", "Bay 2"), ("line", "L-1")]), ["T-002"]);
+        assert!(tags(vec![("area", "Bay 9")]).is_empty());
+        assert!(
+            tags(vec![("line", "Bay 1")]).is_empty(),
+            "only area and system fall back"
         );
     }
 
@@ -1106,6 +1204,13 @@ mod tests {
         const NAMES: [&str; 3] = ["area", "system", "line"];
         const VALUES: [&str; 4] = ["U01", "U02", "SYS-1", "L-7"];
         let mut index = empty();
+        // Drawings with an area and a system, for components without one.
+        for n in 0..9u128 {
+            let mut d = drawing_info(n);
+            d.area = (n % 3 > 0).then(|| VALUES[(n % 2) as usize].to_owned());
+            d.system = (n % 4 == 0).then(|| "SYS-1".to_owned());
+            index.drawings.insert(d.id, d);
+        }
         let mut views: BTreeMap<ComponentId, Component> = BTreeMap::new();
         for _ in 0..1_500 {
             let n = u128::from(next(400));
@@ -1151,7 +1256,14 @@ mod tests {
                 .filter(|c| q.kind.as_ref().is_none_or(|k| &c.kind == k))
                 .filter(|c| q.status.is_none_or(|s| c.status == s))
                 .filter(|c| q.min_completion.is_none_or(|m| c.completion_percent >= m))
-                .filter(|c| q.attributes.iter().all(|(k, v)| c.attributes.get(k) == Some(v)))
+                .filter(|c| {
+                    let drawing = index.drawings.get(&c.drawing_id);
+                    q.attributes.iter().all(|(k, v)| match k.as_str() {
+                        "area" => group_key(c, drawing, GroupBy::Area).as_ref() == Some(v),
+                        "system" => group_key(c, drawing, GroupBy::System).as_ref() == Some(v),
+                        _ => c.attributes.get(k) == Some(v),
+                    })
+                })
                 .map(|c| c.id)
                 .collect();
             let page = index.query(&q, Page::parse(Some("1000"), None).unwrap());

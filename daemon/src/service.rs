@@ -904,7 +904,7 @@ impl Service {
         user: &str,
         reason: Option<String>,
         f: impl FnOnce(&mut DrawingDoc, &WriteCtx) -> Result<Component, ModelError>,
-    ) -> ApiResult<Component> {
+    ) -> ApiResult<(Component, OperationId)> {
         let mut state = self.lock();
         let did = self
             .index(&mut state, pid)?
@@ -917,16 +917,18 @@ impl Service {
         if self.absorb(index, pid, vec![view.clone()], "local") {
             self.publish_progress(index, pid);
         }
-        Ok(view)
+        Ok((view, ctx.op))
     }
 
+    /// Each single-component write answers with the component as it now
+    /// stands and the operation it made (which the app offers to undo).
     pub fn update_component(
         &self,
         user: &str,
         pid: ProjectId,
         cid: ComponentId,
         patch: ComponentPatch,
-    ) -> ApiResult<Component> {
+    ) -> ApiResult<(Component, OperationId)> {
         self.with_component(pid, cid, OperationKind::ComponentUpdate, user, None, |d, ctx| {
             d.update_component(ctx, cid, &patch)
         })
@@ -938,7 +940,7 @@ impl Service {
         pid: ProjectId,
         cid: ComponentId,
         deleted: bool,
-    ) -> ApiResult<Component> {
+    ) -> ApiResult<(Component, OperationId)> {
         let kind = if deleted {
             OperationKind::ComponentDelete
         } else {
@@ -955,7 +957,7 @@ impl Service {
         pid: ProjectId,
         update: MilestoneUpdate,
         reason: Option<String>,
-    ) -> ApiResult<Component> {
+    ) -> ApiResult<(Component, OperationId)> {
         let cid = update.component_id;
         self.with_component(
             pid,

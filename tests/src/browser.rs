@@ -229,6 +229,37 @@ impl Browser {
         }
     }
 
+    /// Chooses `file` in the file input `selector`, as a person picking it
+    /// in the file dialog would (the page sees a real `File`).
+    pub fn upload(&mut self, selector: &str, file: &std::path::Path) {
+        let s = serde_json::to_string(selector).unwrap();
+        self.wait_for(
+            &format!("{selector} to exist"),
+            &format!("document.querySelector({s}) !== null"),
+        );
+        let found = self.call(
+            "Runtime.evaluate",
+            json!({"expression": format!("document.querySelector({s})")}),
+        );
+        let object = found["result"]["objectId"]
+            .as_str()
+            .expect("the input's object id")
+            .to_owned();
+        self.call(
+            "DOM.setFileInputFiles",
+            json!({"files": [file.to_str().expect("a UTF-8 path")], "objectId": object}),
+        );
+    }
+
+    /// Saves what the page downloads into `dir`.
+    pub fn downloads_to(&mut self, dir: &std::path::Path) {
+        self.command(
+            "Browser.setDownloadBehavior",
+            json!({"behavior": "allow", "downloadPath": dir.to_str().expect("a UTF-8 path")}),
+            None,
+        );
+    }
+
     /// Sizes the page as a phone (`mobile`) or a laptop screen.
     pub fn viewport(&mut self, width: u32, height: u32, mobile: bool) {
         self.call(

@@ -43,9 +43,14 @@ fn a_crew_member_signs_in_once_sees_the_projects_and_signs_out() {
     b.screenshot("projects-phone");
     b.viewport(LAPTOP.0, LAPTOP.1, false);
 
-    // A project made from the form appears in the list.
+    // A project made from the form opens, and is listed.
     b.type_into("#new-name", "Boiler house");
     b.click("form[aria-labelledby='new-project'] button[type=submit]");
+    b.wait_for(
+        "the new project's dashboard",
+        "document.querySelector('h1')?.textContent === 'Boiler house'",
+    );
+    b.click(".crumbs a[href='#/']");
     b.wait_for(
         "the new project listed",
         "[...document.querySelectorAll('.project-name')].some(e => e.textContent === 'Boiler house')",
@@ -440,4 +445,419 @@ fn another_laptops_change_appears_live_the_badge_goes_offline_and_a_conflict_is_
     let kept = milestone_on(&a, &s.project, &spool, "weld");
     assert_eq!(kept["completed"], loser, "the kept value is the one tapped");
     assert_eq!(kept["conflicts"], json!([]), "{kept}");
+
+    // The page says who is looking, on B too: the app's own heartbeat,
+    // under the name set in the app.
+    page.click("#who");
+    page.eval("document.getElementById('name-input').value = 'Ana Field'");
+    page.click("#name-form button[type=submit]");
+    page.wait_for(
+        "the name in the bar",
+        "document.getElementById('who').textContent === 'You: Ana Field'",
+    );
+    page.goto(&format!(
+        "http://{}/#/projects/{}/components/{spool}",
+        a.addr, s.project
+    ));
+    page.wait_for(
+        "the spool's page",
+        "document.querySelector('h1')?.textContent === 'SP-1'",
+    );
+    eventually("A's presence on B", std::time::Duration::from_secs(30), || {
+        let (_, here) = b.call("GET", &format!("/v1/projects/{}/presence", s.project), None);
+        here["items"]
+            .as_array()?
+            .iter()
+            .any(|p| p["user"] == "Ana Field" && p["component_id"] == json!(spool))
+            .then_some(())
+    });
+
+    // B's change to this component appears on A's page, with who.
+    let (status, _) = b.call_with(
+        "PUT",
+        &format!("/v1/projects/{}/components/{spool}/milestones/erect", s.project),
+        Some(json!({"completed": false}).to_string().into_bytes()),
+        &[("X-User", "Ben Fitter"), ("Content-Type", "application/json")],
+    );
+    assert_eq!(status, 200);
+    page.wait_for(
+        "B's change highlighted on A's page",
+        "document.getElementById('changed-by')?.textContent.startsWith('Ben Fitter changed this') && document.querySelector('.fresh') !== null",
+    );
+    page.wait_for(
+        "the new value shown",
+        "document.querySelector(\"li[data-key='erect'] .milestone-value\")?.textContent === 'Not done'",
+    );
+    page.screenshot("component-changed-elsewhere-laptop");
+}
+
+/// Each field weld of `area` in the demo project: id → whether its `test`
+/// milestone is done, as the API says.
+fn weld_tests(d: &Daemon, pid: &str, area: &str) -> std::collections::BTreeMap<String, bool> {
+    let q = format!(
+        "/v1/projects/{pid}/components?kind=field_weld&attr.area={}&limit=1000",
+        area.replace(' ', "%20")
+    );
+    let (status, list) = d.call("GET", &q, None);
+    assert_eq!(status, 200, "{list}");
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let done = milestone(c, "test")["completed"].as_bool().unwrap();
+            (c["id"].as_str().unwrap().to_owned(), done)
+        })
+        .collect()
+}
+
+/// The "Undo" offered by the toast after a write; answers its message.
+fn undo_from_toast(b: &mut Browser) -> String {
+    b.click("#toast-undo");
+    b.wait_for(
+        "the undo's result in the toast",
+        "(() => { const t = document.querySelector('.toast-text')?.textContent || ''; return t.startsWith('Undone') && t; })()",
+    )
+    .as_str()
+    .unwrap()
+    .to_owned()
+}
+
+/// Bulk from the components screen: an area's bar opens its components,
+/// a filter narrows them, every shown one is ticked, the preview lists
+/// each item and writes nothing, apply writes, and the toast's Undo takes
+/// it back. Then the operations list undoes a bulk update one of whose
+/// items changed since, and says which it skipped; a component's history
+/// undoes its own write.
+#[test]
+fn bulk_updates_are_previewed_applied_and_undone_and_operations_undone_from_their_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("d"), &["--demo"]);
+    let (pid, _, _) = demo_work(&d);
+    let before = weld_tests(&d, &pid, "Bay 1");
+    assert_eq!(before.len(), 20, "the demo's Bay 1 has 20 field welds");
+    assert!(before.values().any(|done| !done), "some welds are still to test");
+
+    let mut b = Browser::start();
+    b.goto(d.login_url.as_deref().unwrap());
+    b.click(".project-name");
+    b.wait_for("the area bars", "document.querySelector('#rollup a') !== null");
+    b.click("#rollup a[href*='area=Bay']");
+    b.wait_for(
+        "Bay 1's components",
+        "document.getElementById('f-area')?.value === 'Bay 1' && document.getElementById('list-count')?.textContent === '50 shown.'",
+    );
+    b.type_into("#f-kind", "field_weld");
+    b.press_enter();
+    b.wait_for(
+        "the welds only",
+        "document.getElementById('list-count').textContent === '20 shown.'",
+    );
+    b.click("#pick-page");
+    b.wait_for(
+        "the bulk panel",
+        "!document.getElementById('bulk').hidden && document.getElementById('picked').textContent.startsWith('20 ')",
+    );
+    b.eval("(() => { const s = document.getElementById('b-milestone'); s.value = 'test'; s.dispatchEvent(new Event('change')); })()");
+    b.eval("document.getElementById('b-value').value = 'true'");
+
+    // The preview: every item listed, nothing written.
+    b.click("#b-preview");
+    let summary = b.wait_for(
+        "the preview",
+        "document.getElementById('bulk-summary')?.textContent",
+    );
+    assert!(
+        summary.as_str().unwrap().starts_with("Preview: 20 would change"),
+        "{summary}"
+    );
+    assert_eq!(
+        b.eval("document.querySelectorAll('#bulk-results tbody tr').length"),
+        json!(20)
+    );
+    assert_eq!(weld_tests(&d, &pid, "Bay 1"), before, "a preview writes nothing");
+    b.screenshot("bulk-preview-laptop");
+    b.viewport(PHONE.0, PHONE.1, true);
+    let wide = b.eval("document.documentElement.scrollWidth");
+    assert!(
+        wide.as_u64().unwrap() <= u64::from(PHONE.0),
+        "the page is {wide} px wide"
+    );
+    b.screenshot("bulk-preview-phone");
+    b.viewport(LAPTOP.0, LAPTOP.1, false);
+
+    // Apply; the toast's Undo takes it back.
+    b.click("#b-apply");
+    b.wait_for(
+        "the toast",
+        "document.querySelector('.toast-text')?.textContent.startsWith('Updated 20')",
+    );
+    assert!(weld_tests(&d, &pid, "Bay 1").values().all(|done| *done));
+    let said = undo_from_toast(&mut b);
+    assert!(said.contains("20 changes reverted"), "{said}");
+    assert_eq!(
+        weld_tests(&d, &pid, "Bay 1"),
+        before,
+        "the undo restored every weld"
+    );
+
+    // Apply again; then someone changes one of them; undo from the list.
+    b.click("#b-preview");
+    b.click("#b-apply");
+    b.wait_for(
+        "the toast",
+        "document.querySelector('.toast-text')?.textContent.startsWith('Updated 20')",
+    );
+    let (moved, _) = before.iter().find(|(_, done)| !**done).unwrap();
+    let (status, _) = d.call(
+        "PUT",
+        &format!("/v1/projects/{pid}/components/{moved}/milestones/test"),
+        Some(&json!({"completed": false, "reason": "failed the test"})),
+    );
+    assert_eq!(status, 200);
+    let (_, ops) = d.call("GET", &format!("/v1/projects/{pid}/operations"), None);
+    let bulk = ops["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "bulk_update" && o["undone_by"].is_null())
+        .expect("the second bulk update, not undone")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.click("nav.crumbs a[href$='/operations']");
+    b.wait_for(
+        "the operations",
+        "document.querySelector('#operations .operation') !== null",
+    );
+    b.screenshot("operations-laptop");
+    b.click(&format!("button[data-operation='{bulk}']"));
+    let result = b.wait_for(
+        "the undo's result",
+        "document.getElementById('undo-result')?.textContent",
+    );
+    let result = result.as_str().unwrap();
+    assert!(result.contains("1 skipped because it changed since"), "{result}");
+    assert!(
+        b.eval(&format!(
+            "document.querySelector(\"#undo-result a[href$='{moved}']\") !== null"
+        )) == json!(true),
+        "the skipped component is linked: {result}"
+    );
+    let after = weld_tests(&d, &pid, "Bay 1");
+    assert_eq!(
+        after, before,
+        "reverted where unchanged; the changed one kept its new value"
+    );
+
+    // A component's history undoes its own write.
+    let (cid, key, name) = {
+        let c = demo_component(&d, &pid, "discrete");
+        let m = c["milestones"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["completed"] == false)
+            .unwrap();
+        let text = |v: &Value| v.as_str().unwrap().to_owned();
+        (text(&c["id"]), text(&m["key"]), text(&m["name"]))
+    };
+    b.goto(&format!("http://{}/#/projects/{pid}/components/{cid}", d.addr));
+    b.click(&format!("li[data-key='{key}'] button[aria-pressed=false]"));
+    b.wait_for(
+        "the write in the history",
+        &format!("document.querySelector('#history li')?.textContent.includes('{name}: not done → done')"),
+    );
+    assert_eq!(milestone_on(&d, &pid, &cid, &key)["completed"], true);
+    b.screenshot("component-history-laptop");
+    b.click("#history button[data-operation]");
+    b.wait_for(
+        "the undo's result",
+        "document.getElementById('history-result')?.textContent.startsWith('Undone: 1 change reverted')",
+    );
+    assert_eq!(milestone_on(&d, &pid, &cid, &key)["completed"], false);
+}
+
+/// The number of live components in project `pid`.
+fn component_count(d: &Daemon, pid: &str) -> u64 {
+    let (_, list) = d.call("GET", &format!("/v1/projects/{pid}/components?limit=1"), None);
+    list["total"].as_u64().unwrap()
+}
+
+/// Import: the dry run lists what each row would do (a rejected row with
+/// its column and message) and writes nothing; the import shows a live
+/// progress bar from the job's events and writes; undo takes it all back.
+/// Export: an XLSX job with progress, then a real download.
+#[test]
+fn a_file_is_checked_imported_with_progress_undone_and_the_project_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("d"), &["--demo"]);
+    let (pid, _, _) = demo_work(&d);
+    let file = dir.path().join("field-list.csv");
+    std::fs::write(
+        &file,
+        "DWG NO,TAG,TYPE,TEMPLATE,QTY,AREA\n\
+         NPR-ISO-101,SP-0000,spool,Spool,,Bay 9\n\
+         NPR-ISO-101,SP-9001,spool,Spool,,Bay 1\n\
+         NPR-ISO-101,SP-9002,spool,Spool,,Bay 1\n\
+         NPR-ISO-102,PIPE-9003,pipe,Pipe footage,30,Bay 1\n\
+         NPR-ISO-101,SP-9004,spool,Nope,,Bay 1\n",
+    )
+    .unwrap();
+    let had = component_count(&d, &pid);
+
+    let mut b = Browser::start();
+    b.goto(d.login_url.as_deref().unwrap());
+    b.click(".project-name");
+    b.click("nav.crumbs a[href$='/files']");
+    b.upload("#import-file", &file);
+    b.click("#import-check");
+    let summary = b.wait_for(
+        "the dry run's report",
+        "document.getElementById('import-summary')?.textContent",
+    );
+    assert_eq!(
+        summary,
+        json!("Checked: 3 to create, 1 to update, 0 unchanged, 1 rejected. Nothing is written yet.")
+    );
+    let rejected =
+        b.eval("[...document.querySelectorAll('#import-rows tr.bad td')].map(td => td.textContent)");
+    assert_eq!(rejected[0], json!("6"), "spreadsheet row 6: {rejected}");
+    assert_eq!(rejected[2], json!("Rejected"));
+    assert_eq!(rejected[3], json!("TEMPLATE"), "{rejected}");
+    assert!(rejected[4].as_str().unwrap().contains("Nope"), "{rejected}");
+    assert_eq!(component_count(&d, &pid), had, "a dry run writes nothing");
+    b.screenshot("import-dry-run-laptop");
+    b.viewport(PHONE.0, PHONE.1, true);
+    let wide = b.eval("document.documentElement.scrollWidth");
+    assert!(
+        wide.as_u64().unwrap() <= u64::from(PHONE.0),
+        "the page is {wide} px wide"
+    );
+    b.screenshot("import-dry-run-phone");
+    b.viewport(LAPTOP.0, LAPTOP.1, false);
+
+    // The import, with every state of its progress bar recorded.
+    b.eval(
+        "window.bars = []; new MutationObserver(() => { for (const p of document.querySelectorAll('#import-result progress')) window.bars.push([p.value, p.max]); }).observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ['value', 'max']}); true",
+    );
+    let run = b.wait_for(
+        "the import button",
+        "document.getElementById('import-run')?.textContent",
+    );
+    assert_eq!(run, json!("Import 4 rows"));
+    b.click("#import-run");
+    let summary = b.wait_for(
+        "the import's report",
+        "(() => { const s = document.getElementById('import-summary')?.textContent || ''; return s.startsWith('Imported') && s; })()",
+    );
+    assert!(
+        summary
+            .as_str()
+            .unwrap()
+            .starts_with("Imported: 3 created, 1 updated"),
+        "{summary}"
+    );
+    let bars = b.eval("window.bars");
+    assert!(
+        bars.as_array().unwrap().iter().any(|v| v == &json!([5, 5])),
+        "the bar reached all 5 rows from the job's events: {bars}"
+    );
+    assert_eq!(component_count(&d, &pid), had + 3);
+    let (_, sp) = d.call("GET", &format!("/v1/projects/{pid}/components?q=SP-0000"), None);
+    assert_eq!(sp["items"][0]["attributes"]["area"], "Bay 9");
+
+    // Undo the import: what it created is gone, what it changed restored.
+    b.click("#import-undo");
+    let undone = b.wait_for(
+        "the undo's result",
+        "document.getElementById('import-undone')?.textContent",
+    );
+    assert!(undone.as_str().unwrap().starts_with("Undone"), "{undone}");
+    assert_eq!(component_count(&d, &pid), had);
+    let (_, sp) = d.call("GET", &format!("/v1/projects/{pid}/components?q=SP-0000"), None);
+    assert!(sp["items"][0]["attributes"].get("area").is_none(), "{sp}");
+
+    // Export as XLSX, then download it.
+    b.eval("document.getElementById('export-format').value = 'xlsx'");
+    b.click("#export-run");
+    b.wait_for(
+        "the download link",
+        "document.getElementById('export-download') !== null",
+    );
+    b.screenshot("export-laptop");
+    let downloads = dir.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    b.downloads_to(&downloads);
+    b.click("#export-download");
+    let saved = eventually("the downloaded file", std::time::Duration::from_secs(20), || {
+        std::fs::read_dir(&downloads)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "xlsx"))
+    });
+    let bytes = std::fs::read(&saved).unwrap();
+    assert!(bytes.starts_with(b"PK"), "an XLSX file is a zip archive");
+}
+
+/// A page from another site, opened in a browser signed in to the app,
+/// cannot write through it: its request carries the session cookie (the
+/// daemon's own host, another port, is the same site) but the daemon
+/// refuses it by its Origin, and nothing is written.
+#[test]
+fn a_page_from_another_site_cannot_write_through_a_signed_in_browser() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("d"), &["--demo"]);
+    let mut b = Browser::start();
+    b.goto(d.login_url.as_deref().unwrap());
+    b.wait_for("the projects", "document.querySelector('.project-name') !== null");
+
+    // The other site: any page on another port of this machine.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_addr = other.local_addr().unwrap();
+    let page = format!(
+        "<!doctype html><title>elsewhere</title><script>\
+         window.tried = fetch('http://{}/v1/projects', {{method: 'POST', mode: 'no-cors', credentials: 'include', \
+         headers: {{'Content-Type': 'text/plain'}}, body: JSON.stringify({{name: 'Written from elsewhere'}})}})\
+         .then(() => 'sent', e => 'failed: ' + e);</script>",
+        d.addr
+    );
+    std::thread::spawn(move || {
+        for stream in other.incoming().take(4) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    b.goto(&format!("http://{other_addr}/"));
+    let tried = b.wait_for("the other page's request", "window.tried");
+    assert_eq!(tried, json!("sent"), "the browser sent it");
+    let (_, projects) = d.call("GET", "/v1/projects", None);
+    let names: Vec<&str> = projects["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["Demo: North Pipe Rack"],
+        "nothing written from the other site"
+    );
+
+    // The app's own page in the same browser still writes.
+    b.goto(&format!("http://{}/", d.addr));
+    b.type_into("#new-name", "Written from the app");
+    b.click("form[aria-labelledby='new-project'] button[type=submit]");
+    b.wait_for(
+        "the app's own write",
+        "document.querySelector('h1')?.textContent === 'Written from the app'",
+    );
 }

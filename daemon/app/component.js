@@ -86,6 +86,7 @@ export async function componentScreen(pid, cid) {
     const full = { ...body };
     if (reason.value.trim()) full.reason = reason.value.trim();
     if (effective.value) full.effective_date = effective.value;
+    kept = placeOfFocus();
     for (const b of list.querySelectorAll("button")) b.disabled = true;
     try {
       const r = await request(
@@ -103,6 +104,8 @@ export async function componentScreen(pid, cid) {
       loadHistory();
     } catch (e) {
       for (const b of list.querySelectorAll("button")) b.disabled = false;
+      refocus(kept);
+      kept = null;
       message.textContent = e.message;
       message.hidden = false;
     }
@@ -210,8 +213,20 @@ export async function componentScreen(pid, cid) {
     );
   }
 
+  /** Where the focus is among the milestones' controls: [key, index]. */
+  let kept = null;
+  function placeOfFocus() {
+    const focused = document.activeElement;
+    const item = focused && list.contains(focused) ? focused.closest("li[data-key]") : null;
+    return item ? [item.dataset.key, [...item.querySelectorAll("button, input")].indexOf(focused)] : null;
+  }
+
   function render() {
     renderHead();
+    // The controls are drawn anew: a keyboard user keeps their place (a
+    // write disables the controls, which drops focus; it kept the place).
+    const place = placeOfFocus() || kept;
+    kept = null;
     fill(
       list,
       ...c.milestones.map((m) => {
@@ -252,6 +267,14 @@ export async function componentScreen(pid, cid) {
         );
       }),
     );
+    refocus(place);
+  }
+
+  function refocus(place) {
+    if (!place) return;
+    const again = list.querySelector(`li[data-key="${CSS.escape(place[0])}"]`);
+    const controls = again ? again.querySelectorAll("button, input") : [];
+    (controls[place[1]] || controls[0])?.focus();
   }
 
   async function loadHistory() {

@@ -22,7 +22,11 @@ import {
 import { findComponent } from "./find.js";
 
 /** Bars a person reads at a glance: one per group, its share done. */
-function bars(pid, groupBy, groups) {
+/** How many bars show before "Show all": a large project has thousands of
+ * drawings, more than a person reads on one screen. */
+const BARS = 30;
+
+function bars(pid, groupBy, groups, all, showAll) {
   if (!groups.length) return el("p", { class: "status" }, "Nothing to group here yet.");
   // An area's or a drawing's bar opens its components.
   const filter = { area: "area", drawing: "drawing" }[groupBy];
@@ -32,10 +36,11 @@ function bars(pid, groupBy, groups) {
     const q = new URLSearchParams({ [filter]: text });
     return el("a", { href: `#/projects/${pid}/components?${q}` }, text);
   };
-  return el(
+  const shown = all ? groups : groups.slice(0, BARS);
+  const list = el(
     "ul",
     { class: "bars" },
-    groups.map((g) =>
+    shown.map((g) =>
       el(
         "li",
         {},
@@ -50,6 +55,9 @@ function bars(pid, groupBy, groups) {
       ),
     ),
   );
+  if (shown.length === groups.length) return list;
+  const more = el("button", { type: "button", class: "quiet-dark", onclick: showAll }, `Show all ${groups.length}`);
+  return el("div", {}, list, more);
 }
 
 /** The connection badge: how this laptop reaches the others, and what waits. */
@@ -86,6 +94,7 @@ const ROLLUPS = [
 export async function dashboardScreen(pid) {
   loading("the project");
   let groupBy = sessionStorage.getItem("rollup") || "area";
+  let allBars = false;
   const [project, total, status, presence, ops] = await Promise.all([
     api("GET", `/v1/projects/${pid}`),
     api("GET", `/v1/projects/${pid}/progress`),
@@ -107,6 +116,7 @@ export async function dashboardScreen(pid) {
           "aria-pressed": key === groupBy ? "true" : "false",
           onclick: () => {
             groupBy = key;
+            allBars = false;
             sessionStorage.setItem("rollup", key);
             for (const t of tabs.children) t.setAttribute("aria-pressed", String(t.dataset.group === key));
             loadRollup();
@@ -118,7 +128,13 @@ export async function dashboardScreen(pid) {
   );
   async function loadRollup() {
     const p = await api("GET", `/v1/projects/${pid}/progress?group_by=${groupBy}`);
-    fill(rollup, bars(pid, groupBy, p.groups || []));
+    fill(
+      rollup,
+      bars(pid, groupBy, p.groups || [], allBars, () => {
+        allBars = true;
+        loadRollup();
+      }),
+    );
     setWidths(rollup);
   }
   const here = el("ul", { class: "people", id: "presence" });

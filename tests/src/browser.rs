@@ -221,10 +221,20 @@ impl Browser {
 
     /// Presses Enter in the focused element (what a barcode scanner ends with).
     pub fn press_enter(&mut self) {
+        self.press("Enter", 13, "\r");
+    }
+
+    /// Presses Tab: focus moves to the next control, as from a keyboard.
+    pub fn press_tab(&mut self) {
+        self.press("Tab", 9, "");
+    }
+
+    /// A key pressed and released, as the keyboard sends it.
+    fn press(&mut self, key: &str, code: u32, text: &str) {
         for kind in ["keyDown", "keyUp"] {
             self.call(
                 "Input.dispatchKeyEvent",
-                json!({"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": if kind == "keyDown" { "\r" } else { "" }}),
+                json!({"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code, "text": if kind == "keyDown" { text } else { "" }}),
             );
         }
     }
@@ -258,6 +268,19 @@ impl Browser {
             json!({"behavior": "allow", "downloadPath": dir.to_str().expect("a UTF-8 path")}),
             None,
         );
+    }
+
+    /// What keeps the screen shown from being usable by touch or by a
+    /// screen reader: every visible control (link, button, field, select,
+    /// summary) needs an accessible name and a target at least 48×48 px
+    /// (a checkbox's target is its label; a link inside running text is
+    /// exempt); every image needs `alt`. Empty when none.
+    pub fn audit(&mut self) -> Vec<String> {
+        let found = self.eval(include_str!("audit.js"));
+        found
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_else(|| vec![format!("the audit failed: {found}")])
     }
 
     /// Sizes the page as a phone (`mobile`) or a laptop screen.

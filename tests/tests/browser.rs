@@ -32,7 +32,20 @@ fn a_crew_member_signs_in_once_sees_the_projects_and_signs_out() {
     );
     let text = b.text();
     assert!(text.contains("150 components"), "{text}");
-    b.screenshot("projects-laptop");
+    look(&mut b, "projects-laptop");
+    // The audit itself finds a small, nameless control.
+    b.eval("(() => { const x = document.createElement('button'); x.id = 'tiny'; x.style.cssText = 'min-height: 0; min-width: 0; padding: 0; width: 20px; height: 20px'; document.body.append(x); return true; })()");
+    let problems = b.audit();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("no accessible name: button#tiny"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("target 20x20: button#tiny"),
+        "{problems:?}"
+    );
+    b.eval("document.getElementById('tiny').remove()");
     b.viewport(PHONE.0, PHONE.1, true);
     // Nothing wider than the phone's screen: no sideways scrolling.
     let wide = b.eval("document.documentElement.scrollWidth");
@@ -40,7 +53,7 @@ fn a_crew_member_signs_in_once_sees_the_projects_and_signs_out() {
         wide.as_u64().unwrap() <= u64::from(PHONE.0),
         "the page is {wide} px wide"
     );
-    b.screenshot("projects-phone");
+    look(&mut b, "projects-phone");
     b.viewport(LAPTOP.0, LAPTOP.1, false);
 
     // A project made from the form opens, and is listed.
@@ -75,7 +88,7 @@ fn a_crew_member_signs_in_once_sees_the_projects_and_signs_out() {
     let text = other.text();
     assert!(text.contains("already used"), "{text}");
     assert!(text.contains("sitesync-daemon open"), "{text}");
-    other.screenshot("sign-in-refused");
+    look(&mut other, "sign-in-refused");
 
     // Signing out ends the session: a reload stays signed out.
     b.click("#sign-out");
@@ -88,6 +101,15 @@ fn a_crew_member_signs_in_once_sees_the_projects_and_signs_out() {
         "the sign-in page",
         "document.querySelector('h1')?.textContent === 'Sign in to sitesync'",
     );
+}
+
+/// Saves a screenshot of the screen shown for a person to look at, and
+/// fails when the screen has a control too small to tap or without a name
+/// ([`Browser::audit`]).
+fn look(b: &mut Browser, name: &str) {
+    b.screenshot(name);
+    let problems = b.audit();
+    assert!(problems.is_empty(), "{name}: {problems:#?}");
 }
 
 /// The demo project's id and a discrete component with a milestone not yet
@@ -157,7 +179,7 @@ fn the_dashboard_shows_progress_rollups_and_connection_and_follows_changes_live(
     let (_, by_area) = d.call("GET", &format!("/v1/projects/{pid}/progress?group_by=area"), None);
     let bars = b.eval("document.querySelectorAll('.bars li').length");
     assert_eq!(bars, json!(by_area["groups"].as_array().unwrap().len()));
-    b.screenshot("dashboard-laptop");
+    look(&mut b, "dashboard-laptop");
     b.click("button[data-group=drawing]");
     let (_, by_drawing) = d.call(
         "GET",
@@ -175,7 +197,7 @@ fn the_dashboard_shows_progress_rollups_and_connection_and_follows_changes_live(
     b.viewport(360, 740, true);
     let wide = b.eval("document.documentElement.scrollWidth");
     assert!(wide.as_u64().unwrap() <= 360, "the page is {wide} px wide");
-    b.screenshot("dashboard-phone");
+    look(&mut b, "dashboard-phone");
     b.viewport(1280, 800, false);
 
     // A change made elsewhere (here through the API) shows without a reload:
@@ -284,11 +306,11 @@ fn a_foreman_finds_components_by_tag_and_records_work_in_each_workflow() {
         b.eval("document.getElementById('component-completion').textContent"),
         json!(now)
     );
-    b.screenshot("record-discrete-laptop");
+    look(&mut b, "record-discrete-laptop");
     b.viewport(360, 740, true);
     let wide = b.eval("document.documentElement.scrollWidth");
     assert!(wide.as_u64().unwrap() <= 360, "the page is {wide} px wide");
-    b.screenshot("record-discrete-phone");
+    look(&mut b, "record-discrete-phone");
     b.viewport(1280, 800, false);
 
     // Percentage: a quick step; an exact value out of range is refused with
@@ -336,7 +358,7 @@ fn a_foreman_finds_components_by_tag_and_records_work_in_each_workflow() {
             json!(format!("{want}"))
         ),
     );
-    b.screenshot("record-quantity-laptop");
+    look(&mut b, "record-quantity-laptop");
 }
 
 fn eventually_quantity(d: &Daemon, pid: &str, cid: &str, want: f64) -> (u16, Value) {
@@ -406,7 +428,7 @@ fn another_laptops_change_appears_live_the_badge_goes_offline_and_a_conflict_is_
         "the offline badge",
         "document.getElementById('connection')?.textContent.includes('Offline')",
     );
-    page.screenshot("dashboard-offline");
+    look(&mut page, "dashboard-offline");
     for (d, done) in [(&a, true), (&b, false)] {
         let (status, _) = d.call(
             "PUT",
@@ -436,7 +458,7 @@ fn another_laptops_change_appears_live_the_badge_goes_offline_and_a_conflict_is_
     );
     let who = weld["conflicts"][0]["updated_by"].as_str().unwrap();
     assert!(shown.as_str().unwrap().contains(who), "{shown}");
-    page.screenshot("conflict-laptop");
+    look(&mut page, "conflict-laptop");
     page.click("li[data-key='weld'] .conflicts button");
     page.wait_for(
         "the conflict resolved on the page",
@@ -488,7 +510,7 @@ fn another_laptops_change_appears_live_the_badge_goes_offline_and_a_conflict_is_
         "the new value shown",
         "document.querySelector(\"li[data-key='erect'] .milestone-value\")?.textContent === 'Not done'",
     );
-    page.screenshot("component-changed-elsewhere-laptop");
+    look(&mut page, "component-changed-elsewhere-laptop");
 }
 
 /// Each field weld of `area` in the demo project: id → whether its `test`
@@ -576,14 +598,14 @@ fn bulk_updates_are_previewed_applied_and_undone_and_operations_undone_from_thei
         json!(20)
     );
     assert_eq!(weld_tests(&d, &pid, "Bay 1"), before, "a preview writes nothing");
-    b.screenshot("bulk-preview-laptop");
+    look(&mut b, "bulk-preview-laptop");
     b.viewport(PHONE.0, PHONE.1, true);
     let wide = b.eval("document.documentElement.scrollWidth");
     assert!(
         wide.as_u64().unwrap() <= u64::from(PHONE.0),
         "the page is {wide} px wide"
     );
-    b.screenshot("bulk-preview-phone");
+    look(&mut b, "bulk-preview-phone");
     b.viewport(LAPTOP.0, LAPTOP.1, false);
 
     // Apply; the toast's Undo takes it back.
@@ -630,7 +652,7 @@ fn bulk_updates_are_previewed_applied_and_undone_and_operations_undone_from_thei
         "the operations",
         "document.querySelector('#operations .operation') !== null",
     );
-    b.screenshot("operations-laptop");
+    look(&mut b, "operations-laptop");
     b.click(&format!("button[data-operation='{bulk}']"));
     let result = b.wait_for(
         "the undo's result",
@@ -669,7 +691,7 @@ fn bulk_updates_are_previewed_applied_and_undone_and_operations_undone_from_thei
         &format!("document.querySelector('#history li')?.textContent.includes('{name}: not done → done')"),
     );
     assert_eq!(milestone_on(&d, &pid, &cid, &key)["completed"], true);
-    b.screenshot("component-history-laptop");
+    look(&mut b, "component-history-laptop");
     b.click("#history button[data-operation]");
     b.wait_for(
         "the undo's result",
@@ -727,14 +749,14 @@ fn a_file_is_checked_imported_with_progress_undone_and_the_project_exported() {
     assert_eq!(rejected[3], json!("TEMPLATE"), "{rejected}");
     assert!(rejected[4].as_str().unwrap().contains("Nope"), "{rejected}");
     assert_eq!(component_count(&d, &pid), had, "a dry run writes nothing");
-    b.screenshot("import-dry-run-laptop");
+    look(&mut b, "import-dry-run-laptop");
     b.viewport(PHONE.0, PHONE.1, true);
     let wide = b.eval("document.documentElement.scrollWidth");
     assert!(
         wide.as_u64().unwrap() <= u64::from(PHONE.0),
         "the page is {wide} px wide"
     );
-    b.screenshot("import-dry-run-phone");
+    look(&mut b, "import-dry-run-phone");
     b.viewport(LAPTOP.0, LAPTOP.1, false);
 
     // The import, with every state of its progress bar recorded.
@@ -785,7 +807,7 @@ fn a_file_is_checked_imported_with_progress_undone_and_the_project_exported() {
         "the download link",
         "document.getElementById('export-download') !== null",
     );
-    b.screenshot("export-laptop");
+    look(&mut b, "export-laptop");
     let downloads = dir.path().join("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
     b.downloads_to(&downloads);
@@ -860,4 +882,85 @@ fn a_page_from_another_site_cannot_write_through_a_signed_in_browser() {
         "the app's own write",
         "document.querySelector('h1')?.textContent === 'Written from the app'",
     );
+}
+
+/// Presses Tab until the focused element matches `test` (a JavaScript
+/// expression over `e`, the focused element); fails after `max` presses.
+/// The focused control must show where the focus is.
+fn tab_to(b: &mut Browser, what: &str, test: &str, max: usize) {
+    for _ in 0..max {
+        b.press_tab();
+        let here = b.eval(&format!(
+            "(() => {{ const e = document.activeElement; return !!e && ({test}); }})()"
+        ));
+        if here == json!(true) {
+            let ring = b.eval("getComputedStyle(document.activeElement).outlineStyle");
+            assert_ne!(ring, json!("none"), "{what} shows no focus ring");
+            return;
+        }
+    }
+    let at = b.eval("document.activeElement?.outerHTML.slice(0, 120)");
+    panic!("{what} not reached in {max} Tab presses; focus is on {at}");
+}
+
+/// Everything a crew does can be done from the keyboard: Tab to a project,
+/// to Find, scan a tag, Tab to a milestone and press Enter; the write is
+/// recorded and the focus never lost.
+#[test]
+fn the_app_works_from_the_keyboard_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("d"), &["--demo"]);
+    let (pid, _, _) = demo_work(&d);
+    let c = demo_component(&d, &pid, "discrete");
+    let (cid, tag) = (c["id"].as_str().unwrap(), c["tag"].as_str().unwrap());
+    let m = c["milestones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["completed"] == false)
+        .unwrap();
+    let key = m["key"].as_str().unwrap();
+
+    let mut b = Browser::start();
+    b.goto(d.login_url.as_deref().unwrap());
+    b.wait_for("the projects", "document.querySelector('.project-name') !== null");
+    tab_to(&mut b, "the project", "e.classList.contains('project-name')", 10);
+    b.press_enter();
+    b.wait_for("the dashboard", "document.getElementById('find') !== null");
+    tab_to(&mut b, "Find", "e.id === 'find'", 15);
+    b.call("Input.insertText", json!({"text": tag}));
+    b.press_enter();
+    b.wait_for(
+        "the component's page",
+        &format!("document.querySelector('h1')?.textContent === {}", json!(tag)),
+    );
+    tab_to(
+        &mut b,
+        "the milestone's button",
+        &format!("e.closest(\"li[data-key='{key}']\") && e.tagName === 'BUTTON'"),
+        25,
+    );
+    b.press_enter();
+    eventually("the write", std::time::Duration::from_secs(10), || {
+        (milestone_on(&d, &pid, cid, key)["completed"] == true).then_some(())
+    });
+    b.wait_for(
+        "the milestone shown done",
+        &format!(
+            "document.querySelector(\"li[data-key='{key}'] button\")?.getAttribute('aria-pressed') === 'true'"
+        ),
+    );
+    assert_eq!(
+        b.eval(&format!(
+            "document.activeElement === document.querySelector(\"li[data-key='{key}'] button\")"
+        )),
+        json!(true),
+        "the focus stays on the milestone's button"
+    );
+    // The toast's Undo is reachable too, and undoes.
+    tab_to(&mut b, "the toast's Undo", "e.id === 'toast-undo'", 60);
+    b.press_enter();
+    eventually("the undo", std::time::Duration::from_secs(10), || {
+        (milestone_on(&d, &pid, cid, key)["completed"] == false).then_some(())
+    });
 }

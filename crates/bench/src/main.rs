@@ -11,6 +11,7 @@
 //! end. Numbers live here, never in tests: these machines are shared and
 //! noisy, so read the figures as this machine's, on this run.
 
+mod app;
 mod fanout;
 mod project;
 mod report;
@@ -164,6 +165,9 @@ fn main() -> anyhow::Result<()> {
     });
     attempt("component queries on A", &mut figures, &mut || {
         Ok(vec![scenarios::queries(&a.client(), &project, &sizes)?])
+    });
+    attempt("the field app in a browser on A", &mut figures, &mut || {
+        app::field_app(&a.client(), &project, &sizes)
     });
     attempt(
         "A's memory after the writes and queries",

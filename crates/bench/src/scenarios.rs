@@ -36,6 +36,9 @@ pub struct Sizes {
     pub idle_connections: usize,
     /// Components of the project cloned last, on its own (0: not run).
     pub large_clone: usize,
+    /// The field app in a browser: screens opened afresh, milestone taps.
+    pub app_loads: usize,
+    pub app_taps: usize,
 }
 
 impl Sizes {
@@ -56,6 +59,8 @@ impl Sizes {
             fanout_updates: 50,
             idle_connections: 1_000,
             large_clone: 500_000,
+            app_loads: 10,
+            app_taps: 50,
         }
     }
 
@@ -76,6 +81,8 @@ impl Sizes {
             fanout_updates: 5,
             idle_connections: 30,
             large_clone: 4_000,
+            app_loads: 3,
+            app_taps: 10,
         }
     }
 }

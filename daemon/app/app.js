@@ -57,7 +57,12 @@ async function route() {
     showWho();
   } catch (e) {
     if (e.status === 401) signedOut();
-    else show(el("h1", {}, "Something went wrong"), el("p", { class: "notice error", role: "alert" }, e.message));
+    else
+      show(
+        el("h1", {}, e.status === 404 ? "Not found" : "Something went wrong"),
+        el("p", { class: "notice error", role: "alert" }, e.message),
+        el("p", { class: "crumbs" }, el("a", { href: "#/" }, "All projects")),
+      );
   }
 }
 

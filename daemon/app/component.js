@@ -355,7 +355,12 @@ export async function componentScreen(pid, cid) {
     ),
   );
   await loadHistory();
-  present(pid, cid);
+  // "editing" while a control of a milestone has the focus.
+  const doing = present(pid, cid);
+  list.addEventListener("focusin", () => doing("editing"));
+  list.addEventListener("focusout", (ev) => {
+    if (!list.contains(ev.relatedTarget)) doing("viewing");
+  });
 
   // Another device's change to this component: shown at once, with who.
   let flash = null;

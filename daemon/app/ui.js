@@ -101,7 +101,8 @@ export function leaveScreen() {
 
 /** Tells the other devices this person is here (`PUT /v1/presence`), now
  * and every 10 s while the screen is shown; presence expires 30 s after
- * the last heartbeat. */
+ * the last heartbeat. Answers a function that changes the activity
+ * ("viewing" or "editing"), told at once. */
 export function present(pid, componentId, activity = "viewing") {
   const beat = () => {
     const body = { project_id: pid, activity };
@@ -111,6 +112,21 @@ export function present(pid, componentId, activity = "viewing") {
   beat();
   const timer = setInterval(beat, 10_000);
   whileShown(() => clearInterval(timer));
+  // A change is told after 0.5 s of quiet: focus passing between
+  // controls (or dropped and restored by a write) sends nothing.
+  let told = activity;
+  let soon = null;
+  whileShown(() => clearTimeout(soon));
+  return (now) => {
+    activity = now;
+    clearTimeout(soon);
+    soon = setTimeout(() => {
+      if (activity !== told) {
+        told = activity;
+        beat();
+      }
+    }, 500);
+  };
 }
 
 /** The project's event stream while the screen is shown: `handlers` maps

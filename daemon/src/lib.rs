@@ -22,6 +22,7 @@ pub mod index;
 pub mod jobs;
 pub mod login;
 pub mod metrics;
+pub mod oplog;
 pub mod replication;
 pub mod revocations;
 pub mod seed;
@@ -114,6 +115,8 @@ pub fn open_service(data_dir: &Path, cache: CacheLimits) -> Result<Service, Star
         RepoConfig {
             max_cached: cache.documents,
             max_cached_bytes: cache.bytes,
+            // The operations list follows every change's commit metadata.
+            report_commits: true,
             ..RepoConfig::default()
         },
     );

@@ -328,7 +328,7 @@ impl Replication {
         // Changes applied here are indexed on their own thread.
         repl.service.start_indexer();
         let weak = Arc::downgrade(&repl);
-        repl.service.repo().set_persist_hook(Box::new(move |persisted| {
+        repl.service.repo().add_persist_hook(Box::new(move |persisted| {
             if let Some(repl) = weak.upgrade() {
                 repl.pending.grew(persisted);
                 for p in persisted {

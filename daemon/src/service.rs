@@ -19,7 +19,6 @@ use serde_json::json;
 use sitesync_model::OpMeta;
 use sitesync_model::automerge::ChangeHash;
 use sitesync_model::bulk::BulkOutcome;
-use sitesync_model::history::{operation_records, summarize};
 use sitesync_model::{
     BulkOptions, Component, ComponentId, ComponentPatch, DeviceId, DrawingDoc, DrawingId, DrawingInfo,
     DrawingPatch, GroupBy, HistoryEntry, MilestoneUpdate, ModelError, NewComponent, NewDrawing, NewProject,
@@ -35,6 +34,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::EventBus;
 use crate::extract::{Page, Paged};
 use crate::index::{ComponentQuery, HistoryIndex, ProjectIndex};
+use crate::oplog::OpLog;
 
 /// Metadata record marking a project (so listing projects needs no scan of
 /// every document).
@@ -138,6 +138,10 @@ pub struct Service {
     /// indexer reads the changed views (a third of a cold clone's work):
     /// two cores instead of one (see [`Self::apply_remote`]).
     remote: Arc<RemoteQueue>,
+    /// The operations lists' records, told about every durable change by
+    /// the repository; apart from `state`, so a listing never waits on (or
+    /// holds up) writes.
+    oplog: Arc<OpLog>,
     pub events: EventBus,
 }
 
@@ -236,6 +240,9 @@ fn new_id() -> Uuid {
 
 impl Service {
     pub fn new(repo: Repo, device: DeviceId, clock: Clock, events: EventBus) -> Self {
+        let oplog = Arc::new(OpLog::default());
+        let told = oplog.clone();
+        repo.add_persist_hook(Box::new(move |persisted| told.note(persisted)));
         Self {
             repo: Arc::new(repo),
             device,
@@ -244,6 +251,7 @@ impl Service {
             state: Mutex::new(State::default()),
             saving: Mutex::new(()),
             remote: Arc::default(),
+            oplog,
             events,
         }
     }
@@ -1136,21 +1144,16 @@ impl Service {
         Ok(self.index(state, pid)?.drawings.keys().copied().collect())
     }
 
-    /// Recent operations in the project, newest first.
+    /// Recent operations in the project, newest first, from the operation
+    /// log ([`OpLog`]): only documents changed since the last listing are
+    /// read, and without the service lock, so writes go on meanwhile.
     pub fn operations(&self, pid: ProjectId, limit: usize) -> ApiResult<Vec<OperationInfo>> {
-        let mut state = self.lock();
-        let dids = self.drawing_ids(&mut state, pid)?;
-        let mut records = self
-            .repo
-            .read_project(pid, |p| operation_records(p.automerge()))?;
-        for did in dids {
-            match self.repo.read_drawing(did, |d| operation_records(d.automerge())) {
-                Ok(r) => records.extend(r),
-                Err(RepoError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let mut ops = summarize(records);
+        let dids = {
+            let mut state = self.lock();
+            self.drawing_ids(&mut state, pid)?
+        };
+        let docs: Vec<uuid::Uuid> = std::iter::once(pid.0).chain(dids.iter().map(|d| d.0)).collect();
+        let mut ops = self.oplog.list(&self.repo, &docs)?;
         ops.truncate(limit);
         Ok(ops)
     }
@@ -1219,6 +1222,8 @@ impl Service {
         /// Drawings taken per hold of the lock: ~64 × 50 views copied.
         const BATCH: usize = 64;
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        // The operation records followed since the last save go too.
+        self.oplog.save(&self.repo);
         let mut saved = 0;
         loop {
             let taken = {
@@ -1270,7 +1275,7 @@ impl Service {
 mod tests {
     use super::*;
     use sitesync_model::automerge::ActorId;
-    use sitesync_model::history::component_history;
+    use sitesync_model::history::{component_history, summarize};
     use sitesync_model::{MilestoneDef, MilestoneValue, WorkflowType};
     use sitesync_sync::{DocStore, MemBackend, RepoConfig};
 
@@ -1462,6 +1467,113 @@ mod tests {
         let (_, built) = ProjectIndex::build(svc.repo(), p.id).unwrap();
         assert_eq!(built, crate::index::Built { saved: 3, read: 0 });
         assert_eq!(all(&svc), before);
+    }
+
+    /// Without commits reported by the repository, the list reads the
+    /// documents that changed, and is still the full scan's.
+    #[test]
+    fn the_operations_list_reads_documents_when_commits_are_not_reported() {
+        let svc = service();
+        let (pid, did, ids) = drawing_with_components(&svc, 2);
+        let docs = [pid.0, did.0];
+        assert_eq!(svc.oplog.behind(&svc.repo, &docs).unwrap().len(), 2);
+        let full = |svc: &Service| {
+            summarize(docs.iter().flat_map(|id| {
+                svc.repo
+                    .read_raw(*id, sitesync_model::history::operation_records)
+                    .unwrap()
+                    .unwrap()
+            }))
+        };
+        assert_eq!(svc.operations(pid, usize::MAX).unwrap(), full(&svc));
+        assert!(svc.oplog.behind(&svc.repo, &docs).unwrap().is_empty());
+        let u = MilestoneUpdate {
+            component_id: ids[1],
+            milestone: "erect".into(),
+            value: MilestoneValue::Completed(true),
+            effective_date: None,
+        };
+        svc.update_milestone("ana", pid, u, None).unwrap();
+        assert_eq!(svc.oplog.behind(&svc.repo, &docs).unwrap(), vec![did.0]);
+        assert_eq!(svc.operations(pid, usize::MAX).unwrap(), full(&svc));
+    }
+
+    /// The operations list is what a full read of every document gives,
+    /// after each write; after a restart it comes from the saved records
+    /// without reading a single drawing, and a write made since is read
+    /// from its own drawing.
+    #[test]
+    fn the_operations_list_matches_a_full_scan_and_a_restart_reads_no_drawing() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = open_small(dir.path()).unwrap();
+        let (p, t) = project_with_template(&svc);
+        let mut components = Vec::new();
+        for n in 0..3 {
+            let d = svc
+                .add_drawing(
+                    "ana",
+                    p.id,
+                    NewDrawing {
+                        number: format!("D{n}"),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let new = NewComponent {
+                tag: format!("C{n}"),
+                kind: "spool".into(),
+                template_id: Some(t.id),
+                ..Default::default()
+            };
+            components.push(svc.add_component("ana", p.id, d.info.id, new).unwrap());
+        }
+        let full = |svc: &Service| {
+            let mut docs = vec![p.id.0];
+            docs.extend(components.iter().map(|c| c.drawing_id.0));
+            summarize(docs.into_iter().flat_map(|id| {
+                svc.repo
+                    .read_raw(id, sitesync_model::history::operation_records)
+                    .unwrap()
+                    .unwrap()
+            }))
+        };
+        // Followed from their first change: nothing to read for the list.
+        let mut docs = vec![p.id.0];
+        docs.extend(components.iter().map(|c| c.drawing_id.0));
+        assert_eq!(svc.oplog.behind(&svc.repo, &docs).unwrap(), Vec::<Uuid>::new());
+        assert_eq!(svc.operations(p.id, usize::MAX).unwrap(), full(&svc));
+        let erect = |c: &Component, done: bool| MilestoneUpdate {
+            component_id: c.id,
+            milestone: "erect".into(),
+            value: MilestoneValue::Completed(done),
+            effective_date: None,
+        };
+        for (i, c) in components.iter().enumerate() {
+            let (_, op) = svc.update_milestone("ben", p.id, erect(c, true), None).unwrap();
+            assert!(svc.oplog.behind(&svc.repo, &docs).unwrap().is_empty());
+            let listed = svc.operations(p.id, usize::MAX).unwrap();
+            assert_eq!(listed, full(&svc), "after write {i}");
+            assert_eq!(listed[0].id, op, "the newest first");
+        }
+        let undone = svc.operations(p.id, 1).unwrap()[0].id;
+        svc.undo("ana", p.id, OperationId(undone.0)).unwrap();
+        let before = svc.operations(p.id, usize::MAX).unwrap();
+        assert_eq!(before, full(&svc));
+        assert!(before.iter().any(|o| o.id == undone && o.undone_by.is_some()));
+        svc.save_index().unwrap();
+        drop(svc);
+
+        let svc = open_small(dir.path()).unwrap();
+        svc.progress(p.id, None).unwrap();
+        let loaded = svc.documents_loaded();
+        assert_eq!(svc.operations(p.id, usize::MAX).unwrap(), before);
+        assert_eq!(svc.documents_loaded(), loaded, "no document read for the list");
+        let (_, op) = svc
+            .update_milestone("ana", p.id, erect(&components[1], false), None)
+            .unwrap();
+        let after = svc.operations(p.id, usize::MAX).unwrap();
+        assert_eq!(after[0].id, op);
+        assert_eq!(after, full(&svc));
     }
 
     /// Brings `doc` from `from` into `to` as a sync connection does,

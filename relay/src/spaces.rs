@@ -259,7 +259,7 @@ impl Spaces {
         self.held.inc_by(held_now as i64);
         let documents = Arc::new(AtomicUsize::new(held_now));
         let (notify, held, counted) = (changes.clone(), self.held.clone(), documents.clone());
-        repo.set_persist_hook(Box::new(move |persisted| {
+        repo.add_persist_hook(Box::new(move |persisted| {
             for p in persisted {
                 if p.before.is_empty() {
                     held.inc();

@@ -22,5 +22,34 @@
     if (!inText && (r.height < 47.5 || r.width < 47.5)) problems.push(`target ${Math.round(r.width)}x${Math.round(r.height)}: ${what}`);
   }
   for (const img of document.querySelectorAll('img')) if (!img.hasAttribute('alt')) problems.push(`img without alt: ${img.src}`);
+  // Text contrast (WCAG AA: 4.5:1, 3:1 for large text) against the first
+  // opaque background behind it; a disabled control is exempt, as WCAG
+  // exempts inactive components.
+  const rgba = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (e) => {
+    for (let n = e; n; n = n.parentElement) {
+      const c = rgba(getComputedStyle(n).backgroundColor);
+      if (c.length >= 3 && (c.length === 3 || c[3] > 0.5)) return c;
+    }
+    return [255, 255, 255];
+  };
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const seen = new Set();
+  for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+    const e = t.parentElement;
+    if (!t.textContent.trim() || !e || seen.has(e) || !visible(e) || e.closest(':disabled, noscript')) continue;
+    seen.add(e);
+    const style = getComputedStyle(e);
+    if (Number(style.opacity) === 0) continue;
+    const fg = lum(rgba(style.color)), bg = lum(background(e));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    const size = parseFloat(style.fontSize), bold = Number(style.fontWeight) >= 700;
+    const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+    if (ratio < need) problems.push(`contrast ${ratio.toFixed(2)} < ${need}: ${e.tagName.toLowerCase()} "${t.textContent.trim().slice(0, 30)}"`);
+  }
   return problems;
 })()

@@ -46,6 +46,12 @@ fn a_crew_member_signs_in_once_sees_the_projects_and_signs_out() {
         "{problems:?}"
     );
     b.eval("document.getElementById('tiny').remove()");
+    // And faint text.
+    b.eval("(() => { const p = document.createElement('p'); p.id = 'faint'; p.textContent = 'faint'; p.style.color = '#bbbbbb'; document.querySelector('main').append(p); return true; })()");
+    let problems = b.audit();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("contrast 1."), "{problems:?}");
+    b.eval("document.getElementById('faint').remove()");
     b.viewport(PHONE.0, PHONE.1, true);
     // Nothing wider than the phone's screen: no sideways scrolling.
     let wide = b.eval("document.documentElement.scrollWidth");
@@ -963,4 +969,58 @@ fn the_app_works_from_the_keyboard_alone() {
     eventually("the undo", std::time::Duration::from_secs(10), || {
         (milestone_on(&d, &pid, cid, key)["completed"] == false).then_some(())
     });
+}
+
+/// A name or tag far longer than a screen is wide wraps instead of
+/// pushing the page sideways, on a phone; an address that names nothing
+/// says what is missing and leads back.
+#[test]
+fn long_names_keep_the_layout_and_a_wrong_address_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("d"), &["--demo"]);
+    let (pid, cid, _) = demo_work(&d);
+    let long = format!("LINE-{}", "7".repeat(190));
+    let (status, _) = d.call("POST", "/v1/projects", Some(&json!({"name": long})));
+    assert_eq!(status, 201);
+    let (status, _) = d.call(
+        "PATCH",
+        &format!("/v1/projects/{pid}/components/{cid}"),
+        Some(&json!({"tag": long})),
+    );
+    assert_eq!(status, 200);
+
+    let mut b = Browser::start();
+    b.viewport(PHONE.0, PHONE.1, true);
+    b.goto(d.login_url.as_deref().unwrap());
+    b.wait_for(
+        "the projects",
+        "document.querySelectorAll('.project-name').length === 2",
+    );
+    let wide = b.eval("document.documentElement.scrollWidth");
+    assert!(
+        wide.as_u64().unwrap() <= u64::from(PHONE.0),
+        "the projects are {wide} px wide"
+    );
+    b.goto(&format!("http://{}/#/projects/{pid}/components/{cid}", d.addr));
+    b.wait_for(
+        "the component",
+        &format!("document.querySelector('h1')?.textContent === {}", json!(long)),
+    );
+    let wide = b.eval("document.documentElement.scrollWidth");
+    assert!(
+        wide.as_u64().unwrap() <= u64::from(PHONE.0),
+        "the component is {wide} px wide"
+    );
+    look(&mut b, "long-tag-phone");
+
+    let nowhere = "00000000-0000-4000-8000-000000000000";
+    b.goto(&format!("http://{}/#/projects/{nowhere}", d.addr));
+    b.wait_for(
+        "the refusal",
+        "document.querySelector('h1')?.textContent === 'Not found'",
+    );
+    let text = b.text();
+    assert!(text.contains(nowhere), "{text}");
+    b.click(".crumbs a[href='#/']");
+    b.wait_for("the projects", "document.querySelector('.project-name') !== null");
 }

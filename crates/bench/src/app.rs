@@ -123,6 +123,33 @@ pub fn field_app(client: &Client, project: &Project, sizes: &Sizes) -> anyhow::R
         )),
     );
 
+    // The project's other screens, each opened afresh (information).
+    for (path, name) in [
+        ("components", "the components list"),
+        ("operations", "the operations list"),
+        ("files", "import & export"),
+    ] {
+        let url = format!("{dashboard}/{path}");
+        let mut samples = Vec::new();
+        for _ in 0..sizes.app_loads {
+            b.goto("about:blank");
+            b.goto(&url);
+            samples.push(screen_ready(&mut b));
+        }
+        figures.push(
+            Figure::new(
+                "field app",
+                &format!("first screen: {name}, usable"),
+                "ms",
+                samples,
+            )
+            .note(format!(
+                "from opening the URL; {} components (information)",
+                project.components
+            )),
+        );
+    }
+
     // A tag typed (as a scanner does) then Enter, to its component's page.
     let spools = project.of_kind(Kind::Spool);
     let mut scans = Vec::new();

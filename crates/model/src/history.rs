@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use automerge::legacy::{Key, ObjectId, OpType};
-use automerge::{Automerge, Change, ExpandedChange, ObjId, ReadDoc, ScalarValue};
+use automerge::{Automerge, Change, ChangeHash, ExpandedChange, ObjId, ReadDoc, ScalarValue};
 use serde::{Deserialize, Serialize};
 
 use crate::crdt::{self, Entry, Write};
@@ -394,13 +394,25 @@ pub fn index_changes(doc: &Automerge, changes: &[Change]) -> Result<Vec<(Compone
 /// The sitesync commits of one document: each commit's metadata and time.
 /// Cheap (no op decoding); combine several documents' with [`summarize`].
 pub fn operation_records(doc: &Automerge) -> Vec<(OpMeta, Timestamp)> {
-    doc.get_changes_meta(&[])
+    operation_records_since(doc, &[])
+}
+
+/// The sitesync commits of one document made since `heads` (which must be
+/// the document's own: see [`knows_all`]).
+pub fn operation_records_since(doc: &Automerge, heads: &[ChangeHash]) -> Vec<(OpMeta, Timestamp)> {
+    doc.get_changes_meta(heads)
         .into_iter()
         .filter_map(|c| {
             let meta = c.message.as_deref().and_then(OpMeta::decode)?;
             Some((meta, Timestamp(c.timestamp)))
         })
         .collect()
+}
+
+/// Whether `doc` holds every change of `heads`: records read up to heads it
+/// lacks (a damaged record skipped on reload) no longer describe it.
+pub fn knows_all(doc: &Automerge, heads: &[ChangeHash]) -> bool {
+    heads.iter().all(|h| doc.get_change_meta_by_hash(h).is_some())
 }
 
 /// Operations from the commit records of any number of documents (one

@@ -135,6 +135,19 @@ pub struct Persisted {
     /// an owner counting unacknowledged local changes adds without
     /// decoding the document again.
     pub own_changes: usize,
+    /// The new changes' messages and times, oldest first, when the
+    /// repository reports them ([`RepoConfig::report_commits`]): what an
+    /// owner indexing commit metadata (the daemon's operations list) adds
+    /// without reading the document again.
+    pub commits: Option<Vec<Commit>>,
+}
+
+/// One change's message and time, as its author committed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    pub message: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub time: i64,
 }
 
 /// A document as its sender saved it (`Automerge::save`), arrived whole in
@@ -271,6 +284,9 @@ pub struct RepoConfig {
     /// cache lacks, encoding the new changes, shrinking, and
     /// [`Repo::read_drawings`]. One document is always done inline.
     pub workers: Workers,
+    /// Fill [`Persisted::commits`] (a daemon indexes its commits' operation
+    /// metadata; a relay has no use for it).
+    pub report_commits: bool,
 }
 
 impl Default for RepoConfig {
@@ -294,6 +310,7 @@ impl Default for RepoConfig {
             max_cached_bytes: 1 << 30,
             typed: true,
             workers: Workers::per_core(),
+            report_commits: false,
         }
     }
 }
@@ -325,7 +342,7 @@ pub struct Repo {
     config: RepoConfig,
     cache: Mutex<Cache>,
     /// Told which documents changed after every durable batch (sync forwards them).
-    on_persist: std::sync::OnceLock<PersistHook>,
+    on_persist: std::sync::RwLock<Vec<PersistHook>>,
     /// Told when a document is due for compaction. Without one, a write
     /// compacts inline, before it returns.
     on_compaction_due: std::sync::OnceLock<CompactionHook>,
@@ -350,7 +367,7 @@ impl Repo {
             actor,
             config,
             cache: Mutex::new(Cache::new(budget)),
-            on_persist: std::sync::OnceLock::new(),
+            on_persist: std::sync::RwLock::default(),
             on_compaction_due: std::sync::OnceLock::new(),
             compacting: Mutex::new(()),
         }
@@ -447,10 +464,17 @@ impl Repo {
         }
     }
 
-    /// Installs the hook told about every durable change (once; later calls
-    /// are ignored).
-    pub fn set_persist_hook(&self, hook: PersistHook) {
-        let _ = self.on_persist.set(hook);
+    /// Adds a hook told about every durable change (each hook, in the order
+    /// added).
+    pub fn add_persist_hook(&self, hook: PersistHook) {
+        self.on_persist
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
+    }
+
+    fn persist_hooks(&self) -> std::sync::RwLockReadGuard<'_, Vec<PersistHook>> {
+        self.on_persist.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A document's durable heads without loading it when possible; `None`
@@ -648,7 +672,8 @@ impl Repo {
         mut source: Source,
     ) -> Result<(), StoreError> {
         let mut metas = metas.to_vec();
-        let count_own = self.on_persist.get().is_some() && matches!(source, Source::Local);
+        let count_own = !self.persist_hooks().is_empty() && matches!(source, Source::Local);
+        let report = self.config.report_commits;
         // The sender's bytes stand for one document only (`sync_doc`).
         let sent_whole = touched.len() == 1 && matches!(source, Source::Received { whole: Some(_) });
         // Encoding each document's new changes is independent work (a bulk
@@ -663,14 +688,25 @@ impl Repo {
             if heads == slot.saved {
                 return None;
             }
-            let own_changes = if count_own {
+            let new_changes = if count_own || report {
                 doc.get_changes_meta(&slot.saved)
-                    .iter()
-                    .filter(|c| *c.actor == self.actor)
-                    .count()
+            } else {
+                Vec::new()
+            };
+            let own_changes = if count_own {
+                new_changes.iter().filter(|c| *c.actor == self.actor).count()
             } else {
                 0
             };
+            let commits = report.then(|| {
+                new_changes
+                    .iter()
+                    .map(|c| Commit {
+                        message: c.message.as_deref().map(str::to_owned),
+                        time: c.timestamp,
+                    })
+                    .collect()
+            });
             // Nothing of it stored yet (a new document, or one arriving by
             // sync): store it whole, as a snapshot; as its sender saved it
             // when it came that way.
@@ -685,6 +721,7 @@ impl Repo {
                 before: slot.saved.clone(),
                 heads,
                 own_changes,
+                commits,
             };
             Some((persisted, bytes, slot.next_seq))
         });
@@ -760,10 +797,10 @@ impl Repo {
                 }
             }
         }
-        if !persisted.is_empty()
-            && let Some(hook) = self.on_persist.get()
-        {
-            hook(&persisted);
+        if !persisted.is_empty() {
+            for hook in self.persist_hooks().iter() {
+                hook(&persisted);
+            }
         }
         if !cache.due.is_empty()
             && let Some(hook) = self.on_compaction_due.get()

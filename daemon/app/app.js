@@ -109,4 +109,8 @@ signOut.addEventListener("click", async () => {
 });
 
 window.addEventListener("hashchange", route);
+// Leaving the page closes its event stream at once: a browser holds six
+// connections to one host, and streams left to linger (a page kept for the
+// back button) made the next page wait a minute for a free one.
+window.addEventListener("pagehide", leaveScreen);
 start();

@@ -1346,6 +1346,36 @@ mod tests {
     }
 
     /// A project with one discrete template of one milestone, `erect`.
+    /// A project with three drawings of `each` components (4 budget hours,
+    /// one discrete milestone `erect`), in drawing order.
+    fn three_drawings(svc: &Service, each: usize) -> (ProjectView, Vec<Component>) {
+        let (p, t) = project_with_template(svc);
+        let mut components = Vec::new();
+        for n in 0..3 {
+            let d = svc
+                .add_drawing(
+                    "ana",
+                    p.id,
+                    NewDrawing {
+                        number: format!("D{n}"),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            for m in 0..each {
+                let new = NewComponent {
+                    tag: format!("C{n}-{m}"),
+                    kind: "spool".into(),
+                    template_id: Some(t.id),
+                    budget_hours: Some(4.0),
+                    ..Default::default()
+                };
+                components.push(svc.add_component("ana", p.id, d.info.id, new).unwrap());
+            }
+        }
+        (p, components)
+    }
+
     fn project_with_template(svc: &Service) -> (ProjectView, Template) {
         let p = svc
             .create_project(
@@ -1408,30 +1438,7 @@ mod tests {
     fn a_restart_reads_saved_entries_and_rereads_drawings_changed_since() {
         let dir = tempfile::tempdir().unwrap();
         let svc = open_small(dir.path()).unwrap();
-        let (p, t) = project_with_template(&svc);
-        let mut components = Vec::new();
-        for n in 0..3 {
-            let d = svc
-                .add_drawing(
-                    "ana",
-                    p.id,
-                    NewDrawing {
-                        number: format!("D{n}"),
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
-            for m in 0..2 {
-                let new = NewComponent {
-                    tag: format!("C{n}-{m}"),
-                    kind: "spool".into(),
-                    template_id: Some(t.id),
-                    budget_hours: Some(4.0),
-                    ..Default::default()
-                };
-                components.push(svc.add_component("ana", p.id, d.info.id, new).unwrap());
-            }
-        }
+        let (p, components) = three_drawings(&svc, 2);
         assert_eq!(svc.save_index().unwrap(), 3, "every drawing with components");
         assert_eq!(svc.save_index().unwrap(), 0, "nothing changed since");
         // Not saved: the process stops before the next save.
@@ -1506,27 +1513,7 @@ mod tests {
     fn the_operations_list_matches_a_full_scan_and_a_restart_reads_no_drawing() {
         let dir = tempfile::tempdir().unwrap();
         let svc = open_small(dir.path()).unwrap();
-        let (p, t) = project_with_template(&svc);
-        let mut components = Vec::new();
-        for n in 0..3 {
-            let d = svc
-                .add_drawing(
-                    "ana",
-                    p.id,
-                    NewDrawing {
-                        number: format!("D{n}"),
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
-            let new = NewComponent {
-                tag: format!("C{n}"),
-                kind: "spool".into(),
-                template_id: Some(t.id),
-                ..Default::default()
-            };
-            components.push(svc.add_component("ana", p.id, d.info.id, new).unwrap());
-        }
+        let (p, components) = three_drawings(&svc, 1);
         let full = |svc: &Service| {
             let mut docs = vec![p.id.0];
             docs.extend(components.iter().map(|c| c.drawing_id.0));

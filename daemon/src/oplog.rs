@@ -119,7 +119,17 @@ impl OpLog {
         let notes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         for note in notes {
             let Some(commits) = note.commits else { continue };
-            let entry = docs.entry(note.id).or_default();
+            // A document not followed yet is taken up only when it is new
+            // here (its commits are then its whole log); otherwise a
+            // listing starts it from its saved record.
+            let entry = if note.before.is_empty() {
+                docs.entry(note.id).or_default()
+            } else {
+                match docs.get_mut(&note.id) {
+                    Some(entry) => entry,
+                    None => continue,
+                }
+            };
             if !same_heads(&entry.heads, &note.before) {
                 continue;
             }

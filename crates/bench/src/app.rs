@@ -73,6 +73,18 @@ fn screen_ready(b: &mut Browser, url: &str) -> f64 {
     b.eval(&format!("{mark}.startTime")).as_f64().unwrap_or(f64::NAN)
 }
 
+/// Milliseconds until the screen at `url` is usable, `times` times, each
+/// in a new page (from a blank one, as a link opened afresh).
+fn opened_afresh(b: &mut Browser, url: &str, times: usize) -> Vec<f64> {
+    (0..times)
+        .map(|_| {
+            b.goto("about:blank");
+            b.goto(url);
+            screen_ready(b, url)
+        })
+        .collect()
+}
+
 pub fn field_app(client: &Client, project: &Project, sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let files = assets(client)?;
@@ -103,12 +115,7 @@ pub fn field_app(client: &Client, project: &Project, sizes: &Sizes) -> anyhow::R
 
     // The first screen of the project, opened afresh each time.
     let dashboard = format!("{base}#/projects/{}", project.id);
-    let mut first = Vec::new();
-    for _ in 0..sizes.app_loads {
-        b.goto("about:blank");
-        b.goto(&dashboard);
-        first.push(screen_ready(&mut b, &dashboard));
-    }
+    let first = opened_afresh(&mut b, &dashboard, sizes.app_loads);
     figures.push(
         Figure::new(
             "field app",
@@ -129,13 +136,7 @@ pub fn field_app(client: &Client, project: &Project, sizes: &Sizes) -> anyhow::R
         ("operations", "the operations list"),
         ("files", "import & export"),
     ] {
-        let url = format!("{dashboard}/{path}");
-        let mut samples = Vec::new();
-        for _ in 0..sizes.app_loads {
-            b.goto("about:blank");
-            b.goto(&url);
-            samples.push(screen_ready(&mut b, &url));
-        }
+        let samples = opened_afresh(&mut b, &format!("{dashboard}/{path}"), sizes.app_loads);
         figures.push(
             Figure::new(
                 "field app",

@@ -185,17 +185,20 @@ impl<'s> Applying<'s> {
     }
 
     /// Queues the applied document for the index (joining a job already
-    /// queued for it) and wakes the indexer.
-    fn queue(self, job: RemoteJob) {
+    /// queued for it) and wakes the indexer; returns how many jobs are
+    /// queued now.
+    fn queue(self, job: RemoteJob) -> usize {
         let mut remote = self.service.remote_lock();
         match remote.jobs.iter_mut().find(|j| j.doc == job.doc) {
             // Its `before` is older and covers this one's changes too.
             Some(queued) => queued.origin = job.origin,
             None => remote.jobs.push(job),
         }
+        let queued = remote.jobs.len();
         drop(remote);
         self.service.remote.queued.notify_one();
         // `drop` ends the apply, after the job is visible.
+        queued
     }
 }
 
@@ -210,6 +213,13 @@ impl Drop for Applying<'_> {
         }
     }
 }
+
+/// Past this many applied documents waiting for the index, a sync
+/// connection indexes them itself before it applies more. Unbounded, a
+/// 500,000-component clone queued thousands of drawings ahead of the
+/// indexer, and the next request to take the lock (`GET /v1/projects`)
+/// indexed them all first: over 30 s. A drawing's job is ~1–5 ms.
+const REMOTE_BACKLOG: usize = 64;
 
 /// Up to this many components changed by a remote apply are read under
 /// the repository's lock; past it, from a copy of the document. The copy
@@ -380,12 +390,19 @@ impl Service {
                     .map_err(|e| storage(e.into()))?;
             }
         }
-        applying.queue(RemoteJob {
+        let queued = applying.queue(RemoteJob {
             project: pid,
             doc,
             before,
             origin,
         });
+        if queued > REMOTE_BACKLOG {
+            // The indexer is behind (a clone applies faster than it reads
+            // views): this connection indexes the backlog itself before
+            // applying more, so the queue stays bounded and whoever takes
+            // the lock next (a request) waits for at most a backlog's work.
+            drop(self.lock());
+        }
         Ok(Some(out))
     }
 
@@ -1653,6 +1670,47 @@ mod tests {
             .expect("an update event");
         let data: serde_json::Value = serde_json::from_str(&updated.data).unwrap();
         assert_eq!(data["origin"], a.device().to_string());
+    }
+
+    /// A connection applying faster than anything indexes (here, with no
+    /// indexer thread at all) indexes the backlog itself once it passes
+    /// [`REMOTE_BACKLOG`], so the next request never waits for an
+    /// unbounded queue; nothing applied is missed.
+    #[test]
+    fn the_remote_backlog_stays_bounded() {
+        let (a, b) = (service(), service());
+        let (p, t) = project_with_template(&a);
+        receive(&a, &b, p.id, p.id.0, || {});
+        let drawings = REMOTE_BACKLOG + 10;
+        let mut longest = 0;
+        for n in 0..drawings {
+            let d = a
+                .add_drawing(
+                    "ana",
+                    p.id,
+                    NewDrawing {
+                        number: format!("D{n}"),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let new = NewComponent {
+                tag: format!("C{n}"),
+                kind: "spool".into(),
+                template_id: Some(t.id),
+                budget_hours: Some(1.0),
+                ..Default::default()
+            };
+            a.add_component("ana", p.id, d.info.id, new).unwrap();
+            receive(&a, &b, p.id, d.info.id.0, || {});
+            longest = longest.max(b.remote_lock().jobs.len());
+        }
+        assert!(
+            longest <= REMOTE_BACKLOG,
+            "{longest} documents waited for the index"
+        );
+        receive(&a, &b, p.id, p.id.0, || {});
+        assert_eq!(b.project(p.id).unwrap().component_count, drawings);
     }
 
     /// With the indexer thread running, a remote change reaches the index

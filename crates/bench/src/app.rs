@@ -218,13 +218,18 @@ pub fn field_app(client: &Client, project: &Project, sizes: &Sizes) -> anyhow::R
             const was = b.getAttribute('aria-pressed');
             const t0 = performance.now();
             b.click();
+            // Seen the moment the page changes (a frame's polling would
+            // add up to a frame to every sample), then the frame that
+            // paints it.
             await new Promise((resolve) => {{
-                const check = () => {{
+                const done = () => {{
                     const n = document.querySelector({sel});
-                    if (n && n.getAttribute('aria-pressed') !== was && !n.disabled) resolve();
-                    else requestAnimationFrame(check);
+                    return n && n.getAttribute('aria-pressed') !== was && !n.disabled;
                 }};
-                requestAnimationFrame(check);
+                const seen = new MutationObserver(() => {{
+                    if (done()) {{ seen.disconnect(); resolve(); }}
+                }});
+                seen.observe(document.body, {{ subtree: true, childList: true, attributes: true }});
             }});
             await new Promise((r) => requestAnimationFrame(() => r()));
             return performance.now() - t0;

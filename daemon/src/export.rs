@@ -19,9 +19,9 @@ use serde_json::{Map, Value, json};
 use sitesync_model::import::{ATTRIBUTE_PREFIX, Field, MILESTONE_PREFIX, resolve};
 use sitesync_model::{Component, ComponentId, DrawingId, ProjectId, Template, TemplateId};
 
-use crate::error::{ApiError, ApiResult};
 use crate::jobs::{Done, Failure, JobCtx};
 use crate::service::Service;
+use crate::service::{Result, ServiceError};
 
 /// Components fetched and written together.
 const BATCH: usize = 500;
@@ -123,6 +123,35 @@ pub struct Outline {
 }
 
 impl Outline {
+    /// The outline of project `pid` as it is now: its drawings, templates
+    /// and attribute names, and its live components in export order.
+    pub fn of(service: &Service, pid: ProjectId) -> Result<Self> {
+        let templates = service.templates(pid)?;
+        let mut held = service.hold(pid)?;
+        let index = held.index();
+        let drawings: HashMap<DrawingId, String> = index
+            .drawings
+            .values()
+            .map(|d| (d.id, d.number.clone()))
+            .collect();
+        let mut attributes = BTreeSet::new();
+        let mut order: Vec<(&str, &str, ComponentId)> = Vec::with_capacity(index.len());
+        for c in index.live() {
+            attributes.extend(c.attributes.iter().map(|(k, _)| k.to_string()));
+            let number = drawings.get(&c.drawing_id).map_or("", String::as_str);
+            order.push((number, &c.tag, c.id));
+        }
+        order.sort();
+        let order = order.into_iter().map(|(_, _, id)| id).collect();
+        Ok(Self {
+            project: pid,
+            drawings,
+            templates,
+            attributes,
+            order,
+        })
+    }
+
     /// Every milestone key of the project's templates, in template order.
     fn milestone_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = Vec::new();
@@ -141,7 +170,7 @@ impl Outline {
     /// `attr:<name>`), milestones (`milestone:<key>`), or `attributes` /
     /// `milestones` for all of them. Unknown names are refused (422) with
     /// the field at fault.
-    pub fn columns(&self, requested: Option<&[String]>) -> ApiResult<Vec<Column>> {
+    pub fn columns(&self, requested: Option<&[String]>) -> Result<Vec<Column>> {
         let attributes = || self.attributes.iter().cloned().map(Column::Attribute);
         let milestones = || self.milestone_keys().into_iter().map(Column::Milestone);
         let Some(requested) = requested else {
@@ -155,10 +184,10 @@ impl Outline {
                 .collect());
         };
         if requested.is_empty() {
-            return Err(ApiError::invalid(
-                "columns",
-                "name at least one column, or leave columns out for all",
-            ));
+            return Err(ServiceError::Invalid {
+                field: "columns".into(),
+                message: "name at least one column, or leave columns out for all".into(),
+            });
         }
         let keys = self.milestone_keys();
         let mut out: Vec<Column> = Vec::new();
@@ -172,25 +201,25 @@ impl Outline {
                 milestones().collect()
             } else if let Some(key) = name.strip_prefix(MILESTONE_PREFIX) {
                 if !keys.iter().any(|k| k == key) {
-                    return Err(ApiError::invalid(
-                        format!("columns[{i}]"),
-                        format!(
+                    return Err(ServiceError::Invalid {
+                        field: format!("columns[{i}]"),
+                        message: format!(
                             "no template of this project has milestone {key:?} (its milestones: {})",
                             keys.join(", ")
                         ),
-                    ));
+                    });
                 }
                 vec![Column::Milestone(key.to_owned())]
             } else {
                 let attr = name.strip_prefix(ATTRIBUTE_PREFIX).unwrap_or(name);
                 if !self.attributes.contains(attr) {
-                    return Err(ApiError::invalid(
-                        format!("columns[{i}]"),
-                        format!(
+                    return Err(ServiceError::Invalid {
+                        field: format!("columns[{i}]"),
+                        message: format!(
                             "unknown column {name:?}: use {}, an attribute name, milestone:<key>, attributes or milestones",
                             FIXED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
                         ),
-                    ));
+                    });
                 }
                 vec![Column::Attribute(attr.to_owned())]
             };
@@ -456,13 +485,16 @@ pub fn write_rows(
     columns: &[Column],
     sink: &mut dyn Sink,
     mut progress: impl FnMut(u64),
-) -> ApiResult<u64> {
+) -> Result<u64> {
     let templates: HashMap<TemplateId, &str> = outline
         .templates
         .iter()
         .map(|t| (t.id, t.name.as_str()))
         .collect();
-    let io = |e| ApiError::io("writing the export", e);
+    let io = |source| ServiceError::Io {
+        doing: "writing the export",
+        source,
+    };
     let mut written = 0;
     for ids in outline.order.chunks(BATCH) {
         for c in service.components_by_id(outline.project, ids)? {
@@ -504,7 +536,7 @@ pub fn run(service: &Service, ctx: &JobCtx<'_>, req: Request) -> Result<Done, Fa
     let rows = write_rows(service, &outline, &columns, sink.as_mut(), |n| {
         ctx.progress("writing", n.min(total), total)
     })
-    .map_err(|e| Failure::new(e.message))?;
+    .map_err(|e| Failure::new(e.to_string()))?;
     ctx.progress("saving", 0, 1);
     sink.finish().map_err(io)?;
     ctx.progress("saving", 1, 1);
@@ -526,7 +558,7 @@ pub fn run(service: &Service, ctx: &JobCtx<'_>, req: Request) -> Result<Done, Fa
 /// 64 KiB pieces. A gone receiver (the client hung up) fails the write, so
 /// the work stops.
 struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
     buf: Vec<u8>,
 }
 
@@ -537,8 +569,7 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let piece =
-            axum::body::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE)));
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
         self.tx
             .blocking_send(Ok(piece))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
@@ -559,11 +590,15 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Every live component of `outline` as a CSV response body with all
+/// The pieces of a streamed CSV, in order; an error ends it.
+pub type CsvStream = tokio_stream::wrappers::ReceiverStream<std::io::Result<Vec<u8>>>;
+
+/// Every live component of `outline` as a stream of CSV pieces with all
 /// columns, produced a batch at a time on a blocking thread while the
-/// client reads. A failure part-way ends the body with an error, so the
-/// client sees a broken transfer rather than a short file.
-pub fn stream_csv(service: std::sync::Arc<Service>, outline: Outline) -> ApiResult<axum::body::Body> {
+/// reader takes them (the API sends it as a response body). A failure
+/// part-way ends the stream with an error, so the client sees a broken
+/// transfer rather than a short file.
+pub fn stream_csv(service: std::sync::Arc<Service>, outline: Outline) -> Result<CsvStream> {
     let columns = outline.columns(None)?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let failed = tx.clone();
@@ -576,7 +611,7 @@ pub fn stream_csv(service: std::sync::Arc<Service>, outline: Outline) -> ApiResu
         let result = CsvSink::new(out, &headers)
             .map_err(|e| e.to_string())
             .and_then(|mut sink| {
-                write_rows(&service, &outline, &columns, &mut sink, |_| {}).map_err(|e| e.message)?;
+                write_rows(&service, &outline, &columns, &mut sink, |_| {}).map_err(|e| e.to_string())?;
                 Box::new(sink).finish().map_err(|e| e.to_string())
             });
         if let Err(e) = result {
@@ -584,9 +619,7 @@ pub fn stream_csv(service: std::sync::Arc<Service>, outline: Outline) -> ApiResu
             let _ = failed.blocking_send(Err(std::io::Error::other(e)));
         }
     });
-    Ok(axum::body::Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    ))
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// A file name safe for Content-Disposition and every file system.

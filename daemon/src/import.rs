@@ -9,7 +9,8 @@
 //!    [`Session::plan`] (match each row to a component by id, else by
 //!    drawing and tag; plan create / update / unchanged / rejected with the
 //!    model's validation) and, unless it is a dry run,
-//!    `Service::import_batch` writes each batch as one durable write.
+//!    [`write_batch`] writes each batch as one durable write, holding the
+//!    project ([`Service::hold`]) from its plan to its write.
 //!
 //! Every batch of a real import carries the same operation id, so undoing
 //! that operation removes what the import created and restores what it
@@ -25,16 +26,21 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::{self, SeqAccess, Visitor};
 use serde_json::{Value, json};
+use sitesync_model::Spread as _;
 use sitesync_model::import::{
     Columns, Field, HeaderError, Mapping, Plan, RowError, RowInput, field_of, plan_row,
 };
 use sitesync_model::template::MAX_TEXT_LEN;
-use sitesync_model::{Component, ComponentId, DrawingId, DrawingInfo, OperationId, ProjectId, Template};
+use sitesync_model::{
+    Component, ComponentId, DrawingDoc, DrawingId, DrawingInfo, NewDrawing, OperationId, OperationKind,
+    ProjectId, Template,
+};
+use sitesync_sync::{Doc, RepoError};
 use uuid::Uuid;
 
 use crate::index::ProjectIndex;
 use crate::jobs::{Done, Failure, JobCtx};
-use crate::service::Service;
+use crate::service::{self, Service};
 
 /// Rows planned and written together: one durable write per batch.
 pub const BATCH: usize = 500;
@@ -591,7 +597,86 @@ impl Session {
     }
 }
 
-/// Runs an import job: reading, then importing. The result is HTTP_API's
+/// Plans one batch of an import and, unless it is a dry run, writes it
+/// as one durable write under the import's operation: drawings the
+/// batch names that the project lacks, then each drawing's rows as one
+/// commit. A write refused as a whole (the project changed under the
+/// plan) rejects the batch's rows and writes nothing.
+pub fn write_batch(
+    service: &Service,
+    session: &mut Session,
+    rows: Vec<(u64, RowInput)>,
+) -> service::Result<Vec<RowReport>> {
+    let pid = session.project;
+    let mut held = service.hold(pid)?;
+    let index = held.index();
+    let mut batch = session.plan(&index.drawings, index, rows);
+    if session.dry_run || batch.writes.is_empty() {
+        return Ok(batch.reports);
+    }
+    let ctx = held.ctx(&session.user, session.op, OperationKind::Import);
+    let written = held.write(|tx| {
+        for (did, number) in &batch.new_drawings {
+            let new = NewDrawing {
+                number: number.clone(),
+                ..Default::default()
+            };
+            tx.project(pid)?.add_drawing(&ctx, *did, &new)?;
+            let doc = DrawingDoc::create(pid, *did, &ctx, tx.actor())?;
+            tx.insert(did.0, Doc::Drawing(doc));
+            held.bind(tx, did.0);
+        }
+        // Each drawing's rows are one commit of its own document, so
+        // the drawings are written side by side.
+        let dids: Vec<DrawingId> = batch.writes.keys().copied().collect();
+        let docs = tx.drawings(&dids)?;
+        let session = &*session;
+        let work: Vec<_> = docs.into_iter().zip(&batch.writes).collect();
+        let written = held.workers().map(work, |(doc, (_, planned))| {
+            let rows: Vec<_> = planned
+                .iter()
+                .map(|p| (p.id, &p.plan, session.template(p.template)))
+                .collect();
+            doc.apply_import(&ctx, &rows)
+        });
+        for w in written {
+            w?;
+        }
+        Ok(())
+    });
+    match written {
+        Ok(()) => {
+            session.wrote = true;
+            let created: Vec<DrawingId> = batch.new_drawings.iter().map(|(did, _)| *did).collect();
+            let touched: Vec<(DrawingId, ComponentId)> = batch
+                .writes
+                .iter()
+                .flat_map(|(did, planned)| planned.iter().map(|p| (*did, p.id)))
+                .collect();
+            held.refreshed(&created, &touched)?;
+        }
+        Err(RepoError::Model(e)) => {
+            session.forget(&batch);
+            batch.reject_all(sitesync_model::import::RowError::new(
+                None,
+                e.code(),
+                e.to_string(),
+            ));
+        }
+        Err(RepoError::NotFound { what, id }) => {
+            session.forget(&batch);
+            batch.reject_all(sitesync_model::import::RowError::new(
+                None,
+                "not_found",
+                format!("{what} {id} is not on this device yet (still syncing?)"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(batch.reports)
+}
+
+/// Runs an import job: reading, then importing. The result is docs/http.md's
 /// `{"created", "updated", "unchanged", "rejected", "operation_id", "rows"}`
 /// (plus `dry_run`).
 pub fn run(service: &Service, ctx: &JobCtx<'_>, req: Request) -> Result<Done, Failure> {
@@ -607,7 +692,7 @@ pub fn run(service: &Service, ctx: &JobCtx<'_>, req: Request) -> Result<Done, Fa
 
     let templates = service
         .templates(req.project)
-        .map_err(|e| Failure::new(e.message))?;
+        .map_err(|e| Failure::new(e.to_string()))?;
     let mut session = Session::new(req.project, req.user.clone(), req.dry_run, templates);
     if !req.dry_run {
         // Known before the first write, so an interrupted import can be undone.
@@ -618,9 +703,8 @@ pub fn run(service: &Service, ctx: &JobCtx<'_>, req: Request) -> Result<Done, Fa
     let mut batch = Vec::with_capacity(BATCH);
     let mut flush = |batch: &mut Vec<(u64, RowInput)>, reports: &mut Vec<RowReport>| -> Result<(), Failure> {
         let rows_in = std::mem::take(batch);
-        let out = service
-            .import_batch(&mut session, rows_in)
-            .map_err(|e| Failure::new(format!("the import stopped: {}", e.message)))?;
+        let out = write_batch(service, &mut session, rows_in)
+            .map_err(|e| Failure::new(format!("the import stopped: {e}")))?;
         reports.extend(out);
         Ok(())
     };

@@ -36,7 +36,7 @@ use sitesync_model::{
 };
 use sitesync_sync::{Repo, RepoError};
 
-use crate::extract::{Page, Paged};
+use crate::paging::{Page, Paged};
 
 /// Derived state of one project.
 pub struct ProjectIndex {
@@ -944,7 +944,7 @@ mod tests {
                         attributes: vec![("area".into(), "U03".into())],
                         ..Default::default()
                     },
-                    Page::parse(None, None).unwrap()
+                    Page::default()
                 )
                 .total,
             1
@@ -985,7 +985,7 @@ mod tests {
                 ..Default::default()
             };
             index
-                .query(&q, Page::parse(None, None).unwrap())
+                .query(&q, Page::default())
                 .items
                 .into_iter()
                 .map(|c| c.tag)
@@ -1266,7 +1266,13 @@ mod tests {
                 })
                 .map(|c| c.id)
                 .collect();
-            let page = index.query(&q, Page::parse(Some("1000"), None).unwrap());
+            let page = index.query(
+                &q,
+                Page {
+                    offset: 0,
+                    limit: 1000,
+                },
+            );
             let mut got: Vec<ComponentId> = page.items.iter().map(|c| c.id).collect();
             got.sort();
             assert_eq!(got, expected, "{q:?}");
@@ -1285,13 +1291,18 @@ mod tests {
             ..Default::default()
         };
         let mut seen = Vec::new();
-        let mut page = Page::parse(Some("10"), None).unwrap();
+        let mut page = Page { offset: 0, limit: 10 };
         loop {
             let p = index.query(&q, page);
             assert_eq!(p.total, 24);
             seen.extend(p.items.iter().map(|c| (c.completion_percent, c.tag.clone())));
             match p.next_cursor {
-                Some(cursor) => page = Page::parse(Some("10"), Some(&cursor)).unwrap(),
+                Some(cursor) => {
+                    page = Page {
+                        offset: Page::decode_cursor(&cursor).unwrap(),
+                        limit: 10,
+                    }
+                }
                 None => break,
             }
         }

@@ -27,7 +27,7 @@ use sitesync_model::{ProjectId, Timestamp};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::extract::{Page, Paged};
+use crate::paging::{Page, Paged};
 use crate::service::Service;
 
 /// Metadata record prefix of persisted jobs.
@@ -715,7 +715,7 @@ mod tests {
             assert!(entry.result_stored && entry.record.job.result.is_none());
         }
         assert_eq!(jobs.get(id).unwrap().result, Some(json_result()));
-        let listed = jobs.list(None, Page::parse(None, None).unwrap());
+        let listed = jobs.list(None, Page::default());
         assert_eq!(listed.items[0].result, Some(json_result()));
         assert_eq!(jobs.file(id).unwrap().0.result, Some(json_result()));
         let reopened = Jobs::open(svc.clone(), dir.path(), config).unwrap();

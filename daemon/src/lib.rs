@@ -1,7 +1,7 @@
 //! `sitesync-daemon`: the durable local store and the localhost HTTP API.
 //!
-//! Data flow: an HTTP request passes the [`auth`] guard (Host, Origin,
-//! token), is parsed by [`extract`] and [`api`], and runs a
+//! Data flow: an HTTP request passes the [`api::auth`] guard (Host, Origin,
+//! token), is parsed by [`api`], and runs a
 //! [`service::Service`] operation on a blocking thread; the service runs the
 //! model's pure mutations on documents from the repository
 //! (`sitesync-sync`), which makes them durable before the answer is sent,
@@ -11,18 +11,15 @@
 //! port 0 and read the address back.
 
 pub mod api;
-pub mod app;
-pub mod auth;
-pub mod error;
 pub mod events;
 pub mod export;
-pub mod extract;
 pub mod import;
 pub mod index;
 pub mod jobs;
 pub mod login;
 pub mod metrics;
 pub mod oplog;
+pub mod paging;
 pub mod replication;
 pub mod revocations;
 pub mod seed;
@@ -49,7 +46,7 @@ pub struct AppState {
     pub token: String,
     /// One-time sign-in codes and the app's sessions.
     pub logins: std::sync::Mutex<login::Logins>,
-    /// The session cookie's name ([`app::cookie_name`]).
+    /// The session cookie's name ([`api::app::cookie_name`]).
     pub cookie_name: String,
     /// Host header values accepted (DNS-rebinding defence).
     pub allowed_hosts: Vec<String>,

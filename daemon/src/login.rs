@@ -1,7 +1,7 @@
 //! Signing in to the field app without ever showing the API token: the
 //! daemon hands out one-time login codes (printed at start in a URL, or by
 //! `sitesync-daemon open`), and a browser trades one for a session, kept
-//! in an `HttpOnly` cookie ([`crate::app`]). Pure: the time and the random
+//! in an `HttpOnly` cookie ([`crate::api::app`]). Pure: the time and the random
 //! bytes come in as parameters.
 //!
 //! A code works once and for [`CODE_TTL_MS`]; a session lasts

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use sitesync_daemon::api::auth;
 use sitesync_daemon::jobs::{Jobs, JobsConfig};
 use sitesync_daemon::replication::{Replication, SyncTiming, listen_for_peers};
-use sitesync_daemon::{AppState, CacheLimits, auth, open_service, run, seed};
+use sitesync_daemon::{AppState, CacheLimits, open_service, run, seed};
 use sitesync_sync::accept::Limits;
 use sitesync_sync::credentials::Token;
 use sitesync_sync::link::{LinkTiming, shutdown_signal};
@@ -17,7 +18,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The sitesync daemon: keeps this laptop's copy of every project and serves
-/// the local HTTP API (see HTTP_API.md) on 127.0.0.1.
+/// the local HTTP API (see docs/http.md) on 127.0.0.1.
 ///
 /// On first start it creates its store and an API token in the data
 /// directory; it prints where the token file is, never the token. Send it as
@@ -390,13 +391,13 @@ async fn main() -> anyhow::Result<()> {
         let svc = service.clone();
         tokio::task::spawn_blocking(move || svc.backfill_bindings())
             .await?
-            .map_err(|e| anyhow::anyhow!("preparing documents for sync: {}", e.message))?;
+            .map_err(|e| anyhow::anyhow!("preparing documents for sync: {e}"))?;
     }
     if cli.demo {
         let svc = service.clone();
         let seeded = tokio::task::spawn_blocking(move || seed::seed_demo(&svc))
             .await?
-            .map_err(|e| anyhow::anyhow!("seeding the demo project: {}", e.message))?;
+            .map_err(|e| anyhow::anyhow!("seeding the demo project: {e}"))?;
         if seeded {
             tracing::info!("seeded the demo project");
         }
@@ -424,7 +425,7 @@ async fn main() -> anyhow::Result<()> {
         service,
         token,
         logins: Default::default(),
-        cookie_name: sitesync_daemon::app::cookie_name(addr.port()),
+        cookie_name: sitesync_daemon::api::app::cookie_name(addr.port()),
         allowed_hosts: auth::allowed_hosts(addr.port(), extra_host),
         allowed_origins: cli.allow_origin,
         default_user: cli
@@ -448,7 +449,7 @@ async fn main() -> anyhow::Result<()> {
     println!("  data directory: {}", data_dir.display());
     println!("  API token file: {}", token_path.display());
     // The app's sign-in, good once and for five minutes; never the token.
-    let login = sitesync_daemon::app::login_url(&state, &state.allowed_hosts[0]);
+    let login = sitesync_daemon::api::app::login_url(&state, &state.allowed_hosts[0]);
     println!("  open the app: {login}");
     write_url_file(&data_dir, &format!("http://{addr}"))?;
     if let Some(addr) = cli.peer_listen {

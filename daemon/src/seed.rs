@@ -7,7 +7,7 @@ use sitesync_model::{
     NewTemplate, WorkflowType,
 };
 
-use crate::error::ApiResult;
+use crate::service::Result;
 use crate::service::Service;
 
 const SEEDED: &str = "demo_seeded";
@@ -30,7 +30,7 @@ fn template(name: &str, workflow_type: WorkflowType, milestones: &[(&str, &str, 
 
 /// Seeds the demo project unless this store already has it. Returns whether
 /// it seeded.
-pub fn seed_demo(svc: &Service) -> ApiResult<bool> {
+pub fn seed_demo(svc: &Service) -> Result<bool> {
     let store = svc.repo().store();
     if store
         .get_meta(SEEDED)

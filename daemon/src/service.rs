@@ -23,18 +23,74 @@ use sitesync_model::{
     BulkOptions, Component, ComponentId, ComponentPatch, DeviceId, DrawingDoc, DrawingId, DrawingInfo,
     DrawingPatch, GroupBy, HistoryEntry, MilestoneUpdate, ModelError, NewComponent, NewDrawing, NewProject,
     NewTemplate, OperationId, OperationInfo, OperationKind, Progress, ProjectDoc, ProjectId, ProjectPatch,
-    Spread, Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk,
+    Status, Template, TemplateId, Timestamp, UndoReport, WriteCtx, apply_bulk,
 };
 use sitesync_sync::host::{RepoHost, binding_records, project_record};
 use sitesync_sync::session::{Host as _, HostError};
 use sitesync_sync::{Doc, Repo, RepoError};
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
 use crate::events::EventBus;
-use crate::extract::{Page, Paged};
 use crate::index::{ComponentQuery, HistoryIndex, ProjectIndex};
 use crate::oplog::OpLog;
+use crate::paging::{Page, Paged};
+
+/// Why a service operation failed. The API maps each variant to its HTTP
+/// answer in one place (`api::error`); nothing below the API knows HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The model refused the operation (invalid, a state conflict, a
+    /// missing template or milestone, too large, a damaged document); its
+    /// `code()` and `field()` say what.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// No such project, drawing, component or job here (or not yet: a
+    /// document still syncing).
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    /// A field the request must carry is absent.
+    #[error("{field} is required")]
+    Missing { field: &'static str },
+    /// A request value the model does not check (an export column) is not
+    /// one this daemon knows.
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    /// The store failed, or holds a damaged record (`RepoError::Store`).
+    #[error(transparent)]
+    Store(sitesync_sync::StoreError),
+    /// The sync bookkeeping could not be read.
+    #[error("sync bookkeeping unavailable: {detail}")]
+    Unavailable { detail: String },
+    /// A file of the daemon's own (an export, an upload) failed.
+    #[error("{doing} failed: {source}")]
+    Io {
+        doing: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServiceError {
+    pub fn not_found(what: &'static str, id: impl std::fmt::Display) -> Self {
+        Self::NotFound {
+            what,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl From<RepoError> for ServiceError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::Model(e) => Self::Model(e),
+            RepoError::NotFound { what, id } => Self::not_found(what, id),
+            RepoError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+/// The result of a service operation.
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
 /// Metadata record marking a project (so listing projects needs no scan of
 /// every document).
@@ -238,6 +294,55 @@ struct RemoteJob {
     origin: String,
 }
 
+/// A project held under the service's lock ([`Service::hold`]).
+pub struct Held<'s> {
+    service: &'s Service,
+    state: std::sync::MutexGuard<'s, State>,
+    pid: ProjectId,
+}
+
+impl Held<'_> {
+    /// The held project's index, current with every durable change.
+    pub fn index(&mut self) -> &mut ProjectIndex {
+        self.state
+            .index
+            .get_mut(&self.pid)
+            .expect("a held project keeps its index until a refresh fails")
+    }
+
+    /// The context of a write by `user` as part of operation `op`.
+    pub fn ctx(&self, user: &str, op: OperationId, kind: OperationKind) -> WriteCtx {
+        WriteCtx::new(user, self.service.device, op, kind, self.service.clock.now())
+    }
+
+    /// One durable write (see [`Repo::write`]).
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&mut sitesync_sync::Tx<'_>) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        self.service.repo.write(f)
+    }
+
+    /// Writes the records binding a new document `doc` to the held
+    /// project, inside a write.
+    pub fn bind(&self, tx: &mut sitesync_sync::Tx<'_>, doc: Uuid) {
+        self.service.bind(tx, self.pid, doc);
+    }
+
+    /// The per-document work spreader of the repository.
+    pub fn workers(&self) -> sitesync_sync::Workers {
+        self.service.repo.workers()
+    }
+
+    /// After a write: indexes the drawings it `created` and the components
+    /// it `touched`, and publishes their events.
+    pub fn refreshed(&mut self, created: &[DrawingId], touched: &[(DrawingId, ComponentId)]) -> Result<()> {
+        let (service, pid) = (self.service, self.pid);
+        service.refresh_drawing_entries(&mut self.state, pid, created)?;
+        service.refresh_components(&mut self.state, pid, touched, "local")
+    }
+}
+
 fn storage(e: RepoError) -> HostError {
     HostError::Storage {
         detail: e.to_string(),
@@ -304,18 +409,14 @@ impl Service {
 
     /// Writes the sync binding records of documents created before sync
     /// existed (stores from older versions), so peers can be offered them.
-    pub fn backfill_bindings(&self) -> ApiResult<()> {
+    pub fn backfill_bindings(&self) -> Result<()> {
         let _state = self.lock();
         let host = RepoHost::new(self.repo.clone());
         for pid in self.project_ids()? {
             if host
                 .project_of(pid.0)
-                .map_err(|e| {
-                    ApiError::new(
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        e.to_string(),
-                    )
+                .map_err(|e| ServiceError::Unavailable {
+                    detail: e.to_string(),
                 })?
                 .is_some()
             {
@@ -439,21 +540,21 @@ impl Service {
         let jobs = std::mem::take(&mut self.remote_lock().jobs);
         for job in jobs {
             if let Err(e) = self.refresh_remote(state, &job) {
-                tracing::warn!(project = %job.project, doc = %job.doc, error = %e.message,
+                tracing::warn!(project = %job.project, doc = %job.doc, error = %e,
                     "index refresh after sync failed; rebuilding on next use");
                 state.index.remove(&job.project);
             }
         }
     }
 
-    fn refresh_remote(&self, state: &mut State, job: &RemoteJob) -> ApiResult<()> {
+    fn refresh_remote(&self, state: &mut State, job: &RemoteJob) -> Result<()> {
         let (pid, origin) = (job.project, job.origin.as_str());
         if !state.index.contains_key(&pid) {
             // Built from the documents on first use; a project whose
             // document has not arrived yet has nothing to index.
             return match self.index(state, pid) {
                 Ok(_) => Ok(()),
-                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => Ok(()),
+                Err(ServiceError::NotFound { .. }) => Ok(()),
                 Err(e) => Err(e),
             };
         }
@@ -514,13 +615,13 @@ impl Service {
     }
 
     /// The index of a project, building it on first use.
-    fn index<'s>(&self, state: &'s mut State, pid: ProjectId) -> ApiResult<&'s mut ProjectIndex> {
+    fn index<'s>(&self, state: &'s mut State, pid: ProjectId) -> Result<&'s mut ProjectIndex> {
         match state.index.entry(pid) {
             std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let started = std::time::Instant::now();
                 let (index, built) = ProjectIndex::build(&self.repo, pid).map_err(|e| match e {
-                    RepoError::NotFound { .. } => ApiError::not_found("project", pid),
+                    RepoError::NotFound { .. } => ServiceError::not_found("project", pid),
                     e => e.into(),
                 })?;
                 tracing::info!(
@@ -544,7 +645,7 @@ impl Service {
         pid: ProjectId,
         drawings: &[DrawingId],
         project_changed: bool,
-    ) -> ApiResult<()> {
+    ) -> Result<()> {
         self.refresh_from(state, pid, drawings, project_changed, "local")
     }
 
@@ -556,7 +657,7 @@ impl Service {
         drawings: &[DrawingId],
         project_changed: bool,
         origin: &str,
-    ) -> ApiResult<()> {
+    ) -> Result<()> {
         Self::refreshing(state, pid, |state| {
             let index = self.index(state, pid)?;
             if project_changed {
@@ -590,8 +691,8 @@ impl Service {
     fn refreshing(
         state: &mut State,
         pid: ProjectId,
-        refresh: impl FnOnce(&mut State) -> ApiResult<()>,
-    ) -> ApiResult<()> {
+        refresh: impl FnOnce(&mut State) -> Result<()>,
+    ) -> Result<()> {
         let result = refresh(state);
         if result.is_err() {
             state.index.remove(&pid);
@@ -603,12 +704,7 @@ impl Service {
     /// a local write that added or changed them. Re-reading every entry
     /// (`refresh` with `project_changed`) costs O(drawings) a write: an
     /// import of 500,000 components spent a fifth of its time there.
-    fn refresh_drawing_entries(
-        &self,
-        state: &mut State,
-        pid: ProjectId,
-        dids: &[DrawingId],
-    ) -> ApiResult<()> {
+    fn refresh_drawing_entries(&self, state: &mut State, pid: ProjectId, dids: &[DrawingId]) -> Result<()> {
         if dids.is_empty() {
             return Ok(());
         }
@@ -632,7 +728,7 @@ impl Service {
         pid: ProjectId,
         touched: &[(DrawingId, ComponentId)],
         origin: &str,
-    ) -> ApiResult<()> {
+    ) -> Result<()> {
         Self::refreshing(state, pid, |state| {
             let index = self.index(state, pid)?;
             let mut by_drawing: BTreeMap<DrawingId, Vec<ComponentId>> = BTreeMap::new();
@@ -688,7 +784,7 @@ impl Service {
 
     // ---- projects ----
 
-    pub fn create_project(&self, user: &str, new: NewProject) -> ApiResult<ProjectView> {
+    pub fn create_project(&self, user: &str, new: NewProject) -> Result<ProjectView> {
         let mut state = self.lock();
         let pid = ProjectId(new_id());
         let ctx = self.ctx(user, OperationKind::ProjectCreate);
@@ -706,7 +802,7 @@ impl Service {
         Ok(view)
     }
 
-    fn project_view(&self, state: &mut State, pid: ProjectId) -> ApiResult<ProjectView> {
+    fn project_view(&self, state: &mut State, pid: ProjectId) -> Result<ProjectView> {
         let info = self.repo.read_project(pid, |p| p.info())??;
         let index = self.index(state, pid)?;
         let p = index.rollup(None);
@@ -725,7 +821,7 @@ impl Service {
     }
 
     /// Every project not deleted, by name.
-    pub fn projects(&self) -> ApiResult<Vec<ProjectView>> {
+    pub fn projects(&self) -> Result<Vec<ProjectView>> {
         let ids = self.project_ids()?;
         let mut state = self.lock();
         let mut out = Vec::new();
@@ -739,7 +835,7 @@ impl Service {
         Ok(out)
     }
 
-    fn project_ids(&self) -> ApiResult<Vec<ProjectId>> {
+    fn project_ids(&self) -> Result<Vec<ProjectId>> {
         Ok(self
             .repo
             .store()
@@ -750,12 +846,12 @@ impl Service {
             .collect())
     }
 
-    pub fn project(&self, pid: ProjectId) -> ApiResult<ProjectView> {
+    pub fn project(&self, pid: ProjectId) -> Result<ProjectView> {
         let mut state = self.lock();
         self.project_view(&mut state, pid)
     }
 
-    pub fn update_project(&self, user: &str, pid: ProjectId, patch: ProjectPatch) -> ApiResult<ProjectView> {
+    pub fn update_project(&self, user: &str, pid: ProjectId, patch: ProjectPatch) -> Result<ProjectView> {
         let mut state = self.lock();
         self.index(&mut state, pid)?;
         let ctx = self.ctx(user, OperationKind::ProjectUpdate);
@@ -763,7 +859,7 @@ impl Service {
         self.project_view(&mut state, pid)
     }
 
-    pub fn delete_project(&self, user: &str, pid: ProjectId) -> ApiResult<()> {
+    pub fn delete_project(&self, user: &str, pid: ProjectId) -> Result<()> {
         let mut state = self.lock();
         self.index(&mut state, pid)?;
         let ctx = self.ctx(user, OperationKind::ProjectDelete);
@@ -774,7 +870,7 @@ impl Service {
 
     // ---- templates ----
 
-    pub fn add_template(&self, user: &str, pid: ProjectId, new: NewTemplate) -> ApiResult<Template> {
+    pub fn add_template(&self, user: &str, pid: ProjectId, new: NewTemplate) -> Result<Template> {
         let mut state = self.lock();
         self.index(&mut state, pid)?;
         let ctx = self.ctx(user, OperationKind::TemplateCreate);
@@ -783,12 +879,12 @@ impl Service {
             .write(|tx| Ok(tx.project(pid)?.add_template(&ctx, TemplateId(new_id()), new)?))?)
     }
 
-    pub fn templates(&self, pid: ProjectId) -> ApiResult<Vec<Template>> {
+    pub fn templates(&self, pid: ProjectId) -> Result<Vec<Template>> {
         self.existing(pid)?;
         Ok(self.repo.read_project(pid, |p| p.templates())??)
     }
 
-    fn existing(&self, pid: ProjectId) -> ApiResult<()> {
+    fn existing(&self, pid: ProjectId) -> Result<()> {
         let mut state = self.lock();
         self.index(&mut state, pid).map(|_| ())
     }
@@ -804,7 +900,7 @@ impl Service {
         }
     }
 
-    pub fn add_drawing(&self, user: &str, pid: ProjectId, new: NewDrawing) -> ApiResult<DrawingView> {
+    pub fn add_drawing(&self, user: &str, pid: ProjectId, new: NewDrawing) -> Result<DrawingView> {
         let mut state = self.lock();
         self.index(&mut state, pid)?;
         let did = DrawingId(new_id());
@@ -820,22 +916,22 @@ impl Service {
         self.drawing_locked(&mut state, pid, did)
     }
 
-    fn drawing_locked(&self, state: &mut State, pid: ProjectId, did: DrawingId) -> ApiResult<DrawingView> {
+    fn drawing_locked(&self, state: &mut State, pid: ProjectId, did: DrawingId) -> Result<DrawingView> {
         let index = self.index(state, pid)?;
         let info = index
             .drawings
             .get(&did)
             .cloned()
-            .ok_or_else(|| ApiError::not_found("drawing", did))?;
+            .ok_or_else(|| ServiceError::not_found("drawing", did))?;
         Ok(Self::drawing_view(index, info))
     }
 
-    pub fn drawing(&self, pid: ProjectId, did: DrawingId) -> ApiResult<DrawingView> {
+    pub fn drawing(&self, pid: ProjectId, did: DrawingId) -> Result<DrawingView> {
         self.drawing_locked(&mut self.lock(), pid, did)
     }
 
     /// Every drawing not deleted, by number.
-    pub fn drawings(&self, pid: ProjectId) -> ApiResult<Vec<DrawingView>> {
+    pub fn drawings(&self, pid: ProjectId) -> Result<Vec<DrawingView>> {
         let mut state = self.lock();
         let index = self.index(&mut state, pid)?;
         let mut out: Vec<_> = index
@@ -854,7 +950,7 @@ impl Service {
         pid: ProjectId,
         did: DrawingId,
         patch: DrawingPatch,
-    ) -> ApiResult<DrawingView> {
+    ) -> Result<DrawingView> {
         let mut state = self.lock();
         self.drawing_locked(&mut state, pid, did)?;
         let ctx = self.ctx(user, OperationKind::DrawingUpdate);
@@ -864,7 +960,7 @@ impl Service {
         self.drawing_locked(&mut state, pid, did)
     }
 
-    pub fn delete_drawing(&self, user: &str, pid: ProjectId, did: DrawingId) -> ApiResult<()> {
+    pub fn delete_drawing(&self, user: &str, pid: ProjectId, did: DrawingId) -> Result<()> {
         let mut state = self.lock();
         self.drawing_locked(&mut state, pid, did)?;
         let ctx = self.ctx(user, OperationKind::DrawingDelete);
@@ -881,15 +977,15 @@ impl Service {
         pid: ProjectId,
         did: DrawingId,
         new: NewComponent,
-    ) -> ApiResult<Component> {
+    ) -> Result<Component> {
         let mut state = self.lock();
         let drawing = self.drawing_locked(&mut state, pid, did)?;
         if drawing.info.deleted {
             return Err(ModelError::DrawingDeleted { drawing: did }.into());
         }
-        let tid = new.template_id.ok_or_else(|| {
-            ApiError::bad_request("missing_field", "template_id", "template_id is required")
-        })?;
+        let tid = new
+            .template_id
+            .ok_or_else(|| ServiceError::Missing { field: "template_id" })?;
         let template = self
             .repo
             .read_project(pid, |p| p.template(tid, "template_id"))??;
@@ -901,18 +997,18 @@ impl Service {
         self.component_locked(&mut state, pid, cid)
     }
 
-    fn component_locked(&self, state: &mut State, pid: ProjectId, cid: ComponentId) -> ApiResult<Component> {
+    fn component_locked(&self, state: &mut State, pid: ProjectId, cid: ComponentId) -> Result<Component> {
         self.index(state, pid)?
             .get(cid)
-            .ok_or_else(|| ApiError::not_found("component", cid))
+            .ok_or_else(|| ServiceError::not_found("component", cid))
     }
 
-    pub fn component(&self, pid: ProjectId, cid: ComponentId) -> ApiResult<Component> {
+    pub fn component(&self, pid: ProjectId, cid: ComponentId) -> Result<Component> {
         self.component_locked(&mut self.lock(), pid, cid)
     }
 
     /// One page of the components matching the query, in its order.
-    pub fn components(&self, pid: ProjectId, q: &ComponentQuery, page: Page) -> ApiResult<Paged<Component>> {
+    pub fn components(&self, pid: ProjectId, q: &ComponentQuery, page: Page) -> Result<Paged<Component>> {
         let mut state = self.lock();
         Ok(self.index(&mut state, pid)?.query(q, page))
     }
@@ -929,12 +1025,12 @@ impl Service {
         user: &str,
         reason: Option<String>,
         f: impl FnOnce(&mut DrawingDoc, &WriteCtx) -> Result<Component, ModelError>,
-    ) -> ApiResult<(Component, OperationId)> {
+    ) -> Result<(Component, OperationId)> {
         let mut state = self.lock();
         let did = self
             .index(&mut state, pid)?
             .slot(cid)
-            .ok_or_else(|| ApiError::not_found("component", cid))?
+            .ok_or_else(|| ServiceError::not_found("component", cid))?
             .drawing_id;
         let ctx = self.ctx(user, kind).with_reason(reason);
         let view = self.repo.write(|tx| Ok(f(tx.drawing(did)?, &ctx)?))?;
@@ -953,7 +1049,7 @@ impl Service {
         pid: ProjectId,
         cid: ComponentId,
         patch: ComponentPatch,
-    ) -> ApiResult<(Component, OperationId)> {
+    ) -> Result<(Component, OperationId)> {
         self.with_component(pid, cid, OperationKind::ComponentUpdate, user, None, |d, ctx| {
             d.update_component(ctx, cid, &patch)
         })
@@ -965,7 +1061,7 @@ impl Service {
         pid: ProjectId,
         cid: ComponentId,
         deleted: bool,
-    ) -> ApiResult<(Component, OperationId)> {
+    ) -> Result<(Component, OperationId)> {
         let kind = if deleted {
             OperationKind::ComponentDelete
         } else {
@@ -982,7 +1078,7 @@ impl Service {
         pid: ProjectId,
         update: MilestoneUpdate,
         reason: Option<String>,
-    ) -> ApiResult<(Component, OperationId)> {
+    ) -> Result<(Component, OperationId)> {
         let cid = update.component_id;
         self.with_component(
             pid,
@@ -1002,7 +1098,7 @@ impl Service {
         updates: Vec<MilestoneUpdate>,
         options: BulkOptions,
         reason: Option<String>,
-    ) -> ApiResult<BulkOutcome> {
+    ) -> Result<BulkOutcome> {
         let mut state = self.lock();
         let index = self.index(&mut state, pid)?;
         let mut touched: Vec<(DrawingId, ComponentId)> = updates
@@ -1034,36 +1130,9 @@ impl Service {
     /// templates, attribute names, and the live components' order (by
     /// drawing number, then tag) — ids only, so the rows themselves are
     /// fetched a batch at a time.
-    pub fn export_outline(&self, pid: ProjectId) -> ApiResult<crate::export::Outline> {
-        let templates = self.templates(pid)?;
-        let mut state = self.lock();
-        let index = self.index(&mut state, pid)?;
-        let drawings: HashMap<DrawingId, String> = index
-            .drawings
-            .values()
-            .map(|d| (d.id, d.number.clone()))
-            .collect();
-        let mut attributes = std::collections::BTreeSet::new();
-        let mut order: Vec<(&str, &str, ComponentId)> = Vec::with_capacity(index.len());
-        for c in index.live() {
-            attributes.extend(c.attributes.iter().map(|(k, _)| k.to_string()));
-            let number = drawings.get(&c.drawing_id).map_or("", String::as_str);
-            order.push((number, &c.tag, c.id));
-        }
-        order.sort();
-        let order = order.into_iter().map(|(_, _, id)| id).collect();
-        Ok(crate::export::Outline {
-            project: pid,
-            drawings,
-            templates,
-            attributes,
-            order,
-        })
-    }
-
     /// These components as they are now, in the order given (ids no longer
     /// in the project, or deleted since, are skipped).
-    pub fn components_by_id(&self, pid: ProjectId, ids: &[ComponentId]) -> ApiResult<Vec<Component>> {
+    pub fn components_by_id(&self, pid: ProjectId, ids: &[ComponentId]) -> Result<Vec<Component>> {
         let mut state = self.lock();
         let index = self.index(&mut state, pid)?;
         Ok(ids
@@ -1072,99 +1141,30 @@ impl Service {
             .collect())
     }
 
-    /// Plans one batch of an import and, unless it is a dry run, writes it
-    /// as one durable write under the import's operation: drawings the
-    /// batch names that the project lacks, then each drawing's rows as one
-    /// commit. A write refused as a whole (the project changed under the
-    /// plan) rejects the batch's rows and writes nothing.
-    pub fn import_batch(
-        &self,
-        session: &mut crate::import::Session,
-        rows: Vec<(u64, sitesync_model::import::RowInput)>,
-    ) -> ApiResult<Vec<crate::import::RowReport>> {
-        let pid = session.project;
+    /// Holds project `pid` under the service's lock with its index
+    /// current, for work outside the service that plans against the index
+    /// and then writes (an import batch, an export's outline): the plan and
+    /// the write see the same state, and nothing else writes in between.
+    pub fn hold(&self, pid: ProjectId) -> Result<Held<'_>> {
         let mut state = self.lock();
-        let index = self.index(&mut state, pid)?;
-        let mut batch = session.plan(&index.drawings, index, rows);
-        if session.dry_run || batch.writes.is_empty() {
-            return Ok(batch.reports);
-        }
-        let ctx = WriteCtx::new(
-            session.user.clone(),
-            self.device,
-            session.op,
-            OperationKind::Import,
-            self.clock.now(),
-        );
-        let written = self.repo.write(|tx| {
-            for (did, number) in &batch.new_drawings {
-                let new = NewDrawing {
-                    number: number.clone(),
-                    ..Default::default()
-                };
-                tx.project(pid)?.add_drawing(&ctx, *did, &new)?;
-                let doc = DrawingDoc::create(pid, *did, &ctx, tx.actor())?;
-                tx.insert(did.0, Doc::Drawing(doc));
-                self.bind(tx, pid, did.0);
-            }
-            // Each drawing's rows are one commit of its own document, so
-            // the drawings are written side by side.
-            let dids: Vec<DrawingId> = batch.writes.keys().copied().collect();
-            let docs = tx.drawings(&dids)?;
-            let session = &*session;
-            let work: Vec<_> = docs.into_iter().zip(&batch.writes).collect();
-            let written = self.repo.workers().map(work, |(doc, (_, planned))| {
-                let rows: Vec<_> = planned
-                    .iter()
-                    .map(|p| (p.id, &p.plan, session.template(p.template)))
-                    .collect();
-                doc.apply_import(&ctx, &rows)
-            });
-            for w in written {
-                w?;
-            }
-            Ok(())
-        });
-        match written {
-            Ok(()) => {
-                session.wrote = true;
-                let created: Vec<DrawingId> = batch.new_drawings.iter().map(|(did, _)| *did).collect();
-                self.refresh_drawing_entries(&mut state, pid, &created)?;
-                let touched: Vec<(DrawingId, ComponentId)> = batch
-                    .writes
-                    .iter()
-                    .flat_map(|(did, planned)| planned.iter().map(|p| (*did, p.id)))
-                    .collect();
-                self.refresh_components(&mut state, pid, &touched, "local")?;
-            }
-            Err(RepoError::Model(e)) => {
-                session.forget(&batch);
-                let e = ApiError::from(e);
-                batch.reject_all(sitesync_model::import::RowError::new(None, e.code, e.message));
-            }
-            Err(RepoError::NotFound { what, id }) => {
-                session.forget(&batch);
-                batch.reject_all(sitesync_model::import::RowError::new(
-                    None,
-                    "not_found",
-                    format!("{what} {id} is not on this device yet (still syncing?)"),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Ok(batch.reports)
+        self.index(&mut state, pid)?;
+        Ok(Held {
+            service: self,
+            state,
+            pid,
+        })
     }
 
     // ---- operations, undo, history, progress ----
 
-    fn drawing_ids(&self, state: &mut State, pid: ProjectId) -> ApiResult<Vec<DrawingId>> {
+    fn drawing_ids(&self, state: &mut State, pid: ProjectId) -> Result<Vec<DrawingId>> {
         Ok(self.index(state, pid)?.drawings.keys().copied().collect())
     }
 
     /// Recent operations in the project, newest first, from the operation
     /// log ([`OpLog`]): only documents changed since the last listing are
     /// read, and without the service lock, so writes go on meanwhile.
-    pub fn operations(&self, pid: ProjectId, limit: usize) -> ApiResult<Vec<OperationInfo>> {
+    pub fn operations(&self, pid: ProjectId, limit: usize) -> Result<Vec<OperationInfo>> {
         let dids = {
             let mut state = self.lock();
             self.drawing_ids(&mut state, pid)?
@@ -1176,7 +1176,7 @@ impl Service {
     }
 
     /// Undoes an operation everywhere it wrote in the project.
-    pub fn undo(&self, user: &str, pid: ProjectId, target: OperationId) -> ApiResult<UndoView> {
+    pub fn undo(&self, user: &str, pid: ProjectId, target: OperationId) -> Result<UndoView> {
         let mut state = self.lock();
         let dids = self.drawing_ids(&mut state, pid)?;
         let ctx = self.ctx(user, OperationKind::Undo);
@@ -1214,7 +1214,7 @@ impl Service {
 
     /// A component's history, newest first, from the drawing's history
     /// index (caught up with any changes since it was last read).
-    pub fn history(&self, pid: ProjectId, cid: ComponentId) -> ApiResult<Vec<HistoryEntry>> {
+    pub fn history(&self, pid: ProjectId, cid: ComponentId) -> Result<Vec<HistoryEntry>> {
         let mut state = self.lock();
         let did = self.component_locked(&mut state, pid, cid)?.drawing_id;
         let index = state.history.entry(did).or_default();
@@ -1222,7 +1222,7 @@ impl Service {
         Ok(index.rows(cid))
     }
 
-    pub fn progress(&self, pid: ProjectId, group_by: Option<GroupBy>) -> ApiResult<Progress> {
+    pub fn progress(&self, pid: ProjectId, group_by: Option<GroupBy>) -> Result<Progress> {
         let mut state = self.lock();
         Ok(self.index(&mut state, pid)?.rollup(group_by))
     }
@@ -1470,7 +1470,10 @@ mod tests {
             svc.components(
                 p.id,
                 &ComponentQuery::default(),
-                Page::parse(Some("100"), None).unwrap(),
+                Page {
+                    offset: 0,
+                    limit: 100,
+                },
             )
             .unwrap()
             .items

@@ -1,6 +1,6 @@
 //! The scenarios: each drives the real binaries over their real interfaces
 //! (HTTP, the event stream, the relay's WebSocket and metrics) and returns
-//! figures with their targets from the benchmark issue.
+//! figures with their targets (the targets the product was specified with).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;

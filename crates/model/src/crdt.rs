@@ -1,5 +1,5 @@
-//! How values are encoded on Automerge so that merges mean what DESIGN.md's
-//! merge table says. Everything else in the crate writes through here.
+//! How values are encoded on Automerge so that merges mean what the merge table
+//! of docs/design.md says. Everything else in the crate writes through here.
 //!
 //! * A **register** (a discrete or percentage milestone, a component or
 //!   drawing field, a `deleted` mark) is one JSON string under one map key,

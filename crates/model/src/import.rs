@@ -96,7 +96,7 @@ fn normalize(header: &str) -> String {
         .to_uppercase()
 }
 
-/// What a header means: HTTP_API.md's synonyms, the canonical names, the
+/// What a header means: docs/http.md's synonyms, the canonical names, the
 /// export-only columns; anything else is an attribute named as written.
 pub fn resolve(header: &str) -> Field {
     let trimmed = header.trim();

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Module map: [`schema`] (document layout, versions), `crdt` (the register
-//! and quantity-entry encoding that gives DESIGN.md's merge semantics),
+//! and quantity-entry encoding that gives docs/design.md's merge semantics),
 //! [`project`] and [`drawing`] (the two document types), [`bulk`], [`import`], [`undo`],
 //! [`history`], [`progress`], [`template`], [`operation`], [`ids`], [`time`],
 //! [`error`].

@@ -1,4 +1,4 @@
-//! DESIGN.md's "Documents" and "Merge semantics", one behaviour per test:
+//! docs/design.md's "Documents" and "Merge semantics", one behaviour per test:
 //! derived values, every row of the merge table, commit metadata, bulk
 //! updates, undo, history and the operations list.
 

@@ -3,7 +3,7 @@
 //! [`Frame`], a versioned enum, so a peer speaking a newer version is told so
 //! clearly instead of being misread.
 //!
-//! Conversation (DESIGN.md "Wire protocol"):
+//! Conversation (docs/protocol.md):
 //!
 //! ```text
 //! A ── Hello{version, peer, device name, certificate, nonce} ──▶ B

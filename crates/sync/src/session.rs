@@ -193,8 +193,8 @@ enum Phase {
 }
 
 /// How many documents of received summaries this side syncs at once by
-/// default: well under the repository's default cache (64 documents), which
-/// must hold this side's window and the peer's together.
+/// default: well under the repository's default cache (2,048 documents),
+/// which must hold this side's window and the peer's together.
 pub const DEFAULT_WINDOW: usize = 16;
 
 /// Most documents one Summary may list: ten times the drawings of a

@@ -85,7 +85,7 @@ pub trait Backend: Send + Sync + 'static {
 
 /// redb, one database file per process (`<dir>/store.redb`).
 ///
-/// Why not sled, which DESIGN.md names: sled 0.34's page cache is split
+/// Why not sled, which the first design named: sled 0.34's page cache is split
 /// into 256 shards that each look at their accesses only after 64 of them
 /// queue up, so a store of a few thousand pages (a 100,000-component
 /// project) is never evicted at all. Every page read since start-up stays

@@ -7,7 +7,7 @@
 //! reaches a server log or a `Referer`; the page posts it to
 //! `POST /v1/session`, which answers with an `HttpOnly`, `SameSite=Strict`
 //! session cookie ([`crate::login`] keeps codes and sessions). The guard
-//! ([`crate::auth::guard`]) accepts that cookie like the bearer token, but a
+//! ([`crate::api::auth::guard`]) accepts that cookie like the bearer token, but a
 //! write it authenticates must carry this daemon's own Origin, so no other
 //! site's page can write through a signed-in browser.
 
@@ -22,8 +22,8 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::api::ErrorResponse;
-use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::api::error::ApiError;
+use crate::api::extract::JsonBody;
 use crate::login::{CODE_TTL_MS, SESSION_IDLE_MS};
 
 type App = State<Arc<AppState>>;
@@ -33,57 +33,57 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "app.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../app/app.js"),
+        include_bytes!("../../app/app.js"),
     ),
     (
         "ui.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../app/ui.js"),
+        include_bytes!("../../app/ui.js"),
     ),
     (
         "find.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../app/find.js"),
+        include_bytes!("../../app/find.js"),
     ),
     (
         "projects.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../app/projects.js"),
+        include_bytes!("../../app/projects.js"),
     ),
     (
         "dashboard.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../app/dashboard.js"),
+        include_bytes!("../../app/dashboard.js"),
     ),
     (
         "component.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../app/component.js"),
+        include_bytes!("../../app/component.js"),
     ),
     (
         "components.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../app/components.js"),
+        include_bytes!("../../app/components.js"),
     ),
     (
         "operations.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../app/operations.js"),
+        include_bytes!("../../app/operations.js"),
     ),
     (
         "files.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../app/files.js"),
+        include_bytes!("../../app/files.js"),
     ),
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_bytes!("../app/style.css"),
+        include_bytes!("../../app/style.css"),
     ),
-    ("icon.svg", "image/svg+xml", include_bytes!("../app/icon.svg")),
+    ("icon.svg", "image/svg+xml", include_bytes!("../../app/icon.svg")),
 ];
 
-const INDEX: &str = include_str!("../app/index.html");
+const INDEX: &str = include_str!("../../app/index.html");
 
 /// Only this daemon's own scripts, styles and API: an injected tag or a
 /// tag name that looks like markup runs nothing.

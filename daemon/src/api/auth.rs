@@ -1,9 +1,9 @@
 //! Who may talk to the daemon: the API token (created once, written
 //! atomically with mode 0600 before the daemon listens) or a signed-in
-//! browser's session cookie ([`crate::app`]), the Host check (DNS-rebinding
+//! browser's session cookie ([`crate::api::app`]), the Host check (DNS-rebinding
 //! defence, first on every request) and the Origin check (browsers from
 //! other sites). Only the app's page and assets, `GET /v1/health` and
-//! `POST /v1/session` need neither token nor cookie ([`crate::app::is_public`]).
+//! `POST /v1/session` need neither token nor cookie ([`crate::api::app::is_public`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 /// The token file's name inside the data directory.
 pub const TOKEN_FILE: &str = "api-token";
@@ -162,7 +162,7 @@ pub async fn guard(State(app): State<Arc<AppState>>, req: Request, next: Next) -
         );
         return response;
     }
-    let public = crate::app::is_public(req.method(), req.uri().path());
+    let public = crate::api::app::is_public(req.method(), req.uri().path());
     let mut response = match (public, authorized(&app, &req)) {
         (true, _) | (false, Some(Credential::Token)) => next.run(req).await,
         (false, Some(Credential::Cookie)) => {
@@ -241,7 +241,7 @@ fn authorized(app: &AppState, req: &Request) -> Option<Credential> {
             return Some(Credential::Token);
         }
     }
-    let session = crate::app::session_of(req.headers(), &app.cookie_name)?;
+    let session = crate::api::app::session_of(req.headers(), &app.cookie_name)?;
     let mut logins = app.logins.lock().unwrap_or_else(|p| p.into_inner());
     logins
         .touch(&session, sitesync_sync::link::now_ms())

@@ -1,5 +1,5 @@
 //! The API's error answer: `{"error": {"code", "message", "field"?}}` with
-//! the status HTTP_API.md gives each kind of failure. Every failure a request
+//! the status docs/http.md gives each kind of failure. Every failure a request
 //! can cause maps here; bad input never becomes a 500.
 
 use axum::Json;
@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sitesync_model::{ErrorKind, ModelError};
 use sitesync_sync::{RepoError, StoreError};
+
+use crate::service::ServiceError;
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,17 +88,32 @@ impl From<ModelError> for ApiError {
 
 impl From<RepoError> for ApiError {
     fn from(e: RepoError) -> Self {
+        ServiceError::from(e).into()
+    }
+}
+
+/// The one place a service failure becomes an HTTP answer.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
         match e {
-            RepoError::Model(e) => e.into(),
-            RepoError::NotFound { what, id } => Self::not_found(what, id),
-            RepoError::Store(e @ StoreError::Corrupt { .. }) => {
+            ServiceError::Model(e) => e.into(),
+            ServiceError::NotFound { what, id } => Self::not_found(what, id),
+            ServiceError::Missing { field } => {
+                Self::bad_request("missing_field", field, format!("{field} is required"))
+            }
+            ServiceError::Invalid { field, message } => Self::invalid(field, message),
+            ServiceError::Store(e @ StoreError::Corrupt { .. }) => {
                 tracing::error!(error = %e, "damaged record");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
             }
-            RepoError::Store(e) => {
+            ServiceError::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e.to_string())
             }
+            ServiceError::Unavailable { detail } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+            }
+            ServiceError::Io { doing, source } => Self::io(doing, source),
         }
     }
 }

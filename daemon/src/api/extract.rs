@@ -7,9 +7,12 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 
-use crate::error::ApiError;
+use sitesync_model::{ComponentId, DrawingId, OperationId, ProjectId};
+
+use crate::api::error::ApiError;
+use crate::paging::{DEFAULT_LIMIT, MAX_LIMIT, Page};
 
 /// A JSON body, parsed with errors that name the field.
 pub struct JsonBody<T>(pub T);
@@ -107,103 +110,135 @@ pub fn id<T: std::str::FromStr>(what: &str, raw: &str) -> Result<T, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found(what, raw))
 }
 
-/// Default and maximum page sizes.
-pub const DEFAULT_LIMIT: usize = 100;
-pub const MAX_LIMIT: usize = 1000;
-
-/// `?limit=` and `?cursor=`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Page {
-    pub offset: usize,
-    pub limit: usize,
-}
-
-impl Page {
-    pub fn parse(limit: Option<&str>, cursor: Option<&str>) -> Result<Self, ApiError> {
-        let limit = match limit {
-            None => DEFAULT_LIMIT,
-            Some(l) => match l.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "invalid_limit",
-                        "limit",
-                        format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
-                    ));
-                }
-            },
-        };
-        let offset = match cursor {
-            None | Some("") => 0,
-            Some(c) => decode_cursor(c).ok_or_else(|| {
-                ApiError::bad_request("invalid_cursor", "cursor", "cursor is not one this daemon issued")
-            })?,
-        };
-        Ok(Self { offset, limit })
-    }
-
-    /// One page of `items`, as `{"items", "next_cursor", "total"}`.
-    pub fn of<T: Serialize>(self, items: Vec<T>) -> Paged<T> {
-        let (total, next_cursor) = self.bounds(items.len());
-        Paged {
-            items: items.into_iter().skip(self.offset).take(self.limit).collect(),
-            next_cursor,
-            total,
+/// Declares the typed ids of a route's path: a struct whose fields are
+/// named as the route's `{placeholders}` (so `params(ThePath)` documents
+/// them), each parsed with [`id`] — a malformed id is "not found", like an
+/// unknown one.
+macro_rules! path_ids {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident: $ty:ty = $what:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(utoipa::IntoParams)]
+        #[into_params(parameter_in = Path)]
+        pub struct $name {
+            $($(#[$fdoc])* #[param(value_type = String)] pub $field: $ty),+
         }
-    }
 
-    /// [`Self::of`] over references, cloning only the page's items (a
-    /// listing sorts references to a large index, then copies 100).
-    pub fn of_cloned<T: Serialize + Clone>(self, items: &[&T]) -> Paged<T> {
-        self.of_mapped(items, |t| (*t).clone())
-    }
+        impl<S: Send + Sync> FromRequestParts<S> for $name {
+            type Rejection = ApiError;
 
-    /// [`Self::of`] over any items, making only the page's into `T` (a
-    /// listing sorts compact index entries, then decodes 100).
-    pub fn of_mapped<I, T: Serialize>(self, items: &[I], f: impl Fn(&I) -> T) -> Paged<T> {
-        let (total, next_cursor) = self.bounds(items.len());
-        Paged {
-            items: items.iter().skip(self.offset).take(self.limit).map(f).collect(),
-            next_cursor,
-            total,
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+                let PathParams(raw) =
+                    PathParams::<std::collections::HashMap<String, String>>::from_request_parts(parts, state).await?;
+                Ok(Self {
+                    $($field: id($what, raw.get(stringify!($field)).map_or("", String::as_str))?),+
+                })
+            }
         }
-    }
+    };
+}
 
-    fn bounds(self, total: usize) -> (usize, Option<String>) {
-        let end = (self.offset + self.limit).min(total);
-        (total, (end < total).then(|| encode_cursor(end)))
+path_ids!(
+    /// `/v1/projects/{pid}/...`
+    ProjectPath {
+        /// project id
+        pid: ProjectId = "project",
+    }
+);
+
+path_ids!(
+    /// `/v1/projects/{pid}/drawings/{did}/...`
+    DrawingPath {
+        /// project id
+        pid: ProjectId = "project",
+        /// drawing id
+        did: DrawingId = "drawing",
+    }
+);
+
+path_ids!(
+    /// `/v1/projects/{pid}/components/{cid}/...`
+    ComponentPath {
+        /// project id
+        pid: ProjectId = "project",
+        /// component id
+        cid: ComponentId = "component",
+    }
+);
+
+path_ids!(
+    /// `/v1/projects/{pid}/components/{cid}/milestones/{key}`
+    MilestonePath {
+        /// project id
+        pid: ProjectId = "project",
+        /// component id
+        cid: ComponentId = "component",
+        /// milestone key
+        key: String = "milestone",
+    }
+);
+
+path_ids!(
+    /// `/v1/projects/{pid}/operations/{oid}/...`
+    OperationPath {
+        /// project id
+        pid: ProjectId = "project",
+        /// operation id
+        oid: OperationId = "operation",
+    }
+);
+
+path_ids!(
+    /// `/v1/jobs/{id}/...`
+    JobPath {
+        /// job id
+        id: uuid::Uuid = "job",
+    }
+);
+
+/// `?limit=` (1..=1000, default 100) and `?cursor=` (the previous page's
+/// `next_cursor`).
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    #[param(value_type = Option<usize>)]
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub fn page(&self) -> Result<Page, ApiError> {
+        page(self.limit.as_deref(), self.cursor.as_deref())
     }
 }
 
-/// A page of a list.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Paged<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
-    pub total: usize,
+/// A query parameter's refusal, naming it.
+pub fn query_error(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_query", field, message)
 }
 
-// Cursors are opaque to clients: "o" and the offset in base 36.
-fn encode_cursor(offset: usize) -> String {
-    let mut n = offset;
-    let mut digits = Vec::new();
-    loop {
-        digits.push(std::char::from_digit((n % 36) as u32, 36).expect("digit"));
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    digits.push('o');
-    digits.iter().rev().collect()
-}
-
-fn decode_cursor(c: &str) -> Option<usize> {
-    let digits = c.strip_prefix('o')?;
-    if digits.is_empty() || digits.len() > 12 {
-        return None;
-    }
-    usize::from_str_radix(digits, 36).ok()
+/// Reads `?limit=` and `?cursor=` into a [`Page`], refusing a limit out
+/// of range or a cursor this daemon did not issue.
+pub fn page(limit: Option<&str>, cursor: Option<&str>) -> Result<Page, ApiError> {
+    let limit = match limit {
+        None => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_limit",
+                    "limit",
+                    format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+                ));
+            }
+        },
+    };
+    let offset = match cursor {
+        None | Some("") => 0,
+        Some(c) => Page::decode_cursor(c).ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "cursor", "cursor is not one this daemon issued")
+        })?,
+    };
+    Ok(Page { offset, limit })
 }
 
 /// `axum::extract::Query` with its refusal in the API's error shape.
@@ -231,27 +266,5 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
             .await
             .map(|p| Self(p.0))
             .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.body_text()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        for n in [0, 1, 35, 36, 99_999] {
-            assert_eq!(decode_cursor(&encode_cursor(n)), Some(n));
-        }
-        for bad in ["", "o", "x12", "o!!", "o1234567890123"] {
-            assert_eq!(decode_cursor(bad), None, "{bad}");
-        }
-        let page = Page::parse(Some("2"), None).unwrap().of(vec![1, 2, 3]);
-        assert_eq!((page.items, page.total), (vec![1, 2], 3));
-        let next = page.next_cursor.unwrap();
-        let page = Page::parse(Some("2"), Some(&next)).unwrap().of(vec![1, 2, 3]);
-        assert_eq!((page.items, page.next_cursor), (vec![3], None));
-        assert!(Page::parse(Some("0"), None).is_err());
-        assert!(Page::parse(Some("1001"), None).is_err());
     }
 }

@@ -1,0 +1,85 @@
+//! The change log read back: the operations list, undo, and a component's history.
+
+use serde::Serialize;
+use sitesync_model::{
+    ComponentId, DrawingId, HistoryEntry, ModelError, OperationId, OperationInfo, OperationKind, ProjectId,
+    UndoReport,
+};
+use sitesync_sync::RepoError;
+
+use super::*;
+
+/// The answer to an undo.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct UndoView {
+    pub operation_id: OperationId,
+    #[serde(flatten)]
+    pub report: UndoReport,
+}
+
+impl Service {
+    pub(super) fn drawing_ids(&self, state: &mut State, pid: ProjectId) -> Result<Vec<DrawingId>> {
+        Ok(self.index(state, pid)?.drawings.keys().copied().collect())
+    }
+
+    /// Recent operations in the project, newest first, from the operation
+    /// log ([`OpLog`]): only documents changed since the last listing are
+    /// read, and without the service lock, so writes go on meanwhile.
+    pub fn operations(&self, pid: ProjectId, limit: usize) -> Result<Vec<OperationInfo>> {
+        let dids = {
+            let mut state = self.lock();
+            self.drawing_ids(&mut state, pid)?
+        };
+        let docs: Vec<uuid::Uuid> = std::iter::once(pid.0).chain(dids.iter().map(|d| d.0)).collect();
+        let mut ops = self.oplog.list(&self.repo, &docs)?;
+        ops.truncate(limit);
+        Ok(ops)
+    }
+
+    /// Undoes an operation everywhere it wrote in the project.
+    pub fn undo(&self, user: &str, pid: ProjectId, target: OperationId) -> Result<UndoView> {
+        let mut state = self.lock();
+        let dids = self.drawing_ids(&mut state, pid)?;
+        let ctx = self.ctx(user, OperationKind::Undo);
+        let report = self.repo.write(|tx| {
+            let mut report = UndoReport::default();
+            let mut found = false;
+            let mut absorb = |r: Result<UndoReport, ModelError>| match r {
+                Ok(r) => {
+                    found = true;
+                    report.absorb(r);
+                    Ok(())
+                }
+                Err(ModelError::OperationNotFound { .. }) => Ok(()),
+                Err(e) => Err(RepoError::Model(e)),
+            };
+            absorb(tx.project(pid)?.undo(&ctx, target))?;
+            for did in &dids {
+                match tx.drawing(*did) {
+                    Ok(d) => absorb(d.undo(&ctx, target))?,
+                    Err(RepoError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !found {
+                return Err(ModelError::OperationNotFound { id: target }.into());
+            }
+            Ok(report)
+        })?;
+        self.refresh(&mut state, pid, &dids, true)?;
+        Ok(UndoView {
+            operation_id: ctx.op,
+            report,
+        })
+    }
+
+    /// A component's history, newest first, from the drawing's history
+    /// index (caught up with any changes since it was last read).
+    pub fn history(&self, pid: ProjectId, cid: ComponentId) -> Result<Vec<HistoryEntry>> {
+        let mut state = self.lock();
+        let did = self.component_locked(&mut state, pid, cid)?.drawing_id;
+        let index = state.history.entry(did).or_default();
+        self.repo.read_drawing(did, |d| index.catch_up(d))??;
+        Ok(index.rows(cid))
+    }
+}

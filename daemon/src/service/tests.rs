@@ -1,0 +1,508 @@
+//! The service's tests, over in-memory stores.
+
+use std::time::Duration;
+
+use sitesync_model::automerge::ActorId;
+use sitesync_model::history::{component_history, summarize};
+use sitesync_model::{
+    Component, DrawingDoc, MilestoneDef, MilestoneUpdate, MilestoneValue, NewComponent, NewDrawing,
+    NewProject, NewTemplate, ProjectDoc, Template, WorkflowType,
+};
+use sitesync_sync::{Doc, DocStore, MemBackend, RepoConfig};
+
+use super::remote::REMOTE_BACKLOG;
+use super::*;
+use crate::index::ComponentQuery;
+use crate::paging::Page;
+
+/// A service on `dir` with a small cache, as the restart tests want.
+fn open_small(dir: &std::path::Path) -> Result<Service, crate::StartError> {
+    crate::open_service(
+        dir,
+        crate::CacheLimits {
+            documents: 512,
+            ..Default::default()
+        },
+    )
+}
+
+fn service() -> Service {
+    let repo = Repo::new(
+        DocStore::new(MemBackend::default()),
+        ActorId::random(),
+        RepoConfig::default(),
+    );
+    Service::new(repo, DeviceId(new_id()), Clock::system(), EventBus::new(100, 1))
+}
+
+#[test]
+fn a_store_from_before_sync_gets_its_bindings_once() {
+    let svc = service();
+    let (pid, did) = (ProjectId(new_id()), DrawingId(new_id()));
+    // As an older version wrote it: documents and the project marker only.
+    svc.repo
+        .write(|tx| {
+            let ctx = svc.ctx("ana", OperationKind::ProjectCreate);
+            let new = NewProject {
+                name: "Old".into(),
+                code: None,
+            };
+            let mut project = ProjectDoc::create(pid, &new, &ctx, tx.actor())?;
+            let drawing = NewDrawing {
+                number: "ISO-1".into(),
+                ..NewDrawing::default()
+            };
+            project.add_drawing(&ctx, did, &drawing)?;
+            tx.insert(
+                did.0,
+                Doc::Drawing(DrawingDoc::create(pid, did, &ctx, tx.actor())?),
+            );
+            tx.insert(pid.0, Doc::Project(project));
+            tx.put_meta(&format!("{PROJECT_META}{pid}"), b"");
+            Ok(())
+        })
+        .unwrap();
+    let host = RepoHost::new(svc.repo.clone());
+    assert!(
+        host.summary(pid.0).unwrap().is_empty(),
+        "nothing to offer peers yet"
+    );
+    svc.set_org("acme");
+    svc.backfill_bindings().unwrap();
+    let mut docs: Vec<Uuid> = host.summary(pid.0).unwrap().into_iter().map(|(d, _)| d).collect();
+    docs.sort();
+    let mut want = vec![pid.0, did.0];
+    want.sort();
+    assert_eq!(docs, want);
+    assert_eq!(host.project_of(did.0).unwrap(), Some(pid.0));
+    assert_eq!(host.project_org(pid.0).unwrap().as_deref(), Some("acme"));
+    // A second start changes nothing.
+    svc.backfill_bindings().unwrap();
+    assert_eq!(host.summary(pid.0).unwrap().len(), 2);
+}
+
+/// A project with one discrete template of one milestone, `erect`.
+/// A project with three drawings of `each` components (4 budget hours,
+/// one discrete milestone `erect`), in drawing order.
+fn three_drawings(svc: &Service, each: usize) -> (ProjectView, Vec<Component>) {
+    let (p, t) = project_with_template(svc);
+    let mut components = Vec::new();
+    for n in 0..3 {
+        let d = svc
+            .add_drawing(
+                "ana",
+                p.id,
+                NewDrawing {
+                    number: format!("D{n}"),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        for m in 0..each {
+            let new = NewComponent {
+                tag: format!("C{n}-{m}"),
+                kind: "spool".into(),
+                template_id: Some(t.id),
+                budget_hours: Some(4.0),
+                ..Default::default()
+            };
+            components.push(svc.add_component("ana", p.id, d.info.id, new).unwrap());
+        }
+    }
+    (p, components)
+}
+
+fn project_with_template(svc: &Service) -> (ProjectView, Template) {
+    let p = svc
+        .create_project(
+            "ana",
+            NewProject {
+                name: "P".into(),
+                code: None,
+            },
+        )
+        .unwrap();
+    let t = svc
+        .add_template(
+            "ana",
+            p.id,
+            NewTemplate {
+                name: "Spool".into(),
+                workflow_type: WorkflowType::Discrete,
+                milestones: vec![MilestoneDef {
+                    key: "erect".into(),
+                    name: "Erect".into(),
+                    weight: 1.0,
+                }],
+            },
+        )
+        .unwrap();
+    (p, t)
+}
+
+#[test]
+fn the_history_index_matches_a_full_scan_as_writes_arrive() {
+    let svc = service();
+    let (pid, did, ids) = drawing_with_components(&svc, 1);
+    let cid = ids[0];
+    let full = |svc: &Service| {
+        svc.repo()
+            .read_drawing(did, |doc| component_history(doc.automerge(), cid).unwrap())
+            .unwrap()
+    };
+    assert_eq!(svc.history(pid, cid).unwrap(), full(&svc));
+    for (i, done) in [true, false, true].into_iter().enumerate() {
+        let u = MilestoneUpdate {
+            component_id: cid,
+            milestone: "erect".into(),
+            value: MilestoneValue::Completed(done),
+            effective_date: None,
+        };
+        svc.update_milestone(if i % 2 == 0 { "ana" } else { "ben" }, pid, u, None)
+            .unwrap();
+        let h = svc.history(pid, cid).unwrap();
+        assert_eq!(h, full(&svc), "after write {i}");
+        assert_eq!(h.len(), i + 2);
+    }
+}
+
+/// After a restart the index reads each drawing's entries from its
+/// saved record when the document has not changed since the save, and
+/// from the document when it has: a write after the last save (then a
+/// crash, which saves nothing) shows after the restart.
+#[test]
+fn a_restart_reads_saved_entries_and_rereads_drawings_changed_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = open_small(dir.path()).unwrap();
+    let (p, components) = three_drawings(&svc, 2);
+    assert_eq!(svc.save_index().unwrap(), 3, "every drawing with components");
+    assert_eq!(svc.save_index().unwrap(), 0, "nothing changed since");
+    // Not saved: the process stops before the next save.
+    let erected = MilestoneUpdate {
+        component_id: components[2].id,
+        milestone: "erect".into(),
+        value: MilestoneValue::Completed(true),
+        effective_date: None,
+    };
+    svc.update_milestone("ben", p.id, erected, None).unwrap();
+    let all = |svc: &Service| {
+        svc.components(
+            p.id,
+            &ComponentQuery::default(),
+            Page {
+                offset: 0,
+                limit: 100,
+            },
+        )
+        .unwrap()
+        .items
+    };
+    let before = all(&svc);
+    assert_eq!(before.iter().filter(|c| c.completion_percent == 100.0).count(), 1);
+    drop(svc);
+
+    let svc = open_small(dir.path()).unwrap();
+    let (_, built) = ProjectIndex::build(svc.repo(), p.id).unwrap();
+    assert_eq!(built, crate::index::Built { saved: 2, read: 1 });
+    assert_eq!(all(&svc), before);
+    assert_eq!(svc.progress(p.id, None).unwrap().earned_hours, 4.0);
+    // The re-read drawing is saved again; then every drawing reads back.
+    assert_eq!(svc.save_index().unwrap(), 1);
+    drop(svc);
+    let svc = open_small(dir.path()).unwrap();
+    let (_, built) = ProjectIndex::build(svc.repo(), p.id).unwrap();
+    assert_eq!(built, crate::index::Built { saved: 3, read: 0 });
+    assert_eq!(all(&svc), before);
+}
+
+/// Without commits reported by the repository, the list reads the
+/// documents that changed, and is still the full scan's.
+#[test]
+fn the_operations_list_reads_documents_when_commits_are_not_reported() {
+    let svc = service();
+    let (pid, did, ids) = drawing_with_components(&svc, 2);
+    let docs = [pid.0, did.0];
+    assert_eq!(svc.oplog.behind(&svc.repo, &docs).unwrap().len(), 2);
+    let full = |svc: &Service| {
+        summarize(docs.iter().flat_map(|id| {
+            svc.repo
+                .read_raw(*id, sitesync_model::history::operation_records)
+                .unwrap()
+                .unwrap()
+        }))
+    };
+    assert_eq!(svc.operations(pid, usize::MAX).unwrap(), full(&svc));
+    assert!(svc.oplog.behind(&svc.repo, &docs).unwrap().is_empty());
+    let u = MilestoneUpdate {
+        component_id: ids[1],
+        milestone: "erect".into(),
+        value: MilestoneValue::Completed(true),
+        effective_date: None,
+    };
+    svc.update_milestone("ana", pid, u, None).unwrap();
+    assert_eq!(svc.oplog.behind(&svc.repo, &docs).unwrap(), vec![did.0]);
+    assert_eq!(svc.operations(pid, usize::MAX).unwrap(), full(&svc));
+}
+
+/// The operations list is what a full read of every document gives,
+/// after each write; after a restart it comes from the saved records
+/// without reading a single drawing, and a write made since is read
+/// from its own drawing.
+#[test]
+fn the_operations_list_matches_a_full_scan_and_a_restart_reads_no_drawing() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = open_small(dir.path()).unwrap();
+    let (p, components) = three_drawings(&svc, 1);
+    let full = |svc: &Service| {
+        let mut docs = vec![p.id.0];
+        docs.extend(components.iter().map(|c| c.drawing_id.0));
+        summarize(docs.into_iter().flat_map(|id| {
+            svc.repo
+                .read_raw(id, sitesync_model::history::operation_records)
+                .unwrap()
+                .unwrap()
+        }))
+    };
+    // Followed from their first change: nothing to read for the list.
+    let mut docs = vec![p.id.0];
+    docs.extend(components.iter().map(|c| c.drawing_id.0));
+    assert_eq!(svc.oplog.behind(&svc.repo, &docs).unwrap(), Vec::<Uuid>::new());
+    assert_eq!(svc.operations(p.id, usize::MAX).unwrap(), full(&svc));
+    let erect = |c: &Component, done: bool| MilestoneUpdate {
+        component_id: c.id,
+        milestone: "erect".into(),
+        value: MilestoneValue::Completed(done),
+        effective_date: None,
+    };
+    for (i, c) in components.iter().enumerate() {
+        let (_, op) = svc.update_milestone("ben", p.id, erect(c, true), None).unwrap();
+        assert!(svc.oplog.behind(&svc.repo, &docs).unwrap().is_empty());
+        let listed = svc.operations(p.id, usize::MAX).unwrap();
+        assert_eq!(listed, full(&svc), "after write {i}");
+        assert_eq!(listed[0].id, op, "the newest first");
+    }
+    let undone = svc.operations(p.id, 1).unwrap()[0].id;
+    svc.undo("ana", p.id, OperationId(undone.0)).unwrap();
+    let before = svc.operations(p.id, usize::MAX).unwrap();
+    assert_eq!(before, full(&svc));
+    assert!(before.iter().any(|o| o.id == undone && o.undone_by.is_some()));
+    svc.save_index().unwrap();
+    drop(svc);
+
+    let svc = open_small(dir.path()).unwrap();
+    svc.progress(p.id, None).unwrap();
+    let loaded = svc.documents_loaded();
+    assert_eq!(svc.operations(p.id, usize::MAX).unwrap(), before);
+    assert_eq!(svc.documents_loaded(), loaded, "no document read for the list");
+    let (_, op) = svc
+        .update_milestone("ana", p.id, erect(&components[1], false), None)
+        .unwrap();
+    let after = svc.operations(p.id, usize::MAX).unwrap();
+    assert_eq!(after[0].id, op);
+    assert_eq!(after, full(&svc));
+}
+
+/// Brings `doc` from `from` into `to` as a sync connection does,
+/// through [`Service::apply_remote`]; `during` runs once the change is
+/// durable on `to` and before it is queued for the index.
+fn receive(from: &Service, to: &Service, project: ProjectId, doc: Uuid, during: impl FnOnce()) {
+    let saved = from.repo.read_raw(doc, |am| am.save()).unwrap().unwrap();
+    let applied = to
+        .apply_remote(project.0, doc, || {
+            let (_, heads) = to
+                .repo
+                .sync_doc(doc, None, |am| {
+                    am.load_incremental(&saved).unwrap();
+                    ((), Vec::new())
+                })
+                .map_err(storage)?;
+            during();
+            Ok(Some(heads))
+        })
+        .unwrap();
+    assert!(applied.is_some());
+}
+
+/// A project on `a` with one drawing of `n` components, each with the
+/// one milestone `erect`; received whole by `b`.
+fn shared_drawing(a: &Service, b: &Service, n: usize) -> (ProjectId, DrawingId, Vec<ComponentId>) {
+    let (pid, did, ids) = drawing_with_components(a, n);
+    receive(a, b, pid, pid.0, || {});
+    receive(a, b, pid, did.0, || {});
+    (pid, did, ids)
+}
+
+/// A project on `svc` with one drawing, `D1`, of `n` components `C0`…,
+/// each of 2 budget hours and the one milestone `erect`.
+fn drawing_with_components(svc: &Service, n: usize) -> (ProjectId, DrawingId, Vec<ComponentId>) {
+    let (p, t) = project_with_template(svc);
+    let d = svc
+        .add_drawing(
+            "ana",
+            p.id,
+            NewDrawing {
+                number: "D1".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let ids = (0..n)
+        .map(|i| {
+            let new = NewComponent {
+                tag: format!("C{i}"),
+                kind: "spool".into(),
+                template_id: Some(t.id),
+                budget_hours: Some(2.0),
+                ..Default::default()
+            };
+            svc.add_component("ana", p.id, d.info.id, new).unwrap().id
+        })
+        .collect();
+    (p.id, d.info.id, ids)
+}
+
+fn erect(svc: &Service, pid: ProjectId, cid: ComponentId) {
+    let u = MilestoneUpdate {
+        component_id: cid,
+        milestone: "erect".into(),
+        value: MilestoneValue::Completed(true),
+        effective_date: None,
+    };
+    svc.update_milestone("ana", pid, u, None).unwrap();
+}
+
+/// Remote changes are applied without the service's lock and indexed
+/// later, but whoever takes the lock next indexes them first: a read
+/// right after an apply sees it, with no indexer thread running.
+#[test]
+fn a_read_right_after_a_remote_apply_sees_it() {
+    let (a, b) = (service(), service());
+    let (pid, did, ids) = shared_drawing(&a, &b, 1);
+    assert_eq!(b.component(pid, ids[0]).unwrap().completion_percent, 0.0);
+    let next = b.events.next_id();
+    erect(&a, pid, ids[0]);
+    receive(&a, &b, pid, did.0, || {});
+    assert_eq!(b.component(pid, ids[0]).unwrap().completion_percent, 100.0);
+    assert_eq!(b.progress(pid, None).unwrap().earned_hours, 2.0);
+    // The event names the device the change came from.
+    let events = b.events.subscribe(Some(next - 1)).backlog;
+    let updated = events
+        .iter()
+        .find(|e| e.kind == "component.updated")
+        .expect("an update event");
+    let data: serde_json::Value = serde_json::from_str(&updated.data).unwrap();
+    assert_eq!(data["origin"], a.device().to_string());
+}
+
+/// A connection applying faster than anything indexes (here, with no
+/// indexer thread at all) indexes the backlog itself once it passes
+/// [`REMOTE_BACKLOG`], so the next request never waits for an
+/// unbounded queue; nothing applied is missed.
+#[test]
+fn the_remote_backlog_stays_bounded() {
+    let (a, b) = (service(), service());
+    let (p, t) = project_with_template(&a);
+    receive(&a, &b, p.id, p.id.0, || {});
+    let drawings = REMOTE_BACKLOG + 10;
+    let mut longest = 0;
+    for n in 0..drawings {
+        let d = a
+            .add_drawing(
+                "ana",
+                p.id,
+                NewDrawing {
+                    number: format!("D{n}"),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let new = NewComponent {
+            tag: format!("C{n}"),
+            kind: "spool".into(),
+            template_id: Some(t.id),
+            budget_hours: Some(1.0),
+            ..Default::default()
+        };
+        a.add_component("ana", p.id, d.info.id, new).unwrap();
+        receive(&a, &b, p.id, d.info.id.0, || {});
+        longest = longest.max(b.remote_lock().jobs.len());
+    }
+    assert!(
+        longest <= REMOTE_BACKLOG,
+        "{longest} documents waited for the index"
+    );
+    receive(&a, &b, p.id, p.id.0, || {});
+    assert_eq!(b.project(p.id).unwrap().component_count, drawings);
+}
+
+/// With the indexer thread running, a remote change reaches the index
+/// and its events with no request taking the lock.
+#[test]
+fn the_indexer_thread_indexes_remote_changes_on_its_own() {
+    let a = service();
+    let b = Arc::new(service());
+    b.start_indexer();
+    let (pid, did, ids) = shared_drawing(&a, &b, 1);
+    assert_eq!(b.component(pid, ids[0]).unwrap().completion_percent, 0.0);
+    let next = b.events.next_id();
+    erect(&a, pid, ids[0]);
+    receive(&a, &b, pid, did.0, || {});
+    // Only the event ring is read here: no lock is taken.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.events.next_id() == next {
+        assert!(std::time::Instant::now() < deadline, "no event after 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let events = b.events.subscribe(Some(next - 1)).backlog;
+    assert!(
+        events.iter().any(|e| e.kind == "component.updated"),
+        "{:?}",
+        events.iter().map(|e| e.kind).collect::<Vec<_>>()
+    );
+    // The thread holds the service only while indexing: it is dropped.
+    let weak = Arc::downgrade(&b);
+    drop(b);
+    while weak.strong_count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the indexer kept the service"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// An index save that runs while a remote apply is under way must not
+/// record the document's new heads beside entries that do not have its
+/// changes yet: after a crash, the restart would trust those entries.
+#[test]
+fn an_index_save_during_a_remote_apply_leaves_that_drawing_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = service();
+    let b = open_small(dir.path()).unwrap();
+    let (pid, did, ids) = shared_drawing(&a, &b, 2);
+    assert_eq!(b.progress(pid, None).unwrap().earned_hours, 0.0);
+    assert_eq!(b.save_index().unwrap(), 1);
+    erect(&a, pid, ids[0]);
+    receive(&a, &b, pid, did.0, || {});
+    erect(&a, pid, ids[1]);
+    receive(&a, &b, pid, did.0, || {
+        // The first change is indexed now; the second is durable but
+        // not indexed, so the drawing is not saved yet.
+        assert_eq!(b.save_index().unwrap(), 0);
+    });
+    // Killed before the second change is indexed or saved.
+    drop(b);
+    let b = open_small(dir.path()).unwrap();
+    assert_eq!(b.progress(pid, None).unwrap().earned_hours, 4.0);
+    for id in ids {
+        assert_eq!(b.component(pid, id).unwrap().completion_percent, 100.0);
+    }
+}
+
+#[test]
+fn the_clock_never_repeats_or_goes_back() {
+    let clock = Clock::with_source(|| 1_000);
+    let a = clock.now();
+    let b = clock.now();
+    assert_eq!((a, b), (Timestamp(1_000), Timestamp(1_001)));
+}

@@ -389,7 +389,7 @@ async fn main() -> anyhow::Result<()> {
     let replication = Replication::new(service.clone(), token, device_name.clone(), timing, tls);
     {
         let svc = service.clone();
-        tokio::task::spawn_blocking(move || svc.backfill_bindings())
+        tokio::task::spawn_blocking(move || svc.migrate_store())
             .await?
             .map_err(|e| anyhow::anyhow!("preparing documents for sync: {e}"))?;
     }

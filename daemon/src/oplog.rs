@@ -36,7 +36,7 @@ use sitesync_sync::{Persisted, Repo, RepoError};
 use uuid::Uuid;
 
 /// Saved records live in metadata `oplog/<document>`.
-const SAVED_PREFIX: &str = "oplog/";
+const SAVED_PREFIX: &str = sitesync_sync::keys::OPLOG;
 
 /// One document's commit records, read up to `heads`.
 #[derive(Default)]

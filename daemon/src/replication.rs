@@ -237,7 +237,7 @@ fn sorted_heads(h: &[ChangeHash]) -> Vec<ChangeHash> {
 }
 
 fn acked_key(doc: Uuid) -> String {
-    format!("acked/{doc}")
+    sitesync_sync::keys::acked(doc)
 }
 
 /// Replication state shared by the API and the connection tasks.

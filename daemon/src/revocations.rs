@@ -16,7 +16,7 @@ use sitesync_sync::credentials::{CredentialError, RevocationBook, Revocations, T
 use uuid::Uuid;
 
 fn record(org: &str) -> String {
-    format!("revoked/{org}")
+    sitesync_sync::keys::revoked(org)
 }
 
 /// The daemon's revocation book for its own organisation.

@@ -10,7 +10,7 @@ use sitesync_model::{
 use crate::service::Result;
 use crate::service::Service;
 
-const SEEDED: &str = "demo_seeded";
+const SEEDED: &str = sitesync_sync::keys::DEMO_SEEDED;
 const USER: &str = "demo";
 
 fn template(name: &str, workflow_type: WorkflowType, milestones: &[(&str, &str, f64)]) -> NewTemplate {

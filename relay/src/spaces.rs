@@ -242,7 +242,10 @@ impl Spaces {
             source,
         };
         let store = DocStore::new(RedbBackend::open(&dir).map_err(store_err)?);
-        let held_now = store.meta_names("bind/").map_err(store_err)?.len();
+        let held_now = store
+            .meta_names(sitesync_sync::keys::BINDING)
+            .map_err(store_err)?
+            .len();
         let repo = Arc::new(Repo::sharing(
             store,
             ActorId::random(),

@@ -22,6 +22,28 @@ use uuid::Uuid;
 /// such instead of failing somewhere in base64.
 pub const TOKEN_PREFIX: &str = "sitesync1.";
 
+/// Keying material of one TLS session, the same at both of its ends.
+pub type Binding = [u8; 32];
+
+/// What a handshake's proofs may rely on about the transport underneath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Channel {
+    /// The TLS session's [`Binding`]; `None` on plain `ws://`.
+    pub binding: Option<Binding>,
+    /// A client's verdict on the server's certificate: signed by a trusted
+    /// root for the name dialled (`tls::Trust::Roots`). Without it, only a
+    /// proof bound to `binding` is accepted.
+    pub server_trusted: bool,
+}
+
+impl Channel {
+    /// Plain `ws://`, or a side that signs without binding (a relay).
+    pub const UNBOUND: Channel = Channel {
+        binding: None,
+        server_trusted: false,
+    };
+}
+
 /// Why a credential was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CredentialError {

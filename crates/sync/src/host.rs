@@ -1,14 +1,8 @@
 //! [`RepoHost`]: the session's [`Host`] over the repository, shared by the
 //! relay and the daemon. It owns the sync bookkeeping stored beside the
-//! documents, as metadata records written in the same batch as the changes
-//! they describe:
-//!
-//! | record | value | why |
-//! |---|---|---|
-//! | `proj/<project>` | organisation name (empty: not yet known) | which projects are held, and whose |
-//! | `bind/<doc>` | project id | a document belongs to one project, forever |
-//! | `pdoc/<project>/<doc>` | — | a project's documents, for summaries |
-//! | `sync/<peer>/<doc>` | Automerge's encoded sync state | a reconnect resends only what the peer lacks |
+//! documents (`proj/`, `bind/`, `pdoc/`, `sync/`: see [`crate::keys`]), as
+//! metadata records written in the same batch as the changes they
+//! describe.
 
 use std::sync::Arc;
 
@@ -22,16 +16,18 @@ use uuid::Uuid;
 use crate::repo::{Arrived, Repo, RepoError};
 use crate::session::{Host, HostError, Incoming};
 
+use crate::keys;
+
 fn project_key(project: Uuid) -> String {
-    format!("proj/{project}")
+    keys::project(project)
 }
 
 fn bind_key(doc: Uuid) -> String {
-    format!("bind/{doc}")
+    keys::binding(doc)
 }
 
 fn sync_key(peer: Uuid, doc: Uuid) -> String {
-    format!("sync/{peer}/{doc}")
+    keys::sync_state(peer, doc)
 }
 
 /// The records that bind a new document to its project forever. A daemon
@@ -39,7 +35,7 @@ fn sync_key(peer: Uuid, doc: Uuid) -> String {
 pub fn binding_records(project: Uuid, doc: Uuid) -> Vec<(String, Vec<u8>)> {
     vec![
         (bind_key(doc), project.to_string().into_bytes()),
-        (format!("pdoc/{project}/{doc}"), Vec::new()),
+        (keys::project_doc(project, doc), Vec::new()),
     ]
 }
 
@@ -87,7 +83,7 @@ impl RepoHost {
         Ok(self
             .repo
             .store()
-            .meta_names("bind/")
+            .meta_names(keys::BINDING)
             .map_err(|e| storage(e.into()))?
             .len())
     }
@@ -98,7 +94,7 @@ impl Host for RepoHost {
         Ok(self
             .repo
             .store()
-            .meta_names("proj/")
+            .meta_names(keys::PROJECT)
             .map_err(|e| storage(e.into()))?
             .iter()
             .filter_map(|n| n.parse().ok())
@@ -122,7 +118,7 @@ impl Host for RepoHost {
         let names = self
             .repo
             .store()
-            .meta_names(&format!("pdoc/{project}/"))
+            .meta_names(&keys::project_docs(project))
             .map_err(|e| storage(e.into()))?;
         let mut out = Vec::with_capacity(names.len());
         for doc in names.iter().filter_map(|n| n.parse::<Uuid>().ok()) {

@@ -17,6 +17,7 @@ pub mod accept;
 pub mod cache;
 pub mod credentials;
 pub mod host;
+pub mod keys;
 pub mod link;
 pub mod memory;
 pub mod presence;

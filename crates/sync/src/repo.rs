@@ -98,7 +98,7 @@ impl Doc {
 /// Metadata record holding a document's durable heads, so summaries need
 /// not load documents.
 fn heads_meta(id: Uuid) -> String {
-    format!("heads/{id}")
+    crate::keys::heads(id)
 }
 
 /// Encodes change hashes as 32-byte runs.

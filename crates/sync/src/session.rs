@@ -37,13 +37,12 @@ use sitesync_model::automerge::sync::{Message as SyncMessage, State as SyncState
 use uuid::Uuid;
 
 use crate::credentials::{
-    Authority, Certificate, CredentialError, RevocationBook, Revocations, Scope, Token, check_server,
-    peer_key, transcript,
+    Authority, Certificate, Channel, CredentialError, RevocationBook, Revocations, Scope, Token,
+    check_server, peer_key, transcript,
 };
 use crate::presence;
 use crate::protocol::{self, Head, Message, PresenceEntry, WireId};
 use crate::sync_check::{SyncLimits, check_sync_message};
-use crate::tls::Channel;
 
 /// Why the host could not do what a session asked.
 #[derive(Debug, thiserror::Error)]

@@ -645,7 +645,7 @@ impl DocStore {
     /// The id the owner of this store goes by (a daemon's device, a relay):
     /// created on first use and kept, so peers recognise it across restarts.
     pub fn device_id(&self) -> Result<Uuid, StoreError> {
-        const NAME: &str = "device_id";
+        const NAME: &str = crate::keys::DEVICE_ID;
         match self.get_meta(NAME)? {
             Some(bytes) => String::from_utf8_lossy(&bytes)
                 .parse()

@@ -37,27 +37,7 @@ pub use rustls::ServerConfig;
 /// The label of the keying material a handshake binds to.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-sitesync-channel-binding";
 
-/// Keying material of one TLS session, the same at both of its ends.
-pub type Binding = [u8; 32];
-
-/// What a handshake's proofs may rely on about the transport underneath.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Channel {
-    /// The TLS session's [`Binding`]; `None` on plain `ws://`.
-    pub binding: Option<Binding>,
-    /// A client's verdict on the server's certificate: signed by a trusted
-    /// root for the name dialled ([`Trust::Roots`]). Without it, only a
-    /// proof bound to `binding` is accepted.
-    pub server_trusted: bool,
-}
-
-impl Channel {
-    /// Plain `ws://`, or a side that signs without binding (a relay).
-    pub const UNBOUND: Channel = Channel {
-        binding: None,
-        server_trusted: false,
-    };
-}
+pub use crate::credentials::{Binding, Channel};
 
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use sitesync_sync::Repo;
 use super::*;
 
 /// Saved entries live in metadata records `index/<project>/<drawing>`.
-pub(super) const SAVED_PREFIX: &str = "index/";
+pub(super) const SAVED_PREFIX: &str = sitesync_sync::keys::INDEX;
 
 /// The layout of a saved record, and of the packed views in it. Bump it
 /// when [`Component`] or how a view is derived changes: a record of another

@@ -31,7 +31,7 @@ use crate::paging::{Page, Paged};
 use crate::service::Service;
 
 /// Metadata record prefix of persisted jobs.
-const JOB_META: &str = "job/";
+const JOB_META: &str = sitesync_sync::keys::JOB;
 
 /// What a job does; each kind declares its stages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -25,7 +25,7 @@ use sitesync_model::{
 };
 use sitesync_sync::host::{RepoHost, binding_records, project_record};
 use sitesync_sync::session::{Host as _, HostError};
-use sitesync_sync::{Repo, RepoError};
+use sitesync_sync::{Repo, RepoError, keys};
 use uuid::Uuid;
 
 use crate::events::EventBus;
@@ -105,7 +105,6 @@ pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
 /// Metadata record marking a project (so listing projects needs no scan of
 /// every document).
-const PROJECT_META: &str = "project/";
 
 #[derive(Default)]
 struct State {
@@ -250,29 +249,52 @@ impl Service {
         }
     }
 
-    /// Writes the sync binding records of documents created before sync
-    /// existed (stores from older versions), so peers can be offered them.
-    pub fn backfill_bindings(&self) -> Result<()> {
+    /// Brings a store an earlier daemon wrote up to date, once per
+    /// record (a second start finds nothing to do):
+    /// - a project from before sync existed gets its sync bindings
+    ///   (`bind/`, `pdoc/`, `proj/`), so peers can be offered it;
+    /// - the `project/<id>` record an earlier daemon kept beside the host's
+    ///   `proj/<id>`, both meaning "this project is held here", is merged
+    ///   into `proj/` and removed.
+    pub fn migrate_store(&self) -> Result<()> {
         let _state = self.lock();
         let host = RepoHost::new(self.repo.clone());
-        for pid in self.project_ids()? {
-            if host
-                .project_of(pid.0)
+        let store = self.repo.store();
+        let legacy: Vec<ProjectId> = store
+            .meta_names(keys::LEGACY_PROJECT)
+            .map_err(RepoError::from)?
+            .into_iter()
+            .filter_map(|name| name.parse().ok())
+            .collect();
+        for pid in legacy {
+            let bound = host.project_of(pid.0).map_err(|e| ServiceError::Unavailable {
+                detail: e.to_string(),
+            })?;
+            if bound.is_none() {
+                let drawings = self.repo.read_project(pid, |p| p.drawings())??;
+                let mut records = binding_records(pid.0, pid.0);
+                records.push(self.project_record(pid));
+                for d in drawings {
+                    records.extend(binding_records(pid.0, d.id.0));
+                }
+                // One durable batch per project.
+                store.append(&[], &records).map_err(RepoError::from)?;
+            } else if host
+                .project_org(pid.0)
                 .map_err(|e| ServiceError::Unavailable {
                     detail: e.to_string(),
                 })?
-                .is_some()
+                .is_none()
             {
-                continue;
+                store
+                    .put_metas(&[self.project_record(pid)])
+                    .map_err(RepoError::from)?;
             }
-            let drawings = self.repo.read_project(pid, |p| p.drawings())??;
-            let mut records = binding_records(pid.0, pid.0);
-            records.push(self.project_record(pid));
-            for d in drawings {
-                records.extend(binding_records(pid.0, d.id.0));
-            }
-            // One durable batch per project.
-            self.repo.store().append(&[], &records).map_err(RepoError::from)?;
+            // `proj/` is durable first: a crash here leaves only the old
+            // record, which the next start removes.
+            store
+                .delete_meta(&keys::legacy_project(pid.0))
+                .map_err(RepoError::from)?;
         }
         Ok(())
     }

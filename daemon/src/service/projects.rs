@@ -44,7 +44,6 @@ impl Service {
         self.repo.write(|tx| {
             let doc = ProjectDoc::create(pid, &new, &ctx, tx.actor())?;
             tx.insert(pid.0, Doc::Project(doc));
-            tx.put_meta(&format!("{PROJECT_META}{pid}"), b"");
             self.bind(tx, pid, pid.0);
             Ok(())
         })?;
@@ -88,15 +87,24 @@ impl Service {
         Ok(out)
     }
 
+    /// The projects held here whose own document has arrived (`proj/` is
+    /// written with a project's first document, which may be a drawing).
     pub(super) fn project_ids(&self) -> Result<Vec<ProjectId>> {
-        Ok(self
+        let mut out = Vec::new();
+        for name in self
             .repo
             .store()
-            .meta_names(PROJECT_META)
+            .meta_names(sitesync_sync::keys::PROJECT)
             .map_err(RepoError::from)?
-            .into_iter()
-            .filter_map(|name| name.parse().ok())
-            .collect())
+        {
+            let Ok(pid) = name.parse::<ProjectId>() else {
+                continue;
+            };
+            if self.repo.heads(pid.0)?.is_some() {
+                out.push(pid);
+            }
+        }
+        Ok(out)
     }
 
     pub fn project(&self, pid: ProjectId) -> Result<ProjectView> {

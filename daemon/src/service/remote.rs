@@ -151,21 +151,6 @@ impl Service {
             self.clock.observe(Timestamp(ts));
         }
         let origin = newest.map_or_else(|| "remote".to_owned(), |(_, d)| d.to_string());
-        if doc == project {
-            let meta = format!("{PROJECT_META}{pid}");
-            if self
-                .repo
-                .store()
-                .get_meta(&meta)
-                .map_err(|e| storage(e.into()))?
-                .is_none()
-            {
-                self.repo
-                    .store()
-                    .put_meta(&meta, b"")
-                    .map_err(|e| storage(e.into()))?;
-            }
-        }
         let queued = applying.queue(RemoteJob {
             project: pid,
             doc,

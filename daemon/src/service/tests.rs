@@ -58,7 +58,7 @@ fn a_store_from_before_sync_gets_its_bindings_once() {
                 Doc::Drawing(DrawingDoc::create(pid, did, &ctx, tx.actor())?),
             );
             tx.insert(pid.0, Doc::Project(project));
-            tx.put_meta(&format!("{PROJECT_META}{pid}"), b"");
+            tx.put_meta(&keys::legacy_project(pid.0), b"");
             Ok(())
         })
         .unwrap();
@@ -68,7 +68,7 @@ fn a_store_from_before_sync_gets_its_bindings_once() {
         "nothing to offer peers yet"
     );
     svc.set_org("acme");
-    svc.backfill_bindings().unwrap();
+    svc.migrate_store().unwrap();
     let mut docs: Vec<Uuid> = host.summary(pid.0).unwrap().into_iter().map(|(d, _)| d).collect();
     docs.sort();
     let mut want = vec![pid.0, did.0];
@@ -77,11 +77,81 @@ fn a_store_from_before_sync_gets_its_bindings_once() {
     assert_eq!(host.project_of(did.0).unwrap(), Some(pid.0));
     assert_eq!(host.project_org(pid.0).unwrap().as_deref(), Some("acme"));
     // A second start changes nothing.
-    svc.backfill_bindings().unwrap();
+    svc.migrate_store().unwrap();
     assert_eq!(host.summary(pid.0).unwrap().len(), 2);
+    // The old marker is merged into `proj/` and gone; the project lists.
+    assert_eq!(
+        svc.repo.store().get_meta(&keys::legacy_project(pid.0)).unwrap(),
+        None
+    );
+    assert_eq!(
+        svc.projects().unwrap().iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![pid]
+    );
 }
 
-/// A project with one discrete template of one milestone, `erect`.
+/// A store the previous daemon wrote holds both `project/<id>` and
+/// `proj/<id>` for every project: after the migration only `proj/` is
+/// left, with its organisation, and every project still lists.
+#[test]
+fn a_store_with_both_project_records_keeps_one() {
+    let svc = service();
+    svc.set_org("acme");
+    let (p, _) = project_with_template(&svc);
+    let (q, _) = project_with_template(&svc);
+    for pid in [p.id, q.id] {
+        svc.repo
+            .store()
+            .put_meta(&keys::legacy_project(pid.0), b"")
+            .unwrap();
+    }
+    let host = RepoHost::new(svc.repo.clone());
+    let listed = |svc: &Service| {
+        let mut ids: Vec<ProjectId> = svc.projects().unwrap().iter().map(|p| p.id).collect();
+        ids.sort();
+        ids
+    };
+    let mut want = vec![p.id, q.id];
+    want.sort();
+    assert_eq!(listed(&svc), want);
+    svc.migrate_store().unwrap();
+    assert_eq!(listed(&svc), want);
+    for pid in [p.id, q.id] {
+        assert_eq!(
+            svc.repo.store().get_meta(&keys::legacy_project(pid.0)).unwrap(),
+            None
+        );
+        assert_eq!(host.project_org(pid.0).unwrap().as_deref(), Some("acme"));
+    }
+    assert!(
+        svc.repo
+            .store()
+            .meta_names(keys::LEGACY_PROJECT)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A drawing that arrives before its project's document marks the project
+/// held (`proj/`), but the project lists only once its document is here.
+#[test]
+fn a_project_lists_once_its_own_document_arrives() {
+    let (a, b) = (service(), service());
+    let (pid, did, _) = drawing_with_components(&a, 1);
+    receive(&a, &b, pid, did.0, || {});
+    let host = RepoHost::new(b.repo.clone());
+    assert!(
+        host.projects().unwrap().contains(&pid.0),
+        "held from its first document"
+    );
+    assert!(b.projects().unwrap().is_empty(), "its document has not arrived");
+    receive(&a, &b, pid, pid.0, || {});
+    assert_eq!(
+        b.projects().unwrap().iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![pid]
+    );
+}
+
 /// A project with three drawings of `each` components (4 budget hours,
 /// one discrete milestone `erect`), in drawing order.
 fn three_drawings(svc: &Service, each: usize) -> (ProjectView, Vec<Component>) {
@@ -313,7 +383,10 @@ fn receive(from: &Service, to: &Service, project: ProjectId, doc: Uuid, during: 
                 .repo
                 .sync_doc(doc, None, |am| {
                     am.load_incremental(&saved).unwrap();
-                    ((), Vec::new())
+                    // The bookkeeping `RepoHost::receive` writes with it.
+                    let mut records = binding_records(project.0, doc);
+                    records.push(project_record(project.0, ""));
+                    ((), records)
                 })
                 .map_err(storage)?;
             during();

@@ -3,9 +3,9 @@
 //! it. The service answers with `ServiceError`, never a status.
 
 /// Files that serve HTTP themselves: the server's entry points, the
-/// metrics endpoint and its request tracking, the peer listener's
-/// WebSocket upgrade.
-const EDGES: &[&str] = &["lib.rs", "main.rs", "metrics.rs", "replication.rs"];
+/// metrics endpoint and its request tracking, the `--peer-listen` server
+/// (a WebSocket upgrade).
+const EDGES: &[&str] = &["lib.rs", "main.rs", "metrics.rs", "replication/listen.rs"];
 
 /// Names that mean HTTP.
 const HTTP: &[&str] = &[

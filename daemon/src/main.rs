@@ -378,6 +378,9 @@ async fn main() -> anyhow::Result<()> {
             bytes: (cli.max_cache_mb as usize).saturating_mul(1 << 20),
         },
     )?);
+    // Another device's changes are indexed on the service's own thread,
+    // which ends when the service is dropped.
+    service.start_indexer();
     let ping_every = Duration::from_millis(cli.sync_ping_ms.max(10));
     let timing = SyncTiming {
         link: LinkTiming::from_ping(ping_every),

@@ -1,6 +1,11 @@
 //! The drawing document: its components and their milestones. Every
 //! mutation validates first and writes in one transaction, so an invalid
 //! request changes nothing; every read derives completion and status.
+//!
+//! One file, over 700 lines, on purpose: every function here reads or
+//! writes the same Automerge layout (a component's map, its milestones,
+//! its quantity entries), and keeping them together keeps that layout in
+//! one place a reader can check against `schema`.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -9,6 +9,12 @@
 //!
 //! The repository is synchronous; async callers run it on a blocking thread
 //! (Automerge work is CPU-heavy and must stay off the async threads).
+//!
+//! One file, over 700 lines, on purpose: loading, writing, persisting,
+//! eviction and compaction all change the cache's private bookkeeping
+//! (each slot's saved heads, weight and change records), and the
+//! invariants that bookkeeping keeps — acknowledged means durable, memory
+//! never holds what the store does not — are checked in one place.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -27,6 +27,10 @@
 //! - In-memory Automerge sync states start from the persisted ones on every
 //!   connection (the protocol assumes a reliable, in-order stream, which a
 //!   reconnect breaks).
+//!
+//! One file, over 700 lines, on purpose: it is one state machine, whose
+//! states and transitions read top to bottom; split, a reader would hop
+//! between files to follow one message.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -212,8 +212,6 @@ impl Replication {
             next_connection: AtomicU64::new(1),
             counters: SyncCounters::default(),
         });
-        // Changes applied here are indexed on their own thread.
-        repl.service.start_indexer();
         let weak = Arc::downgrade(&repl);
         repl.service.repo().add_persist_hook(Box::new(move |persisted| {
             if let Some(repl) = weak.upgrade() {

@@ -158,17 +158,32 @@ fn three_drawings(svc: &Service, each: usize) -> (ProjectView, Vec<Component>) {
     let (p, t) = project_with_template(svc);
     let mut components = Vec::new();
     for n in 0..3 {
-        let d = svc
-            .add_drawing(
-                "ana",
-                p.id,
-                NewDrawing {
-                    number: format!("D{n}"),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        for m in 0..each {
+        components.extend(drawing_of(svc, p.id, &t, n, each).1);
+    }
+    (p, components)
+}
+
+/// Drawing `D<n>` of project `pid`, with `each` components `C<n>-<m>` of
+/// template `t` (4 budget hours each).
+fn drawing_of(
+    svc: &Service,
+    pid: ProjectId,
+    t: &Template,
+    n: usize,
+    each: usize,
+) -> (DrawingId, Vec<Component>) {
+    let d = svc
+        .add_drawing(
+            "ana",
+            pid,
+            NewDrawing {
+                number: format!("D{n}"),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let components = (0..each)
+        .map(|m| {
             let new = NewComponent {
                 tag: format!("C{n}-{m}"),
                 kind: "spool".into(),
@@ -176,10 +191,10 @@ fn three_drawings(svc: &Service, each: usize) -> (ProjectView, Vec<Component>) {
                 budget_hours: Some(4.0),
                 ..Default::default()
             };
-            components.push(svc.add_component("ana", p.id, d.info.id, new).unwrap());
-        }
-    }
-    (p, components)
+            svc.add_component("ana", pid, d.info.id, new).unwrap()
+        })
+        .collect();
+    (d.info.id, components)
 }
 
 fn project_with_template(svc: &Service) -> (ProjectView, Template) {
@@ -479,25 +494,8 @@ fn the_remote_backlog_stays_bounded() {
     let drawings = REMOTE_BACKLOG + 10;
     let mut longest = 0;
     for n in 0..drawings {
-        let d = a
-            .add_drawing(
-                "ana",
-                p.id,
-                NewDrawing {
-                    number: format!("D{n}"),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        let new = NewComponent {
-            tag: format!("C{n}"),
-            kind: "spool".into(),
-            template_id: Some(t.id),
-            budget_hours: Some(1.0),
-            ..Default::default()
-        };
-        a.add_component("ana", p.id, d.info.id, new).unwrap();
-        receive(&a, &b, p.id, d.info.id.0, || {});
+        let (did, _) = drawing_of(&a, p.id, &t, n, 1);
+        receive(&a, &b, p.id, did.0, || {});
         longest = longest.max(b.remote_lock().jobs.len());
     }
     assert!(

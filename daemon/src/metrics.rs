@@ -186,7 +186,7 @@ pub async fn track(State(app): State<Arc<AppState>>, req: Request, next: Next) -
     response
 }
 
-/// `GET /metrics`.
+/// Prometheus metrics: requests, sync, storage and documents.
 #[utoipa::path(
     get,
     path = "/metrics",

@@ -37,6 +37,7 @@ pub(super) struct ComponentBody {
     attributes: std::collections::BTreeMap<String, String>,
 }
 
+/// Adds a component to a drawing.
 #[utoipa::path(
     post,
     path = "/v1/projects/{pid}/drawings/{did}/components",
@@ -129,6 +130,7 @@ fn component_query(params: &[(String, String)]) -> ApiResult<(ComponentQuery, Pa
     Ok((q, page(limit, cursor)?))
 }
 
+/// Lists a project's components, filtered, sorted and paged.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/components",
@@ -146,6 +148,7 @@ pub(super) async fn list_components(
     Ok(Json(blocking(&app, move |s| s.components(p, &q, page)).await?).into_response())
 }
 
+/// One component, with its milestones and their conflicts.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/components/{cid}",
@@ -180,6 +183,7 @@ pub(super) struct ComponentPatchBody {
     attributes: Option<std::collections::BTreeMap<String, Option<String>>>,
 }
 
+/// Changes a component's fields; the operation is in `Operation-Id`.
 #[utoipa::path(
     patch,
     path = "/v1/projects/{pid}/components/{cid}",
@@ -207,6 +211,7 @@ pub(super) async fn patch_component(
     ))
 }
 
+/// Deletes a component (soft; restore brings it back).
 #[utoipa::path(
     delete,
     path = "/v1/projects/{pid}/components/{cid}",
@@ -225,6 +230,7 @@ pub(super) async fn delete_component(
     Ok(response)
 }
 
+/// Restores a deleted component.
 #[utoipa::path(
     post,
     path = "/v1/projects/{pid}/components/{cid}/restore",
@@ -249,6 +255,7 @@ pub(super) struct HistoryPage {
     items: Vec<sitesync_model::HistoryEntry>,
 }
 
+/// A component's history, newest first, from every device.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/components/{cid}/history",
@@ -309,6 +316,7 @@ pub(super) struct MilestoneBody {
     effective_date: Option<String>,
 }
 
+/// Records work on one milestone; the operation is in `Operation-Id`.
 #[utoipa::path(
     put,
     path = "/v1/projects/{pid}/components/{cid}/milestones/{key}",

@@ -39,6 +39,7 @@ fn parent(raw: Option<String>) -> ApiResult<Option<DrawingId>> {
     .transpose()
 }
 
+/// Adds a drawing to a project.
 #[utoipa::path(
     post,
     path = "/v1/projects/{pid}/drawings",
@@ -65,6 +66,7 @@ pub(super) async fn create_drawing(
     Ok((StatusCode::CREATED, Json(d)).into_response())
 }
 
+/// Lists a project's drawings, each with its completion.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/drawings",
@@ -81,6 +83,7 @@ pub(super) async fn list_drawings(
     Ok(Json(page.of(blocking(&app, move |s| s.drawings(p)).await?)).into_response())
 }
 
+/// One drawing, with its completion.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/drawings/{did}",
@@ -117,6 +120,7 @@ pub(super) struct DrawingPatchBody {
     system: Option<Option<String>>,
 }
 
+/// Changes a drawing's number, title, revision, parent, area or system.
 #[utoipa::path(
     patch,
     path = "/v1/projects/{pid}/drawings/{did}",
@@ -142,6 +146,7 @@ pub(super) async fn patch_drawing(
     Ok(Json(blocking(&app, move |s| s.update_drawing(&user, p, d, patch)).await?).into_response())
 }
 
+/// Deletes a drawing (soft).
 #[utoipa::path(
     delete,
     path = "/v1/projects/{pid}/drawings/{did}",

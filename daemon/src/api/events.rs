@@ -19,6 +19,7 @@ use crate::api::extract::{JsonBody, ProjectPath, QueryParams, User, id};
 
 use super::{App, ErrorResponse, Refusals, blocking};
 
+/// The event stream: every change, progress, sync status, presence and job progress.
 #[utoipa::path(
     get,
     path = "/v1/events",
@@ -96,6 +97,7 @@ pub(super) struct PresenceBody {
     user: Option<String>,
 }
 
+/// A presence heartbeat: who is viewing or editing what.
 #[utoipa::path(
     put,
     path = "/v1/presence",
@@ -145,6 +147,7 @@ pub(super) async fn put_presence(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Who is here on a project, from this and every connected device.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/presence",

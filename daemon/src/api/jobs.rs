@@ -154,6 +154,7 @@ fn mapping_of(raw: Option<&str>) -> ApiResult<Mapping> {
     Ok(mapping)
 }
 
+/// Starts an import job (CSV or JSON), or a dry run of one.
 #[utoipa::path(
     post,
     path = "/v1/projects/{pid}/imports",
@@ -237,6 +238,7 @@ pub(super) struct ExportBody {
     columns: Option<Vec<String>>,
 }
 
+/// Starts an export job (CSV, JSON or XLSX).
 #[utoipa::path(
     post,
     path = "/v1/projects/{pid}/exports",
@@ -290,6 +292,7 @@ pub(super) struct JobsQuery {
     cursor: Option<String>,
 }
 
+/// Lists jobs, newest first.
 #[utoipa::path(
     get,
     path = "/v1/jobs",
@@ -310,6 +313,7 @@ pub(super) async fn list_jobs(
     Ok(Json(app.jobs.list(project, page)).into_response())
 }
 
+/// One job's state and progress.
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}",
@@ -324,6 +328,7 @@ pub(super) async fn get_job(State(app): App, JobPath { id }: JobPath) -> ApiResu
         .ok_or_else(|| ApiError::not_found("job", id))
 }
 
+/// A finished export's file.
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}/download",
@@ -396,6 +401,7 @@ fn attachment(body: axum::body::Body, format: ExportFormat, name: &str) -> Respo
     response
 }
 
+/// Every live component as CSV, streamed.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/components.csv",

@@ -261,6 +261,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Whether the daemon is up: its version, device id and storage damage report.
 #[utoipa::path(
     get,
     path = "/v1/health",

@@ -52,6 +52,7 @@ pub(super) struct BulkBody {
     options: BulkOptionsBody,
 }
 
+/// Many milestone updates as one operation, with per-item results (or a preview).
 #[utoipa::path(
     post,
     path = "/v1/projects/{pid}/milestones:bulk",
@@ -102,6 +103,7 @@ pub(super) async fn bulk(
     Ok((status, Json(out)).into_response())
 }
 
+/// A project's operations, newest first.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/operations",
@@ -119,6 +121,7 @@ pub(super) async fn list_operations(
     Ok(Json(page.of(ops)).into_response())
 }
 
+/// Undoes an operation; what changed since is skipped and reported.
 #[utoipa::path(
     post,
     path = "/v1/projects/{pid}/operations/{oid}/undo",

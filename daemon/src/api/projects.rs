@@ -24,6 +24,7 @@ pub(super) struct ProjectBody {
     code: Option<String>,
 }
 
+/// Creates a project.
 #[utoipa::path(
     post,
     path = "/v1/projects",
@@ -44,6 +45,7 @@ pub(super) async fn create_project(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// Lists the projects held here, each with completion, status and counts.
 #[utoipa::path(
     get,
     path = "/v1/projects",
@@ -60,6 +62,7 @@ pub(super) async fn list_projects(
     Ok(Json(page.of(all)).into_response())
 }
 
+/// One project, with completion, status and counts.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}",
@@ -81,6 +84,7 @@ pub(super) struct ProjectPatchBody {
     code: Option<Option<String>>,
 }
 
+/// Renames a project or changes its code.
 #[utoipa::path(
     patch,
     path = "/v1/projects/{pid}",
@@ -102,6 +106,7 @@ pub(super) async fn patch_project(
     Ok(Json(blocking(&app, move |s| s.update_project(&user, p, patch)).await?).into_response())
 }
 
+/// Deletes a project (soft: it stops listing).
 #[utoipa::path(
     delete,
     path = "/v1/projects/{pid}",
@@ -120,6 +125,7 @@ pub(super) async fn delete_project(
 
 // ---- templates ----
 
+/// Adds a milestone template (rules of credit) to a project.
 #[utoipa::path(
     post,
     path = "/v1/projects/{pid}/templates",
@@ -138,6 +144,7 @@ pub(super) async fn create_template(
     Ok((StatusCode::CREATED, Json(t)).into_response())
 }
 
+/// Lists a project's templates.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/templates",
@@ -154,6 +161,7 @@ pub(super) async fn list_templates(
     Ok(Json(page.of(blocking(&app, move |s| s.templates(p)).await?)).into_response())
 }
 
+/// A project's completion and earned hours, optionally grouped.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/progress",

@@ -11,6 +11,7 @@ use crate::api::extract::{JsonBody, PathParams};
 
 use super::{App, ErrorResponse, Refusals};
 
+/// This device's peers, their state and latency, and its pending changes.
 #[utoipa::path(
     get,
     path = "/v1/sync/status",
@@ -47,6 +48,7 @@ pub(super) struct PeerBody {
     kind: Option<String>,
 }
 
+/// Dials a relay or a LAN peer.
 #[utoipa::path(
     post,
     path = "/v1/sync/peers",
@@ -83,6 +85,7 @@ pub(super) async fn add_peer(State(app): App, JsonBody(b): JsonBody<PeerBody>) -
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// Stops and forgets a peer.
 #[utoipa::path(
     delete,
     path = "/v1/sync/peers/{peer_id}",

@@ -128,7 +128,7 @@ impl Outline {
     pub fn of(service: &Service, pid: ProjectId) -> Result<Self> {
         let templates = service.templates(pid)?;
         let mut held = service.hold(pid)?;
-        let index = held.index();
+        let index = held.index()?;
         let drawings: HashMap<DrawingId, String> = index
             .drawings
             .values()

@@ -35,9 +35,6 @@ use sitesync_model::{OpMeta, OperationInfo, Timestamp};
 use sitesync_sync::{Persisted, Repo, RepoError};
 use uuid::Uuid;
 
-/// Saved records live in metadata `oplog/<document>`.
-const SAVED_PREFIX: &str = sitesync_sync::keys::OPLOG;
-
 /// One document's commit records, read up to `heads`.
 #[derive(Default)]
 struct DocOps {
@@ -152,7 +149,7 @@ impl OpLog {
             let Some(heads) = repo.heads(id)? else { continue };
             let entry = docs.entry(id).or_insert_with(|| {
                 repo.store()
-                    .get_meta(&format!("{SAVED_PREFIX}{id}"))
+                    .get_meta(&sitesync_sync::keys::oplog(id))
                     .ok()
                     .flatten()
                     .and_then(|b| DocOps::decode(&b))
@@ -216,7 +213,7 @@ fn save(repo: &Repo, docs: &mut HashMap<Uuid, DocOps>) {
         .filter(|(_, d)| d.dirty)
         .map(|(id, d)| {
             d.dirty = false;
-            (format!("{SAVED_PREFIX}{id}"), d.encode())
+            (sitesync_sync::keys::oplog(*id), d.encode())
         })
         .collect();
     if !changed.is_empty()

@@ -341,7 +341,7 @@ pub fn write_batch(
 ) -> service::Result<Vec<RowReport>> {
     let pid = session.project;
     let mut held = service.hold(pid)?;
-    let index = held.index();
+    let index = held.index()?;
     let mut batch = session.plan(&index.drawings, index, rows);
     if session.dry_run || batch.writes.is_empty() {
         return Ok(batch.reports);

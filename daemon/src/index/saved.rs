@@ -10,9 +10,6 @@ use sitesync_sync::Repo;
 
 use super::*;
 
-/// Saved entries live in metadata records `index/<project>/<drawing>`.
-pub(super) const SAVED_PREFIX: &str = sitesync_sync::keys::INDEX;
-
 /// The layout of a saved record, and of the packed views in it. Bump it
 /// when [`Component`] or how a view is derived changes: a record of another
 /// format is ignored (its drawing is read from the document again), never
@@ -25,7 +22,7 @@ pub(super) const SAVED_FORMAT: u32 = 2;
 pub(super) const SAVED_VIEW_LIMIT: usize = 1 << 24;
 
 pub(super) fn saved_name(pid: ProjectId, did: DrawingId) -> String {
-    format!("{SAVED_PREFIX}{pid}/{did}")
+    sitesync_sync::keys::index(pid.0, did.0)
 }
 
 /// A drawing's entries as [`ProjectIndex::take_unsaved`] took them.

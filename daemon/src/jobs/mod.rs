@@ -354,7 +354,7 @@ impl Jobs {
             .service
             .repo()
             .store()
-            .put_meta(&format!("{JOB_META}{}", job.id), &bytes)
+            .put_meta(&sitesync_sync::keys::job(job.id), &bytes)
         {
             tracing::error!(job = %job.id, error = %e, "persisting a job failed");
         }
@@ -373,7 +373,12 @@ impl Jobs {
 
     /// The job's stored record.
     fn stored(&self, id: Uuid) -> Option<Record> {
-        match self.service.repo().store().get_meta(&format!("{JOB_META}{id}")) {
+        match self
+            .service
+            .repo()
+            .store()
+            .get_meta(&sitesync_sync::keys::job(id))
+        {
             Ok(Some(bytes)) => serde_json::from_slice(&bytes)
                 .inspect_err(|e| tracing::error!(job = %id, error = %e, "unreadable job record"))
                 .ok(),
@@ -534,7 +539,7 @@ impl Jobs {
                 .service
                 .repo()
                 .store()
-                .delete_meta(&format!("{JOB_META}{id}"))
+                .delete_meta(&sitesync_sync::keys::job(id))
             {
                 tracing::error!(%id, error = %e, "removing an expired job failed");
                 continue;

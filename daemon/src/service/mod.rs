@@ -144,12 +144,10 @@ pub struct Held<'s> {
 }
 
 impl Held<'_> {
-    /// The held project's index, current with every durable change.
-    pub fn index(&mut self) -> &mut ProjectIndex {
-        self.state
-            .index
-            .get_mut(&self.pid)
-            .expect("a held project keeps its index until a refresh fails")
+    /// The held project's index, current with every durable change
+    /// (built again if a failed refresh dropped it).
+    pub fn index(&mut self) -> Result<&mut ProjectIndex> {
+        self.service.index(&mut self.state, self.pid)
     }
 
     /// The context of a write by `user` as part of operation `op`.

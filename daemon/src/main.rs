@@ -380,7 +380,9 @@ async fn main() -> anyhow::Result<()> {
     )?);
     // Another device's changes are indexed on the service's own thread,
     // which ends when the service is dropped.
-    service.start_indexer();
+    service
+        .start_indexer()
+        .context("starting the thread that indexes other devices' changes")?;
     let ping_every = Duration::from_millis(cli.sync_ping_ms.max(10));
     let timing = SyncTiming {
         link: LinkTiming::from_ping(ping_every),

@@ -504,12 +504,20 @@ mod tests {
         let space = relay.spaces().get("acme").unwrap();
         let repo = space.host.repo();
         for n in 0..5u128 {
-            repo.sync_doc(uuid::Uuid::from_u128(n + 1), None, |am| {
-                let mut tx = am.transaction();
-                tx.put(ROOT, "n", n as i64).unwrap();
-                tx.commit();
-                ((), Vec::new())
-            })
+            repo.sync_doc(
+                uuid::Uuid::from_u128(n + 1),
+                sitesync_sync::Sender {
+                    peer: uuid::Uuid::nil(),
+                    project: uuid::Uuid::nil(),
+                },
+                None,
+                |am| {
+                    let mut tx = am.transaction();
+                    tx.put(ROOT, "n", n as i64).unwrap();
+                    tx.commit();
+                    ((), Vec::new())
+                },
+            )
             .unwrap();
         }
         assert_eq!(repo.loaded(), 2);

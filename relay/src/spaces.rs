@@ -29,7 +29,7 @@ use sitesync_sync::model::automerge::sync::{Message as SyncMessage, State as Syn
 use sitesync_sync::model::automerge::{ActorId, ChangeHash};
 use sitesync_sync::rate::Rate;
 use sitesync_sync::session::{Host, HostError, Incoming};
-use sitesync_sync::{Arrived, DocStore, RedbBackend, Repo, RepoConfig, RepoError, StoreError};
+use sitesync_sync::{Arrived, DocStore, RedbBackend, Repo, RepoConfig, RepoError, Sender, StoreError};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -418,7 +418,12 @@ fn copy_doc(from: &Repo, to: &Repo, project: Uuid, doc: Uuid, org: &str) -> Resu
         bytes: bytes.clone(),
         heads,
     };
-    let ((), _) = to.sync_doc(doc, Some(arrived), |am| {
+    // Copied, not sent: no peer sent it.
+    let from = Sender {
+        peer: Uuid::nil(),
+        project,
+    };
+    let ((), _) = to.sync_doc(doc, from, Some(arrived), |am| {
         if let Err(e) = am.load_incremental(&bytes) {
             tracing::error!(%doc, error = %e, "a document of the old store does not load");
         }
@@ -441,12 +446,20 @@ mod tests {
         let mut records = binding_records(project, doc);
         records.push(project_record(project, org));
         let ((), heads) = repo
-            .sync_doc(doc, None, |am| {
-                let mut tx = am.transaction();
-                tx.put(ROOT, "org", org).unwrap();
-                tx.commit();
-                ((), records)
-            })
+            .sync_doc(
+                doc,
+                Sender {
+                    peer: Uuid::nil(),
+                    project,
+                },
+                None,
+                |am| {
+                    let mut tx = am.transaction();
+                    tx.put(ROOT, "org", org).unwrap();
+                    tx.commit();
+                    ((), records)
+                },
+            )
             .unwrap();
         heads
     }

@@ -13,7 +13,7 @@ use sitesync_model::automerge::sync::{
 };
 use uuid::Uuid;
 
-use crate::repo::{Arrived, Repo, RepoError};
+use crate::repo::{Arrived, Repo, RepoError, Sender};
 use crate::session::{Host, HostError, Incoming};
 
 use crate::keys;
@@ -184,9 +184,13 @@ impl Host for RepoHost {
                 bytes: bytes.to_vec(),
                 heads: message.heads.clone(),
             });
+        let from = Sender {
+            peer: ctx.peer,
+            project: ctx.project,
+        };
         let ((applied, before), heads) = self
             .repo
-            .sync_doc(ctx.doc, arrived, |am| {
+            .sync_doc(ctx.doc, from, arrived, |am| {
                 let before = am.get_heads();
                 let applied = am.receive_sync_message(state, message);
                 records.push((sync_key(ctx.peer, ctx.doc), state.encode()));

@@ -30,7 +30,7 @@ pub mod sync_check;
 pub mod tls;
 pub mod workers;
 
-pub use repo::{Arrived, Commit, Doc, Persisted, Repo, RepoConfig, RepoError, Tx};
+pub use repo::{Arrived, Commit, Doc, Origin, Persisted, Repo, RepoConfig, RepoError, Sender, Tx};
 pub use store::{Backend, DocStore, MemBackend, RedbBackend, StoreError};
 pub use workers::Workers;
 

@@ -129,7 +129,8 @@ pub fn decode_heads(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
 /// many, while each saved snapshot waits in memory only that long.
 const COMPACT_BATCH: usize = 16;
 
-/// One document whose new changes just became durable.
+/// One document whose new changes just became durable: an entry of the
+/// repository's change feed ([`Repo::add_persist_hook`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Persisted {
     pub id: Uuid,
@@ -137,16 +138,36 @@ pub struct Persisted {
     pub before: Vec<ChangeHash>,
     /// Heads stored now.
     pub heads: Vec<ChangeHash>,
+    /// Whether this process wrote the changes or a peer sent them.
+    pub origin: Origin,
     /// How many of the new changes this process made (its actor's): what
     /// an owner counting unacknowledged local changes adds without
     /// decoding the document again.
     pub own_changes: usize,
     /// The new changes' messages and times, oldest first, when the
-    /// repository reports them ([`RepoConfig::report_commits`]: for its own
-    /// writes and documents new here, not for changes received into a
-    /// document it held): what an owner indexing commit metadata (the
-    /// daemon's operations list) adds without reading the document again.
+    /// repository reports them ([`RepoConfig::report_commits`]): what an
+    /// owner indexing commit metadata (the daemon's operations list, its
+    /// clock, the origin of its events) takes without reading the
+    /// document again.
     pub commits: Option<Vec<Commit>>,
+}
+
+/// Where the changes of a [`Persisted`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Written by this process ([`Repo::write`]).
+    Local,
+    /// Sent by a peer ([`Repo::sync_doc`]).
+    Received(Sender),
+}
+
+/// The peer a document's changes came from, and the project it sent them
+/// for: what a subscriber indexing received changes needs to place them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sender {
+    /// The peer's key (its device id bound to its token).
+    pub peer: Uuid,
+    pub project: Uuid,
 }
 
 /// One change's message and time, as its author committed it.
@@ -170,17 +191,17 @@ enum Source {
     /// Made here ([`Repo::write`]): the persist hook is told how many are
     /// this process's own.
     Local,
-    /// Received ([`Repo::sync_doc`]). Never this process's own (its actor
-    /// is fresh for every start), so not inspected: a cloned document
-    /// arrives whole, and reading all its change metadata is work a clone
-    /// does not need (20,000-component clone: 3.6 → 3.4 s, its RSS 422 →
-    /// 376 MB, one run each). `whole`: the bytes to store as the snapshot
-    /// of the (single) document, when it arrived whole into nothing.
-    Received { whole: Option<Vec<u8>> },
+    /// Received ([`Repo::sync_doc`]) from `from`. Never this process's own
+    /// (its actor is fresh for every start), so not counted. `whole`: the
+    /// bytes to store as the snapshot of the (single) document, when it
+    /// arrived whole into nothing.
+    Received { from: Sender, whole: Option<Vec<u8>> },
 }
 
 /// Called, from inside the repository's lock (so it must not read the
-/// repository), with the documents whose new changes just became durable.
+/// repository, and must not wait), with the documents whose new changes
+/// just became durable, before the write or sync step that made them
+/// returns: a subscriber has heard of a change before it is acknowledged.
 pub type PersistHook = Box<dyn Fn(&[Persisted]) + Send + Sync>;
 
 /// Called when a document has enough change records to be compacted; the
@@ -521,6 +542,7 @@ impl Repo {
     pub fn sync_doc<T>(
         &self,
         id: Uuid,
+        from: Sender,
         arrived: Option<Arrived>,
         f: impl FnOnce(&mut Automerge) -> (T, Vec<(String, Vec<u8>)>),
     ) -> Result<(T, Vec<ChangeHash>), RepoError> {
@@ -574,7 +596,7 @@ impl Repo {
             })
             .map(|a| a.bytes);
         let touched = HashSet::from([id]);
-        if let Err(e) = self.persist(&mut cache, &touched, &metas, Source::Received { whole }) {
+        if let Err(e) = self.persist(&mut cache, &touched, &metas, Source::Received { from, whole }) {
             cache.slots.remove(&id);
             return Err(e.into());
         }
@@ -682,7 +704,11 @@ impl Repo {
         let count_own = !self.persist_hooks().is_empty() && matches!(source, Source::Local);
         let report = self.config.report_commits;
         // The sender's bytes stand for one document only (`sync_doc`).
-        let sent_whole = touched.len() == 1 && matches!(source, Source::Received { whole: Some(_) });
+        let sent_whole = touched.len() == 1 && matches!(source, Source::Received { whole: Some(_), .. });
+        let origin = match &source {
+            Source::Local => Origin::Local,
+            Source::Received { from, .. } => Origin::Received(*from),
+        };
         // Encoding each document's new changes is independent work (a bulk
         // of 10,000 encodes ~500 documents).
         let work: Vec<(Uuid, &Slot)> = touched
@@ -695,15 +721,9 @@ impl Repo {
             if heads == slot.saved {
                 return None;
             }
-            // Commits are reported for this process's own writes (their
-            // metadata is read for `own_changes` anyway) and for a document
-            // new here; a received increment is left to the owner to read
-            // when it needs to: reading a document's new changes' metadata
-            // walks its whole change graph, and doing it for every change
-            // arriving by sync cost the benchmark's single writes ~3 ms
-            // (4.7 → 7.8 ms median, 20,000 components, daemon + relay +
-            // daemon on one machine).
-            let report = report && (matches!(source, Source::Local) || slot.saved.is_empty());
+            // Reading the new changes' metadata walks the document's
+            // change graph: done once here for every subscriber (the
+            // daemon's clock, index and operations list all need it).
             let new_changes = if count_own || report {
                 doc.get_changes_meta(&slot.saved)
             } else {
@@ -736,6 +756,7 @@ impl Repo {
                 id,
                 before: slot.saved.clone(),
                 heads,
+                origin,
                 own_changes,
                 commits,
             };
@@ -746,7 +767,9 @@ impl Repo {
         for (p, bytes, seq) in encoded.into_iter().flatten() {
             let whole = p.before.is_empty();
             let bytes = bytes.unwrap_or_else(|| match &mut source {
-                Source::Received { whole: Some(saved) } => std::mem::take(saved),
+                Source::Received {
+                    whole: Some(saved), ..
+                } => std::mem::take(saved),
                 _ => unreachable!("only a document sent whole is stored without encoding"),
             });
             appends.push(Append {
@@ -1119,6 +1142,12 @@ impl Tx<'_> {
 mod tests {
     use super::*;
     use crate::store::{MemBackend, RedbBackend};
+
+    /// The sender of changes these tests receive.
+    const SOMEONE: Sender = Sender {
+        peer: Uuid::nil(),
+        project: Uuid::nil(),
+    };
     use sitesync_model::{
         DeviceId, NewDrawing, NewProject, OperationId, OperationKind, ProjectPatch, Timestamp, WriteCtx,
     };
@@ -1171,7 +1200,7 @@ mod tests {
                 bytes: sent.clone(),
                 heads,
             };
-            repo.sync_doc(id, Some(arrived), |am| {
+            repo.sync_doc(id, SOMEONE, Some(arrived), |am| {
                 am.load_incremental(&sent).unwrap();
                 ((), Vec::new())
             })
@@ -1421,12 +1450,12 @@ mod tests {
         assert_eq!(repo.loaded(), 2, "reads are bounded too");
         for id in &ids {
             // A sync message that brings nothing new.
-            let (_, heads) = repo.sync_doc(id.0, None, |_| ((), Vec::new())).unwrap();
+            let (_, heads) = repo.sync_doc(id.0, SOMEONE, None, |_| ((), Vec::new())).unwrap();
             assert!(!heads.is_empty());
         }
         assert_eq!(repo.loaded(), 2, "so are sync steps that change nothing");
         let (_, heads) = repo
-            .sync_doc(Uuid::from_u128(999), None, |_| ((), Vec::new()))
+            .sync_doc(Uuid::from_u128(999), SOMEONE, None, |_| ((), Vec::new()))
             .unwrap();
         assert!(heads.is_empty());
         assert!(

@@ -103,14 +103,22 @@ fn rename(host: &RepoHost, pid: ProjectId, name: &str) {
 fn touch(host: &RepoHost, doc: Uuid) {
     use sitesync_model::automerge::transaction::Transactable as _;
     host.repo()
-        .sync_doc(doc, None, |am| {
-            am.transact::<_, _, sitesync_model::automerge::AutomergeError>(|tx| {
-                tx.put(sitesync_model::automerge::ROOT, "touched", 1)?;
-                Ok(())
-            })
-            .unwrap();
-            ((), Vec::new())
-        })
+        .sync_doc(
+            doc,
+            sitesync_sync::Sender {
+                peer: Uuid::nil(),
+                project: Uuid::nil(),
+            },
+            None,
+            |am| {
+                am.transact::<_, _, sitesync_model::automerge::AutomergeError>(|tx| {
+                    tx.put(sitesync_model::automerge::ROOT, "touched", 1)?;
+                    Ok(())
+                })
+                .unwrap();
+                ((), Vec::new())
+            },
+        )
         .unwrap();
 }
 

@@ -11,7 +11,10 @@ fn service() -> Arc<Service> {
     let repo = Repo::new(
         DocStore::new(MemBackend::default()),
         ActorId::random(),
-        RepoConfig::default(),
+        RepoConfig {
+            report_commits: true,
+            ..RepoConfig::default()
+        },
     );
     Arc::new(Service::new(
         repo,

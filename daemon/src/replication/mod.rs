@@ -3,12 +3,12 @@
 //! `GET /v1/sync/status` reports, `pending` per project, and presence.
 //!
 //! Data flow: every connection runs the `sitesync-sync` session over a
-//! WebSocket in its own task. Documents are reached through [`DaemonHost`],
-//! which applies another device's changes via
-//! [`Service::apply_remote`] so the index and the events (with their origin)
-//! stay current. The repository's persist hook broadcasts every durable
-//! change, so local writes and other peers' changes are offered to every
-//! connection as they land.
+//! WebSocket in its own task, reaching documents through the repository's
+//! host (`RepoHost`). The repository's change feed (its persist hooks)
+//! carries every durable change to its subscribers: here, to every
+//! connection (offered to its peer as it lands) and to the pending counts;
+//! in the service, to the index (another device's changes, with their
+//! origin) and the operations list.
 //!
 //! Files: `mod.rs` peers and their connections; `listen` the
 //! `--peer-listen` server; `status` what each peer's status shows;
@@ -22,12 +22,10 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 use sitesync_model::Timestamp;
-use sitesync_model::automerge::ChangeHash;
-use sitesync_model::automerge::sync::{Message as SyncMessage, State as SyncState};
 use sitesync_sync::credentials::Token;
 use sitesync_sync::host::RepoHost;
 use sitesync_sync::link::{self, Documents, Feeds, LinkTiming, PresenceHub};
-use sitesync_sync::session::{Host, HostError, Incoming, Session};
+use sitesync_sync::session::Session;
 use sitesync_sync::tls::{self, ClientTls, Trust};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -47,49 +45,6 @@ use pending::*;
 pub use presence::{PRESENCE_TTL_MS, PresenceView};
 pub use status::PeerView;
 use status::*;
-
-/// The session host of a daemon: the repository host, with another device's
-/// changes applied through the service.
-pub struct DaemonHost {
-    inner: RepoHost,
-    service: Arc<Service>,
-}
-
-impl Host for DaemonHost {
-    fn projects(&self) -> Result<Vec<Uuid>, HostError> {
-        self.inner.projects()
-    }
-    fn may_share(&self, org: &str, project: Uuid) -> Result<bool, HostError> {
-        self.inner.may_share(org, project)
-    }
-    fn holds(&self, org: &str, project: Uuid) -> Result<bool, HostError> {
-        self.inner.holds(org, project)
-    }
-    fn summary(&self, project: Uuid) -> Result<Vec<(Uuid, Vec<ChangeHash>)>, HostError> {
-        self.inner.summary(project)
-    }
-    fn project_of(&self, doc: Uuid) -> Result<Option<Uuid>, HostError> {
-        self.inner.project_of(doc)
-    }
-    fn heads(&self, doc: Uuid) -> Result<Vec<ChangeHash>, HostError> {
-        self.inner.heads(doc)
-    }
-    fn generate(&self, doc: Uuid, state: &mut SyncState) -> Result<Option<SyncMessage>, HostError> {
-        self.inner.generate(doc, state)
-    }
-    fn receive(
-        &self,
-        ctx: &Incoming<'_>,
-        state: &mut SyncState,
-        message: SyncMessage,
-    ) -> Result<Option<Vec<ChangeHash>>, HostError> {
-        self.service
-            .apply_remote(ctx.project, ctx.doc, || self.inner.receive(ctx, state, message))
-    }
-    fn load_state(&self, peer: Uuid, doc: Uuid) -> Result<Option<Vec<u8>>, HostError> {
-        self.inner.load_state(peer, doc)
-    }
-}
 
 /// Timing of connections; tests shorten it.
 #[derive(Clone, Copy, Debug)]
@@ -130,7 +85,7 @@ struct PeerSlot {
 /// Replication state shared by the API and the connection tasks.
 pub struct Replication {
     service: Arc<Service>,
-    host: Arc<DaemonHost>,
+    host: Arc<RepoHost>,
     /// This daemon's own token: offered to peers and the default for relays.
     token: Option<Token>,
     device_name: String,
@@ -194,10 +149,7 @@ impl Replication {
         let book = Arc::new(Book::open(service.repo().clone(), token.as_ref()));
         let repl = Arc::new(Self {
             book,
-            host: Arc::new(DaemonHost {
-                inner: RepoHost::new(service.repo().clone()),
-                service: service.clone(),
-            }),
+            host: Arc::new(RepoHost::new(service.repo().clone())),
             service,
             token,
             device_name,

@@ -197,7 +197,7 @@ impl Replication {
     }
 
     pub(super) fn pending_counts(&self) -> BTreeMap<Uuid, usize> {
-        let host = &self.host.inner;
+        let host = &self.host;
         // Taken in a short critical section: the persist hook marks
         // documents dirty while the repository's lock is held, so reading
         // the repository with this lock held deadlocked the two.

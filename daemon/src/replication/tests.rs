@@ -13,7 +13,10 @@ fn replication() -> (Arc<Service>, Arc<Replication>) {
     let repo = Repo::new(
         DocStore::new(MemBackend::default()),
         ActorId::random(),
-        RepoConfig::default(),
+        RepoConfig {
+            report_commits: true,
+            ..RepoConfig::default()
+        },
     );
     let service = Arc::new(Service::new(
         repo,

@@ -215,7 +215,7 @@ impl Service {
                     if taken.len() >= BATCH {
                         break;
                     }
-                    let unindexed = |d: DrawingId| self.remote_lock().unindexed(d.0);
+                    let unindexed = |d: DrawingId| self.received.waiting(d.0);
                     match index.take_unsaved(&self.repo, *pid, BATCH - taken.len(), &unindexed) {
                         Ok(more) => taken.extend(more),
                         Err(e) => {

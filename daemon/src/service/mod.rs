@@ -4,16 +4,16 @@
 //!
 //! Synchronous on purpose: Automerge work is CPU-bound, so the HTTP layer
 //! calls these on blocking threads. One lock (`state`) serialises writes and
-//! index updates, so the index always matches what is durable when the
-//! lock is taken: another device's changes are applied without it and
-//! queued (`remote`), then indexed by the indexer thread or by whoever
-//! takes the lock first ([`Service::lock`] drains the queue).
+//! index updates: a write indexes what it wrote before it returns. Another
+//! device's changes reach the service by the repository's change feed
+//! (`received`): queued as they become durable, indexed by the indexer
+//! thread.
 //!
 //! By capability: `projects` (projects, templates, drawings, progress),
 //! `components` (single writes and bulk), `history` (operations list,
 //! undo, a component's history), `indexing` (building, refreshing and
-//! saving the project index; events), `remote` (another device's changes
-//! on their way into the index), `clock` (the hybrid clock). Work outside
+//! saving the project index; events), `received` (another device's
+//! changes on their way into the index), `clock` (the hybrid clock). Work outside
 //! the service that must plan and write under one lock (an import batch)
 //! holds a project with [`Service::hold`].
 
@@ -24,7 +24,7 @@ use sitesync_model::{
     ComponentId, DeviceId, DrawingId, ModelError, OperationId, OperationKind, ProjectId, Timestamp, WriteCtx,
 };
 use sitesync_sync::host::{RepoHost, binding_records, project_record};
-use sitesync_sync::session::{Host as _, HostError};
+use sitesync_sync::session::Host as _;
 use sitesync_sync::{Repo, RepoError, keys};
 use uuid::Uuid;
 
@@ -37,14 +37,14 @@ mod components;
 mod history;
 mod indexing;
 mod projects;
-mod remote;
+mod received;
 #[cfg(test)]
 mod tests;
 
 pub use clock::Clock;
 pub use history::UndoView;
 pub use projects::{DrawingView, ProjectView};
-use remote::RemoteQueue;
+use received::Received;
 
 /// Why a service operation failed. The API maps each variant to its HTTP
 /// answer in one place (`api::error`); nothing below the API knows HTTP.
@@ -118,17 +118,18 @@ pub struct Service {
     device: DeviceId,
     /// The organisation new projects belong to (the sync token's), once known.
     org: std::sync::OnceLock<String>,
-    clock: Clock,
+    /// Shared with [`Received`], which moves it past received changes.
+    clock: Arc<Clock>,
     state: Mutex<State>,
     /// Held by [`Self::save_index`], so a drawing's records land in the
     /// order they were taken (an older one written last would cost a
     /// re-read at the next start).
     saving: Mutex<()>,
-    /// Another device's changes, applied but not yet indexed. A sync
+    /// Another device's changes, durable but not yet indexed. A sync
     /// connection applies a document and goes on to the next while the
     /// indexer reads the changed views (a third of a cold clone's work):
-    /// two cores instead of one (see [`Self::apply_remote`]).
-    remote: Arc<RemoteQueue>,
+    /// two cores instead of one.
+    received: Arc<Received>,
     /// The operations lists' records, told about every durable change by
     /// the repository; apart from `state`, so a listing never waits on (or
     /// holds up) writes.
@@ -144,8 +145,9 @@ pub struct Held<'s> {
 }
 
 impl Held<'_> {
-    /// The held project's index, current with every durable change
-    /// (built again if a failed refresh dropped it).
+    /// The held project's index, current with every write of this device
+    /// and with received changes as far as the indexer has come (built
+    /// again if a failed refresh dropped it).
     pub fn index(&mut self) -> Result<&mut ProjectIndex> {
         self.service.index(&mut self.state, self.pid)
     }
@@ -183,20 +185,23 @@ impl Held<'_> {
     }
 }
 
-fn storage(e: RepoError) -> HostError {
-    HostError::Storage {
-        detail: e.to_string(),
-    }
-}
-
 fn new_id() -> Uuid {
     Uuid::new_v4()
 }
 
 impl Service {
+    /// A service over `repo`, subscribing the operations list and the
+    /// index of received changes to its change feed. The repository should
+    /// report commits ([`sitesync_sync::RepoConfig::report_commits`]):
+    /// without them the operations list reads each changed document, and
+    /// received changes neither move the clock nor name their origin.
     pub fn new(repo: Repo, device: DeviceId, clock: Clock, events: EventBus) -> Self {
         let oplog = Arc::new(OpLog::default());
         let told = oplog.clone();
+        repo.add_persist_hook(Box::new(move |persisted| told.note(persisted)));
+        let clock = Arc::new(clock);
+        let received = Arc::new(Received::new(clock.clone(), device));
+        let told = received.clone();
         repo.add_persist_hook(Box::new(move |persisted| told.note(persisted)));
         Self {
             repo: Arc::new(repo),
@@ -205,7 +210,7 @@ impl Service {
             clock,
             state: Mutex::new(State::default()),
             saving: Mutex::new(()),
-            remote: Arc::default(),
+            received,
             oplog,
             events,
         }
@@ -297,13 +302,9 @@ impl Service {
         Ok(())
     }
 
-    /// Takes the lock that orders writes and index updates, first indexing
-    /// any remote change applied since, so whoever holds it sees an index
-    /// that matches every durable change.
+    /// Takes the lock that orders writes and index updates.
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.index_remote(&mut state);
-        state
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn ctx(&self, user: &str, kind: OperationKind) -> WriteCtx {

@@ -10,7 +10,7 @@ use sitesync_model::{
 };
 use sitesync_sync::{Doc, DocStore, MemBackend, RepoConfig};
 
-use super::remote::REMOTE_BACKLOG;
+use super::received::INDEX_BATCH;
 use super::*;
 use crate::index::ComponentQuery;
 use crate::paging::Page;
@@ -27,12 +27,16 @@ fn open_small(dir: &std::path::Path) -> Result<Service, crate::StartError> {
 }
 
 fn service() -> Service {
-    let repo = Repo::new(
-        DocStore::new(MemBackend::default()),
-        ActorId::random(),
-        RepoConfig::default(),
-    );
-    Service::new(repo, DeviceId(new_id()), Clock::system(), EventBus::new(100, 1))
+    service_with(Clock::system())
+}
+
+fn service_with(clock: Clock) -> Service {
+    let config = RepoConfig {
+        report_commits: true,
+        ..RepoConfig::default()
+    };
+    let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
+    Service::new(repo, DeviceId(new_id()), clock, EventBus::new(100, 1))
 }
 
 #[test]
@@ -138,14 +142,14 @@ fn a_store_with_both_project_records_keeps_one() {
 fn a_project_lists_once_its_own_document_arrives() {
     let (a, b) = (service(), service());
     let (pid, did, _) = drawing_with_components(&a, 1);
-    receive(&a, &b, pid, did.0, || {});
+    receive(&a, &b, pid, did.0);
     let host = RepoHost::new(b.repo.clone());
     assert!(
         host.projects().unwrap().contains(&pid.0),
         "held from its first document"
     );
     assert!(b.projects().unwrap().is_empty(), "its document has not arrived");
-    receive(&a, &b, pid, pid.0, || {});
+    receive(&a, &b, pid, pid.0);
     assert_eq!(
         b.projects().unwrap().iter().map(|p| p.id).collect::<Vec<_>>(),
         vec![pid]
@@ -304,7 +308,12 @@ fn a_restart_reads_saved_entries_and_rereads_drawings_changed_since() {
 /// documents that changed, and is still the full scan's.
 #[test]
 fn the_operations_list_reads_documents_when_commits_are_not_reported() {
-    let svc = service();
+    let repo = Repo::new(
+        DocStore::new(MemBackend::default()),
+        ActorId::random(),
+        RepoConfig::default(),
+    );
+    let svc = Service::new(repo, DeviceId(new_id()), Clock::system(), EventBus::new(100, 1));
     let (pid, did, ids) = drawing_with_components(&svc, 2);
     let docs = [pid.0, did.0];
     assert_eq!(svc.oplog.behind(&svc.repo, &docs).unwrap().len(), 2);
@@ -387,36 +396,39 @@ fn the_operations_list_matches_a_full_scan_and_a_restart_reads_no_drawing() {
     assert_eq!(after, full(&svc));
 }
 
-/// Brings `doc` from `from` into `to` as a sync connection does,
-/// through [`Service::apply_remote`]; `during` runs once the change is
-/// durable on `to` and before it is queued for the index.
-fn receive(from: &Service, to: &Service, project: ProjectId, doc: Uuid, during: impl FnOnce()) {
+/// Brings `doc` from `from` into `to` as a sync connection does
+/// (`RepoHost::receive`): durable, and queued for the index by the
+/// repository's change feed, but not indexed yet.
+fn arrive(from: &Service, to: &Service, project: ProjectId, doc: Uuid) {
     let saved = from.repo.read_raw(doc, |am| am.save()).unwrap().unwrap();
-    let applied = to
-        .apply_remote(project.0, doc, || {
-            let (_, heads) = to
-                .repo
-                .sync_doc(doc, None, |am| {
-                    am.load_incremental(&saved).unwrap();
-                    // The bookkeeping `RepoHost::receive` writes with it.
-                    let mut records = binding_records(project.0, doc);
-                    records.push(project_record(project.0, ""));
-                    ((), records)
-                })
-                .map_err(storage)?;
-            during();
-            Ok(Some(heads))
+    let sender = sitesync_sync::Sender {
+        peer: from.device.0,
+        project: project.0,
+    };
+    to.repo
+        .sync_doc(doc, sender, None, |am| {
+            am.load_incremental(&saved).unwrap();
+            // The bookkeeping `RepoHost::receive` writes with it.
+            let mut records = binding_records(project.0, doc);
+            records.push(project_record(project.0, ""));
+            ((), records)
         })
         .unwrap();
-    assert!(applied.is_some());
+}
+
+/// [`arrive`], then indexes everything received, as the indexer thread
+/// does.
+fn receive(from: &Service, to: &Service, project: ProjectId, doc: Uuid) {
+    arrive(from, to, project, doc);
+    while to.index_received() > 0 {}
 }
 
 /// A project on `a` with one drawing of `n` components, each with the
 /// one milestone `erect`; received whole by `b`.
 fn shared_drawing(a: &Service, b: &Service, n: usize) -> (ProjectId, DrawingId, Vec<ComponentId>) {
     let (pid, did, ids) = drawing_with_components(a, n);
-    receive(a, b, pid, pid.0, || {});
-    receive(a, b, pid, did.0, || {});
+    receive(a, b, pid, pid.0);
+    receive(a, b, pid, did.0);
     (pid, did, ids)
 }
 
@@ -459,17 +471,33 @@ fn erect(svc: &Service, pid: ProjectId, cid: ComponentId) {
     svc.update_milestone("ana", pid, u, None).unwrap();
 }
 
-/// Remote changes are applied without the service's lock and indexed
-/// later, but whoever takes the lock next indexes them first: a read
-/// right after an apply sees it, with no indexer thread running.
+/// The change feed queues a received document before the sync step that
+/// made it durable returns (so before its sender hears an Ack), moving
+/// the clock past its changes; the index shows it once the indexer has
+/// taken it, with events naming the device it came from.
 #[test]
-fn a_read_right_after_a_remote_apply_sees_it() {
-    let (a, b) = (service(), service());
+fn a_received_change_is_queued_as_it_lands_and_indexed_with_its_origin() {
+    let a = service();
+    // `b`'s wall clock is far behind `a`'s.
+    let b = service_with(Clock::with_source(|| 1_000));
     let (pid, did, ids) = shared_drawing(&a, &b, 1);
     assert_eq!(b.component(pid, ids[0]).unwrap().completion_percent, 0.0);
     let next = b.events.next_id();
     erect(&a, pid, ids[0]);
-    receive(&a, &b, pid, did.0, || {});
+    let written = a
+        .repo
+        .read_raw(did.0, |am| am.get_last_local_change().map(|c| c.timestamp()));
+    let written = written.unwrap().flatten().expect("a's change");
+    arrive(&a, &b, pid, did.0);
+    assert!(b.received.waiting(did.0), "queued as it became durable");
+    assert!(b.now().0 > written, "b's next write orders after a's");
+    assert_eq!(
+        b.component(pid, ids[0]).unwrap().completion_percent,
+        0.0,
+        "not indexed until the indexer takes it"
+    );
+    assert_eq!(b.index_received(), 1);
+    assert!(!b.received.waiting(did.0));
     assert_eq!(b.component(pid, ids[0]).unwrap().completion_percent, 100.0);
     assert_eq!(b.progress(pid, None).unwrap().earned_hours, 2.0);
     // The event names the device the change came from.
@@ -482,27 +510,25 @@ fn a_read_right_after_a_remote_apply_sees_it() {
     assert_eq!(data["origin"], a.device().to_string());
 }
 
-/// A connection applying faster than anything indexes (here, with no
-/// indexer thread at all) indexes the backlog itself once it passes
-/// [`REMOTE_BACKLOG`], so the next request never waits for an
-/// unbounded queue; nothing applied is missed.
+/// Documents arriving faster than anything indexes them wait in the
+/// queue, and the indexer takes at most [`INDEX_BATCH`] of them per hold
+/// of the service's lock, so a request waits for at most one batch;
+/// nothing received is missed.
 #[test]
-fn the_remote_backlog_stays_bounded() {
+fn the_indexer_takes_one_batch_per_hold_of_the_lock() {
     let (a, b) = (service(), service());
     let (p, t) = project_with_template(&a);
-    receive(&a, &b, p.id, p.id.0, || {});
-    let drawings = REMOTE_BACKLOG + 10;
-    let mut longest = 0;
+    receive(&a, &b, p.id, p.id.0);
+    let drawings = INDEX_BATCH + 10;
     for n in 0..drawings {
         let (did, _) = drawing_of(&a, p.id, &t, n, 1);
-        receive(&a, &b, p.id, did.0, || {});
-        longest = longest.max(b.remote_lock().jobs.len());
+        arrive(&a, &b, p.id, did.0);
     }
-    assert!(
-        longest <= REMOTE_BACKLOG,
-        "{longest} documents waited for the index"
-    );
-    receive(&a, &b, p.id, p.id.0, || {});
+    arrive(&a, &b, p.id, p.id.0);
+    assert_eq!(b.received.len(), drawings + 1);
+    assert_eq!(b.index_received(), INDEX_BATCH);
+    assert_eq!(b.received.len(), drawings + 1 - INDEX_BATCH);
+    while b.index_received() > 0 {}
     assert_eq!(b.project(p.id).unwrap().component_count, drawings);
 }
 
@@ -512,12 +538,12 @@ fn the_remote_backlog_stays_bounded() {
 fn the_indexer_thread_indexes_remote_changes_on_its_own() {
     let a = service();
     let b = Arc::new(service());
-    b.start_indexer();
+    b.start_indexer().unwrap();
     let (pid, did, ids) = shared_drawing(&a, &b, 1);
     assert_eq!(b.component(pid, ids[0]).unwrap().completion_percent, 0.0);
     let next = b.events.next_id();
     erect(&a, pid, ids[0]);
-    receive(&a, &b, pid, did.0, || {});
+    arrive(&a, &b, pid, did.0);
     // Only the event ring is read here: no lock is taken.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while b.events.next_id() == next {
@@ -542,11 +568,12 @@ fn the_indexer_thread_indexes_remote_changes_on_its_own() {
     }
 }
 
-/// An index save that runs while a remote apply is under way must not
-/// record the document's new heads beside entries that do not have its
-/// changes yet: after a crash, the restart would trust those entries.
+/// An index save that runs while a received change waits for the indexer
+/// must not record the document's new heads beside entries that do not
+/// have its changes yet: after a crash, the restart would trust those
+/// entries.
 #[test]
-fn an_index_save_during_a_remote_apply_leaves_that_drawing_due() {
+fn an_index_save_while_a_received_change_waits_leaves_that_drawing_due() {
     let dir = tempfile::tempdir().unwrap();
     let a = service();
     let b = open_small(dir.path()).unwrap();
@@ -554,13 +581,12 @@ fn an_index_save_during_a_remote_apply_leaves_that_drawing_due() {
     assert_eq!(b.progress(pid, None).unwrap().earned_hours, 0.0);
     assert_eq!(b.save_index().unwrap(), 1);
     erect(&a, pid, ids[0]);
-    receive(&a, &b, pid, did.0, || {});
+    receive(&a, &b, pid, did.0);
     erect(&a, pid, ids[1]);
-    receive(&a, &b, pid, did.0, || {
-        // The first change is indexed now; the second is durable but
-        // not indexed, so the drawing is not saved yet.
-        assert_eq!(b.save_index().unwrap(), 0);
-    });
+    arrive(&a, &b, pid, did.0);
+    // The first change is indexed; the second is durable but not
+    // indexed, so the drawing is not saved yet.
+    assert_eq!(b.save_index().unwrap(), 0);
     // Killed before the second change is indexed or saved.
     drop(b);
     let b = open_small(dir.path()).unwrap();

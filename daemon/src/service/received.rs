@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use sitesync_model::automerge::ChangeHash;
-use sitesync_model::{DeviceId, DrawingId, OpMeta, ProjectId, Timestamp};
+use sitesync_model::{Component, DeviceId, DrawingDoc, DrawingId, OpMeta, ProjectId, Spread as _, Timestamp};
 use sitesync_sync::{Origin, Persisted, RepoError};
 use uuid::Uuid;
 
@@ -175,8 +175,9 @@ impl Service {
     pub fn index_received(&self) -> usize {
         let mut state = self.lock();
         let batch = self.received.take(INDEX_BATCH);
-        for arrival in &batch {
-            if let Err(e) = self.refresh_received(&mut state, arrival) {
+        let views = self.read_received(&batch);
+        for (arrival, views) in batch.iter().zip(views) {
+            if let Err(e) = self.refresh_received(&mut state, arrival, views) {
                 tracing::warn!(project = %arrival.project, doc = %arrival.doc, error = %e,
                     "index refresh after sync failed; rebuilding on next use");
                 state.index.remove(&arrival.project);
@@ -185,7 +186,58 @@ impl Service {
         batch.len()
     }
 
-    fn refresh_received(&self, state: &mut State, job: &Arrival) -> Result<()> {
+    /// The changed component views of each received drawing, in the
+    /// batch's order (`None`: a project's document, or a drawing not held
+    /// as one yet). A few changed components are read in place; more are
+    /// read from a copy, so the repository's lock is free for the next
+    /// apply while they are, and the copies are read side by side
+    /// ([`sitesync_sync::Workers`]): a clone brings every component of
+    /// each drawing, and after its last apply the index's reading is all
+    /// that is left to do.
+    fn read_received(&self, batch: &[Arrival]) -> Vec<Option<Result<Vec<Component>>>> {
+        enum Read {
+            Views(Result<Vec<Component>>),
+            Copy(Box<(DrawingDoc, Vec<ComponentId>)>),
+            Nothing,
+        }
+        let reads: Vec<Read> = batch
+            .iter()
+            .map(|arrival| {
+                if arrival.doc == arrival.project.0 {
+                    return Read::Nothing;
+                }
+                let read = self.repo.read_drawing(DrawingId(arrival.doc), |d| {
+                    let changed = d.changed_components(&arrival.before);
+                    if changed.len() <= READ_IN_PLACE {
+                        Ok(d.components_of(&changed))
+                    } else {
+                        Err(Box::new((d.clone(), changed)))
+                    }
+                });
+                match read {
+                    Ok(Ok(views)) => Read::Views(views.map_err(Into::into)),
+                    Ok(Err(copy)) => Read::Copy(copy),
+                    // Listed before its document arrived, or still raw.
+                    Err(RepoError::NotFound { .. }) => Read::Nothing,
+                    Err(e) => Read::Views(Err(e.into())),
+                }
+            })
+            .collect();
+        self.repo.workers().map(reads, |read| match read {
+            Read::Views(views) => Some(views),
+            Read::Copy(copy) => Some(copy.0.components_of(&copy.1).map_err(Into::into)),
+            Read::Nothing => None,
+        })
+    }
+
+    /// Puts one received document's changes into the index: its `views`
+    /// for a drawing, the drawings it newly lists for a project's document.
+    fn refresh_received(
+        &self,
+        state: &mut State,
+        job: &Arrival,
+        views: Option<Result<Vec<Component>>>,
+    ) -> Result<()> {
         let (pid, origin) = (job.project, job.origin.as_str());
         if !state.index.contains_key(&pid) {
             // Built from the documents on first use; a project whose
@@ -207,25 +259,8 @@ impl Service {
                 .collect();
             return self.refresh_from(state, pid, &listed, true, origin);
         }
-        // A few changed components are read in place; more are read from a
-        // copy, so the repository's lock is free for the next apply while
-        // they are (a clone: 50 views of each drawing arriving).
-        let did = DrawingId(job.doc);
-        let read = self.repo.read_drawing(did, |d| {
-            let changed = d.changed_components(&job.before);
-            if changed.len() <= READ_IN_PLACE {
-                Ok(d.components_of(&changed))
-            } else {
-                Err(Box::new((d.clone(), changed)))
-            }
-        });
-        let fresh = match read {
-            Ok(Ok(views)) => views?,
-            Ok(Err(copy)) => copy.0.components_of(&copy.1)?,
-            // Listed before its document arrived, or still raw.
-            Err(RepoError::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(fresh) = views else { return Ok(()) };
+        let fresh = fresh?;
         Self::refreshing(state, pid, |state| {
             let index = self.index(state, pid)?;
             if self.absorb(index, pid, fresh, origin) {

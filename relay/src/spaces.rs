@@ -26,7 +26,7 @@ use sitesync_sync::cache::CacheBudget;
 use sitesync_sync::host::{RepoHost, binding_records, project_record};
 use sitesync_sync::link::OrgDocuments;
 use sitesync_sync::model::automerge::sync::{Message as SyncMessage, State as SyncState};
-use sitesync_sync::model::automerge::{ActorId, ChangeHash};
+use sitesync_sync::model::automerge::{ActorId, Automerge, ChangeHash};
 use sitesync_sync::rate::Rate;
 use sitesync_sync::session::{Host, HostError, Incoming};
 use sitesync_sync::{Arrived, DocStore, RedbBackend, Repo, RepoConfig, RepoError, Sender, StoreError};
@@ -84,7 +84,7 @@ impl Default for Quota {
 
 /// One organisation's documents on the relay.
 pub struct Space {
-    pub host: RepoHost,
+    pub host: RepoHost<Automerge>,
     /// Ids of this organisation's documents whose changes just became
     /// durable; every connection of the organisation listens.
     pub changes: broadcast::Sender<Uuid>,
@@ -250,7 +250,6 @@ impl Spaces {
             store,
             ActorId::random(),
             RepoConfig {
-                typed: false,
                 max_cached: self.max_cached,
                 ..RepoConfig::default()
             },
@@ -361,14 +360,7 @@ pub fn migrate_shared_store(data_dir: &Path, spaces: &Spaces) -> Result<(), Spac
         detail,
     };
     let store = DocStore::new(RedbBackend::open(&old_dir).map_err(|e| failed(e.to_string()))?);
-    let old = Repo::new(
-        store,
-        ActorId::random(),
-        RepoConfig {
-            typed: false,
-            ..RepoConfig::default()
-        },
-    );
+    let old: Repo<Automerge> = Repo::new(store, ActorId::random(), RepoConfig::default());
     let old_host = RepoHost::new(Arc::new(old));
     let projects = old_host.projects().map_err(|e| failed(e.to_string()))?;
     let mut moved = (0usize, 0usize);
@@ -408,7 +400,13 @@ pub fn migrate_shared_store(data_dir: &Path, spaces: &Spaces) -> Result<(), Spac
 
 /// Copies `doc` of `project` from `from` into `to` (organisation `org`'s
 /// space), whole, with its bindings.
-fn copy_doc(from: &Repo, to: &Repo, project: Uuid, doc: Uuid, org: &str) -> Result<(), RepoError> {
+fn copy_doc(
+    from: &Repo<Automerge>,
+    to: &Repo<Automerge>,
+    project: Uuid,
+    doc: Uuid,
+    org: &str,
+) -> Result<(), RepoError> {
     let Some((bytes, heads)) = from.read_raw(doc, |am| (am.save(), am.get_heads()))? else {
         return Ok(());
     };
@@ -442,7 +440,7 @@ mod tests {
 
     /// Writes a document of `project` bound as a relay before spaces
     /// bound it (to `org`), in the one shared store; returns its heads.
-    fn old_doc(repo: &Repo, project: Uuid, doc: Uuid, org: &str) -> Vec<ChangeHash> {
+    fn old_doc(repo: &Repo<Automerge>, project: Uuid, doc: Uuid, org: &str) -> Vec<ChangeHash> {
         let mut records = binding_records(project, doc);
         records.push(project_record(project, org));
         let ((), heads) = repo

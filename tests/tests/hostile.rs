@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sitesync_sync::link::{self, FrameSocket as _};
-use sitesync_sync::model::automerge::ActorId;
+use sitesync_sync::model::automerge::{ActorId, Automerge};
 use sitesync_sync::protocol::{self, Message};
 use sitesync_sync::session::{Output, Session};
 use sitesync_sync::tls::{ClientTls, Trust};
@@ -63,7 +63,7 @@ fn intrude_until_answered(url: &str, token: &str, frames: Vec<Message>) -> Optio
         .build()
         .unwrap()
         .block_on(async move {
-            let host = RepoHost::new(Arc::new(Repo::new(
+            let host = RepoHost::new(Arc::new(Repo::<Automerge>::new(
                 DocStore::new(MemBackend::default()),
                 ActorId::random(),
                 RepoConfig::default(),
@@ -298,13 +298,10 @@ fn a_device_pushing_changes_outside_its_scope_is_refused_and_nothing_is_stored()
 
     // Nothing of it is in the relay's store.
     relay.kill();
-    let store = Repo::new(
+    let store = Repo::<Automerge>::new(
         DocStore::new(RedbBackend::open(&rdir.join("spaces").join("acme")).unwrap()),
         ActorId::random(),
-        RepoConfig {
-            typed: false,
-            ..RepoConfig::default()
-        },
+        RepoConfig::default(),
     );
     let has = store
         .read_raw(p2_id, |am| am.get_change_meta_by_hash(&intruder).is_some())
@@ -376,13 +373,10 @@ fn another_organisation_cannot_claim_a_project_id_first() {
     // only; acme's document of the same id never saw it.
     relay.kill();
     let holds = |org: &str| {
-        let repo = Repo::new(
+        let repo = Repo::<Automerge>::new(
             DocStore::new(sitesync_sync::RedbBackend::open(&rdir.join("spaces").join(org)).unwrap()),
             ActorId::random(),
-            RepoConfig {
-                typed: false,
-                ..RepoConfig::default()
-            },
+            RepoConfig::default(),
         );
         repo.read_raw(pid, |am| am.get_change_meta_by_hash(&intruder).is_some())
             .unwrap()

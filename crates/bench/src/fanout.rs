@@ -18,7 +18,7 @@ use anyhow::{Context, ensure};
 use sitesync_sync::credentials::Token;
 use sitesync_sync::host::RepoHost;
 use sitesync_sync::link::{self, Feeds, LinkTiming, Observer};
-use sitesync_sync::model::automerge::ActorId;
+use sitesync_sync::model::automerge::{ActorId, Automerge};
 use sitesync_sync::session::{Event, Session};
 use sitesync_sync::{DocStore, MemBackend, Repo, RepoConfig};
 use sitesync_tests::{Client, Relay};
@@ -121,11 +121,10 @@ impl Fleet {
                 // 48th), 200 saves at once on the 2 cores the relay needs:
                 // those three updates were the run's p95 and p99. A real
                 // device folds its own copy, on its own CPU.
-                let repo = Repo::new(
+                let repo: Repo<Automerge> = Repo::new(
                     DocStore::new(MemBackend::default()),
                     ActorId::random(),
                     RepoConfig {
-                        typed: false,
                         compact_at: usize::MAX,
                         compact_bytes: usize::MAX,
                         ..RepoConfig::default()

@@ -13,7 +13,7 @@ use sitesync_model::automerge::sync::{
 };
 use uuid::Uuid;
 
-use crate::repo::{Arrived, Repo, RepoError, Sender};
+use crate::repo::{Arrived, Doc, Document, Repo, RepoError, Sender};
 use crate::session::{Host, HostError, Incoming};
 
 use crate::keys;
@@ -51,18 +51,26 @@ fn storage(e: RepoError) -> HostError {
     }
 }
 
-/// The session host over a repository.
-#[derive(Clone)]
-pub struct RepoHost {
-    repo: Arc<Repo>,
+/// The session host over a repository (of a daemon's typed documents,
+/// or a relay's raw ones: sync reads and writes only Automerge).
+pub struct RepoHost<D: Document = Doc> {
+    repo: Arc<Repo<D>>,
 }
 
-impl RepoHost {
-    pub fn new(repo: Arc<Repo>) -> Self {
+impl<D: Document> Clone for RepoHost<D> {
+    fn clone(&self) -> Self {
+        Self {
+            repo: self.repo.clone(),
+        }
+    }
+}
+
+impl<D: Document> RepoHost<D> {
+    pub fn new(repo: Arc<Repo<D>>) -> Self {
         Self { repo }
     }
 
-    pub fn repo(&self) -> &Arc<Repo> {
+    pub fn repo(&self) -> &Arc<Repo<D>> {
         &self.repo
     }
 
@@ -89,7 +97,7 @@ impl RepoHost {
     }
 }
 
-impl Host for RepoHost {
+impl<D: Document> Host for RepoHost<D> {
     fn projects(&self) -> Result<Vec<Uuid>, HostError> {
         Ok(self
             .repo

@@ -5,7 +5,11 @@
 //! Data flow: the daemon asks the [`repo::Repo`] for documents; the repo
 //! loads them from the [`store::DocStore`] on demand, runs the model's pure
 //! mutations on them, and appends the new Automerge changes to the store in
-//! one flushed batch before the write is acknowledged.
+//! one flushed batch before the write is acknowledged; then it tells its
+//! change feed (persist hooks: [`repo::Persisted`]). A repository holds its
+//! documents as its owner reads them ([`repo::Document`]): the daemon's as
+//! the model's project and drawing documents ([`repo::Doc`]), the relay's
+//! as raw Automerge, which it never interprets.
 //!
 //! From a peer: [`accept`] (or a dialled WebSocket) → [`link::drive`] →
 //! [`session::Session`], which decodes frames ([`protocol`]), checks sync
@@ -30,7 +34,7 @@ pub mod sync_check;
 pub mod tls;
 pub mod workers;
 
-pub use repo::{Arrived, Commit, Doc, Origin, Persisted, Repo, RepoConfig, RepoError, Sender, Tx};
+pub use repo::{Arrived, Commit, Doc, Document, Origin, Persisted, Repo, RepoConfig, RepoError, Sender, Tx};
 pub use store::{Backend, DocStore, MemBackend, RedbBackend, StoreError};
 pub use workers::Workers;
 

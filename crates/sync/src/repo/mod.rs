@@ -16,12 +16,11 @@
 //! invariants that bookkeeping keeps — acknowledged means durable, memory
 //! never holds what the store does not — are checked in one place.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use sitesync_model::ModelError;
 use sitesync_model::automerge::{ActorId, Automerge, ChangeHash};
-use sitesync_model::schema::{DocKind, kind_of};
-use sitesync_model::{DrawingDoc, DrawingId, ModelError, ProjectDoc, ProjectId};
 use uuid::Uuid;
 
 use sitesync_model::Spread;
@@ -29,6 +28,9 @@ use sitesync_model::Spread;
 use crate::cache::{CacheBudget, Weighed, Weighted, weight};
 use crate::store::{Append, Compaction, Damage, DocStore, Loaded, StoreError};
 use crate::workers::Workers;
+
+mod typed;
+pub use typed::Doc;
 
 /// Errors from the repository.
 #[derive(Debug, thiserror::Error)]
@@ -41,32 +43,20 @@ pub enum RepoError {
     NotFound { what: &'static str, id: Uuid },
 }
 
-/// A loaded document of either kind, or raw.
-pub enum Doc {
-    Project(ProjectDoc),
-    Drawing(DrawingDoc),
-    /// Not (yet) readable as either: a relay never interprets documents, and
-    /// a daemon holds a document arriving by sync raw until its first changes
-    /// say what it is.
-    Raw(Automerge),
-}
-
-impl Doc {
-    pub fn automerge(&self) -> &Automerge {
-        match self {
-            Self::Project(d) => d.automerge(),
-            Self::Drawing(d) => d.automerge(),
-            Self::Raw(d) => d,
-        }
-    }
-
-    fn automerge_mut(&mut self) -> &mut Automerge {
-        match self {
-            Self::Project(d) => d.automerge_mut(),
-            Self::Drawing(d) => d.automerge_mut(),
-            Self::Raw(d) => d,
-        }
-    }
+/// What a repository holds for each document: its Automerge document,
+/// read as its owner needs it. A relay never interprets documents and
+/// holds them raw ([`Automerge`]); a daemon holds the model's documents
+/// ([`Doc`]).
+pub trait Document: Send + Sync + Sized + 'static {
+    /// A document as loaded from the store.
+    fn read(doc: Automerge) -> Result<Self, ModelError>;
+    /// A document not read as anything (yet): what sync fills.
+    fn raw(doc: Automerge) -> Self;
+    /// Reads again, as [`Self::read`], a document that sync just changed
+    /// while it was held raw.
+    fn upgrade(self) -> Result<Self, ModelError>;
+    fn automerge(&self) -> &Automerge;
+    fn automerge_mut(&mut self) -> &mut Automerge;
 
     /// Gives back the memory a change left allocated but unused. Applying
     /// changes grows Automerge's columns by doubling: a drawing that takes
@@ -78,26 +68,24 @@ impl Doc {
         let doc = self.automerge_mut();
         *doc = doc.clone();
     }
+}
 
-    /// Reads `doc` as its kind says; a document with no kind yet stays raw.
-    fn from_automerge(doc: Automerge, typed: bool) -> Result<Self, ModelError> {
-        if !typed || doc.get_heads().is_empty() {
-            return Ok(Self::Raw(doc));
-        }
-        Ok(match kind_of(&doc) {
-            Ok(DocKind::Project) => Self::Project(ProjectDoc::from_automerge(doc)?),
-            Ok(DocKind::Drawing) => Self::Drawing(DrawingDoc::from_automerge(doc)?),
-            // Partially synced (the kind's change not here yet).
-            Err(_) => Self::Raw(doc),
-        })
+/// A relay's documents: bytes it stores and syncs, never interprets.
+impl Document for Automerge {
+    fn read(doc: Automerge) -> Result<Self, ModelError> {
+        Ok(doc)
     }
-
-    /// Re-reads a raw document once sync has brought its kind.
-    fn upgrade(self, typed: bool) -> Result<Self, ModelError> {
-        match self {
-            Self::Raw(doc) => Self::from_automerge(doc, typed),
-            other => Ok(other),
-        }
+    fn raw(doc: Automerge) -> Self {
+        doc
+    }
+    fn upgrade(self) -> Result<Self, ModelError> {
+        Ok(self)
+    }
+    fn automerge(&self) -> &Automerge {
+        self
+    }
+    fn automerge_mut(&mut self) -> &mut Automerge {
+        self
     }
 }
 
@@ -208,8 +196,8 @@ pub type PersistHook = Box<dyn Fn(&[Persisted]) + Send + Sync>;
 /// owner then calls [`Repo::compact_due`] off the write path.
 pub type CompactionHook = Box<dyn Fn() + Send + Sync>;
 
-struct Slot {
-    doc: Doc,
+struct Slot<D> {
+    doc: D,
     /// Heads already durable in the store.
     saved: Vec<ChangeHash>,
     next_seq: u64,
@@ -226,13 +214,13 @@ struct Slot {
     weight: usize,
 }
 
-impl Weighed for Slot {
+impl<D> Weighed for Slot<D> {
     fn weight(&self) -> usize {
         self.weight
     }
 }
 
-/// A stored document is shrunk ([`Doc::shrink`]) once this many bytes of
+/// A stored document is shrunk ([`Document::shrink`]) once this many bytes of
 /// changes were stored since its last shrink, or when it was stored whole.
 /// A small change grows a document little: measured on the bench store's
 /// drawings (~115 KB decoded), the first milestone toggle after a shrink
@@ -243,8 +231,8 @@ impl Weighed for Slot {
 /// bulk change is over it at once.
 const SHRINK_AFTER_BYTES: usize = 4 * 1024;
 
-struct Cache {
-    slots: Weighted<Slot>,
+struct Cache<D> {
+    slots: Weighted<Slot<D>>,
     damaged: Vec<Damage>,
     /// This repository's last use, on its budget's clock.
     tick: u64,
@@ -259,10 +247,10 @@ struct Cache {
     /// twice its snapshot's load (`perf` of the offline catch-up's receiving
     /// daemon: a third of its CPU in applying stored change records). A
     /// document asked for meanwhile comes back from here, not the store.
-    evicted: Weighted<Slot>,
+    evicted: Weighted<Slot<D>>,
 }
 
-impl Cache {
+impl<D> Cache<D> {
     fn new(budget: Arc<CacheBudget>) -> Self {
         Self {
             slots: Weighted::new(budget.clone()),
@@ -305,9 +293,6 @@ pub struct RepoConfig {
     /// [`crate::cache::weight`]), unless the repository shares a budget
     /// ([`Repo::sharing`]).
     pub max_cached_bytes: usize,
-    /// Read documents as projects and drawings (a daemon) or keep every
-    /// document raw (a relay, which never interprets them).
-    pub typed: bool,
     /// Threads that share a write's per-document work: loading what the
     /// cache lacks, encoding the new changes, shrinking, and
     /// [`Repo::read_drawings`]. One document is always done inline.
@@ -336,7 +321,6 @@ impl Default for RepoConfig {
             // (a drawing with 20,000 writes: ~10 MB) before the count
             // binds.
             max_cached_bytes: 1 << 30,
-            typed: true,
             workers: Workers::per_core(),
             report_commits: false,
         }
@@ -347,7 +331,7 @@ impl Default for RepoConfig {
 /// compaction hook and a task that calls [`Repo::compact_due`] whenever the
 /// hook fires. Call from inside a tokio runtime; the task ends with the
 /// runtime or once the repository is dropped.
-pub fn compact_in_background(repo: &Arc<Repo>) {
+pub fn compact_in_background<D: Document>(repo: &Arc<Repo<D>>) {
     let wake = Arc::new(tokio::sync::Notify::new());
     let notify = wake.clone();
     repo.set_compaction_hook(Box::new(move || notify.notify_one()));
@@ -363,12 +347,12 @@ pub fn compact_in_background(repo: &Arc<Repo>) {
     });
 }
 
-/// The document repository.
-pub struct Repo {
+/// The document repository, holding each document as `D`.
+pub struct Repo<D: Document = Doc> {
     store: DocStore,
     actor: ActorId,
     config: RepoConfig,
-    cache: Mutex<Cache>,
+    cache: Mutex<Cache<D>>,
     /// Told which documents changed after every durable batch (sync forwards them).
     on_persist: std::sync::RwLock<Vec<PersistHook>>,
     /// Told when a document is due for compaction. Without one, a write
@@ -379,7 +363,7 @@ pub struct Repo {
     compacting: Mutex<()>,
 }
 
-impl Repo {
+impl<D: Document> Repo<D> {
     /// `actor` must be fresh for every process start, so a restored backup
     /// never reuses an actor's sequence numbers.
     pub fn new(store: DocStore, actor: ActorId, config: RepoConfig) -> Self {
@@ -441,7 +425,7 @@ impl Repo {
                 // (writes persist before they release the cache).
                 let cached = {
                     let mut cache = self.lock();
-                    let fold = |slot: &Slot| {
+                    let fold = |slot: &Slot<D>| {
                         let c = Compaction {
                             id,
                             snapshot: slot.doc.automerge().save(),
@@ -554,7 +538,7 @@ impl Repo {
                 cache.slots.insert(
                     id,
                     Slot {
-                        doc: Doc::Raw(Automerge::new().with_actor(self.actor.clone())),
+                        doc: D::raw(Automerge::new().with_actor(self.actor.clone())),
                         saved: Vec::new(),
                         next_seq: 0,
                         change_records: 0,
@@ -578,8 +562,8 @@ impl Repo {
             self.trim(&mut cache);
             return Ok((out, heads));
         }
-        let doc = std::mem::replace(&mut slot.doc, Doc::Raw(Automerge::new()));
-        slot.doc = match doc.upgrade(self.config.typed) {
+        let doc = std::mem::replace(&mut slot.doc, D::raw(Automerge::new()));
+        slot.doc = match doc.upgrade() {
             Ok(doc) => doc,
             Err(e) => {
                 cache.slots.remove(&id);
@@ -623,45 +607,23 @@ impl Repo {
         &self.store
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache<D>> {
         // A panic while holding the lock leaves only durable state behind
         // (writes persist before the cache is updated), so recover the guard.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads any document, then trims the cache (reads bound memory too).
-    fn read<T>(&self, id: Uuid, f: impl FnOnce(&Doc) -> T) -> Result<T, RepoError> {
+    fn read<T>(&self, id: Uuid, f: impl FnOnce(&D) -> T) -> Result<T, RepoError> {
         let mut cache = self.lock();
         let out = f(&self.slot(&mut cache, id)?.doc);
         self.trim(&mut cache);
         Ok(out)
     }
 
-    /// Reads a project document.
-    pub fn read_project<T>(&self, id: ProjectId, f: impl FnOnce(&ProjectDoc) -> T) -> Result<T, RepoError> {
-        self.read(id.0, |doc| match doc {
-            Doc::Project(d) => Ok(f(d)),
-            _ => Err(RepoError::NotFound {
-                what: "project",
-                id: id.0,
-            }),
-        })?
-    }
-
-    /// Reads a drawing document.
-    pub fn read_drawing<T>(&self, id: DrawingId, f: impl FnOnce(&DrawingDoc) -> T) -> Result<T, RepoError> {
-        self.read(id.0, |doc| match doc {
-            Doc::Drawing(d) => Ok(f(d)),
-            _ => Err(RepoError::NotFound {
-                what: "drawing",
-                id: id.0,
-            }),
-        })?
-    }
-
     /// Runs `f` over the documents it touches, then makes every new change
     /// durable in one batch before returning.
-    pub fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T, RepoError>) -> Result<T, RepoError> {
+    pub fn write<T>(&self, f: impl FnOnce(&mut Tx<'_, D>) -> Result<T, RepoError>) -> Result<T, RepoError> {
         let mut cache = self.lock();
         let mut tx = Tx {
             repo: self,
@@ -695,7 +657,7 @@ impl Repo {
     /// durable batch, then tells the persist hook.
     fn persist(
         &self,
-        cache: &mut Cache,
+        cache: &mut Cache<D>,
         touched: &HashSet<Uuid>,
         metas: &[(String, Vec<u8>)],
         mut source: Source,
@@ -711,7 +673,7 @@ impl Repo {
         };
         // Encoding each document's new changes is independent work (a bulk
         // of 10,000 encodes ~500 documents).
-        let work: Vec<(Uuid, &Slot)> = touched
+        let work: Vec<(Uuid, &Slot<D>)> = touched
             .iter()
             .map(|id| (*id, cache.slots.get(id).expect("touched documents are cached")))
             .collect();
@@ -802,7 +764,7 @@ impl Repo {
         }
         // Out of the cache while they shrink side by side, and back: the
         // stored documents only, never a walk over every cached slot.
-        let grown: Vec<(Uuid, Slot)> = grown
+        let grown: Vec<(Uuid, Slot<D>)> = grown
             .into_iter()
             .map(|id| (id, cache.slots.remove(&id).expect("cached")))
             .collect();
@@ -849,7 +811,7 @@ impl Repo {
         Ok(())
     }
 
-    fn slot<'c>(&self, cache: &'c mut Cache, id: Uuid) -> Result<&'c mut Slot, RepoError> {
+    fn slot<'c>(&self, cache: &'c mut Cache<D>, id: Uuid) -> Result<&'c mut Slot<D>, RepoError> {
         let tick = cache.advance();
         if !cache.slots.contains_key(&id)
             && let Some(slot) = cache.evicted.remove(&id)
@@ -872,13 +834,13 @@ impl Repo {
     }
 
     /// A loaded document as the cache holds it; its damage is recorded.
-    fn slot_from(&self, cache: &mut Cache, loaded: Loaded, tick: u64) -> Result<Slot, RepoError> {
+    fn slot_from(&self, cache: &mut Cache<D>, loaded: Loaded, tick: u64) -> Result<Slot<D>, RepoError> {
         cache.damaged.extend(loaded.damaged);
         let saved = loaded.doc.get_heads();
         let weight = weight(&loaded.doc);
         Ok(Slot {
             weight,
-            doc: Doc::from_automerge(loaded.doc, self.config.typed)?,
+            doc: D::read(loaded.doc)?,
             saved,
             next_seq: loaded.next_seq,
             change_records: loaded.change_records,
@@ -894,7 +856,7 @@ impl Repo {
     /// loading drawings one after another. A document that fails to load is
     /// left out: [`Self::slot`] meets the failure again and reports it, in
     /// the caller's order.
-    fn load_missing(&self, cache: &mut Cache, ids: &[Uuid]) {
+    fn load_missing(&self, cache: &mut Cache<D>, ids: &[Uuid]) {
         let mut missing = Vec::new();
         for id in ids {
             if cache.slots.contains_key(id) {
@@ -924,40 +886,6 @@ impl Repo {
         }
     }
 
-    /// Reads several drawings at once: each `(drawing, item)` is given to
-    /// `f` with its document, on [`RepoConfig::workers`] threads; the
-    /// results come back in the items' order. Fails, reading nothing, when
-    /// a drawing cannot be had (the first such in order). What the index
-    /// re-reads after a bulk (`perf`: 15% of a bulk of 10,000).
-    pub fn read_drawings<I: Send, T: Send>(
-        &self,
-        items: Vec<(DrawingId, I)>,
-        f: impl Fn(&DrawingDoc, I) -> T + Sync,
-    ) -> Result<Vec<T>, RepoError> {
-        let mut cache = self.lock();
-        let ids: Vec<Uuid> = items.iter().map(|(d, _)| d.0).collect();
-        self.load_missing(&mut cache, &ids);
-        let outcome = (|| {
-            for id in &ids {
-                // Marks each used, and reports what cannot be loaded.
-                self.slot(&mut cache, *id)?;
-            }
-            let work = items
-                .into_iter()
-                .map(|(d, item)| match &cache.slots[&d.0].doc {
-                    Doc::Drawing(doc) => Ok((doc, item)),
-                    _ => Err(RepoError::NotFound {
-                        what: "drawing",
-                        id: d.0,
-                    }),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(self.config.workers.map(work, |(doc, item)| f(doc, item)))
-        })();
-        self.trim(&mut cache);
-        outcome
-    }
-
     /// The threads a write's per-document work is shared between, for
     /// callers with per-document work of their own (the model's bulk).
     pub fn workers(&self) -> Workers {
@@ -970,7 +898,7 @@ impl Repo {
     /// least recently used, down to the one used last, whatever it weighs.
     /// Safe between operations, when every cached change is durable — never
     /// call it inside a write, whose touched documents are not yet stored.
-    fn trim(&self, cache: &mut Cache) {
+    fn trim(&self, cache: &mut Cache<D>) {
         let excess = cache.slots.len().saturating_sub(self.config.max_cached);
         let over = cache.over_budget();
         if excess == 0 && !over {
@@ -1052,64 +980,16 @@ impl Repo {
 }
 
 /// The documents one write touches.
-pub struct Tx<'a> {
-    repo: &'a Repo,
-    cache: &'a mut Cache,
+pub struct Tx<'a, D: Document = Doc> {
+    repo: &'a Repo<D>,
+    cache: &'a mut Cache<D>,
     touched: HashSet<Uuid>,
     metas: Vec<(String, Vec<u8>)>,
 }
 
-impl Tx<'_> {
-    /// The project document, for changing.
-    pub fn project(&mut self, id: ProjectId) -> Result<&mut ProjectDoc, RepoError> {
-        // Touched only once loaded: a caller may tolerate NotFound and go on.
-        let slot = self.repo.slot(self.cache, id.0)?;
-        self.touched.insert(id.0);
-        match &mut slot.doc {
-            Doc::Project(d) => Ok(d),
-            _ => Err(RepoError::NotFound {
-                what: "project",
-                id: id.0,
-            }),
-        }
-    }
-
-    /// A drawing document, for changing.
-    pub fn drawing(&mut self, id: DrawingId) -> Result<&mut DrawingDoc, RepoError> {
-        let slot = self.repo.slot(self.cache, id.0)?;
-        self.touched.insert(id.0);
-        match &mut slot.doc {
-            Doc::Drawing(d) => Ok(d),
-            _ => Err(RepoError::NotFound {
-                what: "drawing",
-                id: id.0,
-            }),
-        }
-    }
-
-    /// Several drawing documents at once (a bulk update spans drawings), in
-    /// the order of `ids` (an id named twice comes once, first). Those the
-    /// cache lacks are loaded several at a time.
-    pub fn drawings(&mut self, ids: &[DrawingId]) -> Result<Vec<&mut DrawingDoc>, RepoError> {
-        let uuids: Vec<Uuid> = ids.iter().map(|d| d.0).collect();
-        self.repo.load_missing(self.cache, &uuids);
-        for id in ids {
-            self.drawing(*id)?;
-        }
-        let mut held: HashMap<Uuid, &mut DrawingDoc> = self
-            .cache
-            .slots
-            .iter_mut()
-            .filter_map(|(id, s)| match &mut s.doc {
-                Doc::Drawing(d) => Some((*id, d)),
-                _ => None,
-            })
-            .collect();
-        Ok(uuids.iter().filter_map(|id| held.remove(id)).collect())
-    }
-
+impl<D: Document> Tx<'_, D> {
     /// Adds a newly created document; it is stored with the write.
-    pub fn insert(&mut self, id: Uuid, doc: Doc) {
+    pub fn insert(&mut self, id: Uuid, doc: D) {
         let tick = self.cache.advance();
         self.touched.insert(id);
         self.cache.slots.insert(
@@ -1142,6 +1022,7 @@ impl Tx<'_> {
 mod tests {
     use super::*;
     use crate::store::{MemBackend, RedbBackend};
+    use sitesync_model::{DrawingDoc, DrawingId, ProjectDoc, ProjectId};
 
     /// The sender of changes these tests receive.
     const SOMEONE: Sender = Sender {
@@ -1280,7 +1161,6 @@ mod tests {
         let config = RepoConfig {
             compact_at: 4,
             max_cached: 1,
-            typed: true,
             ..RepoConfig::default()
         };
         {
@@ -1313,7 +1193,6 @@ mod tests {
         let config = RepoConfig {
             compact_at: 4,
             max_cached: 8,
-            typed: true,
             ..RepoConfig::default()
         };
         let (repo, told) = with_counting_hook(config);
@@ -1350,7 +1229,6 @@ mod tests {
             compact_at: 1000,
             compact_bytes: 1,
             max_cached: 1,
-            typed: true,
             ..RepoConfig::default()
         };
         let (repo, told) = with_counting_hook(config);
@@ -1390,7 +1268,6 @@ mod tests {
             compact_at: 1000,
             compact_bytes: 1 << 30,
             max_cached: 1,
-            typed: true,
             ..RepoConfig::default()
         };
         let (repo, told) = with_counting_hook(config);
@@ -1436,7 +1313,6 @@ mod tests {
         let config = RepoConfig {
             compact_at: 64,
             max_cached: 2,
-            typed: true,
             ..RepoConfig::default()
         };
         let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);

@@ -2,7 +2,7 @@
 //! the documents' commit records and kept so a listing reads no document.
 //!
 //! Per document: the commit records (operation metadata and time) read up
-//! to its heads. Every durable change is told to [`OpLog::note`] by the
+//! to its heads. Every durable change is told to the operations list by the
 //! repository with its new commits ([`sitesync_sync::Persisted::commits`]),
 //! so a document created or received here is followed from its first
 //! change without being read. A listing compares each document's durable
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sitesync_model::automerge::ChangeHash;
 use sitesync_model::history::{knows_all, operation_records_since, summarize};
 use sitesync_model::{OpMeta, OperationInfo, Timestamp};
+use sitesync_sync::repo::Subscriber;
 use sitesync_sync::{Persisted, Repo, RepoError};
 use uuid::Uuid;
 
@@ -99,16 +100,19 @@ pub struct OpLog {
     pending: Mutex<Vec<Persisted>>,
 }
 
-impl OpLog {
-    /// Told by the repository (inside its lock) about durable changes.
-    pub fn note(&self, persisted: &[Persisted]) {
+/// The operations list follows the change feed: every durable change's
+/// commits, queued (inside the repository's lock) for the next listing.
+impl Subscriber for OpLog {
+    fn persisted(&self, persisted: &[Persisted]) {
         let fresh = persisted.iter().filter(|p| p.commits.is_some()).cloned();
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(fresh);
     }
+}
 
+impl OpLog {
     /// Applies the queued notes: a document followed up to a note's
     /// `before` (or new here) takes its commits and moves to its heads;
     /// one that is not stays as it is, to be read by the next listing.

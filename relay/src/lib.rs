@@ -9,7 +9,7 @@
 //! that organisation's space ([`spaces`]: its own store and repository, so
 //! organisations share no ids). The session applies the device's changes
 //! through the space's `RepoHost`; the repository makes them durable and
-//! its persist hook broadcasts the document id on the space's channel;
+//! its change feed (`spaces::Forward`) broadcasts the document id on the space's channel;
 //! every other connection of the organisation hears it and offers the
 //! document to its device. Each connection is its own task reading a
 //! broadcast channel, so a slow device only slows itself (a lagging one

@@ -28,8 +28,11 @@ use sitesync_sync::link::OrgDocuments;
 use sitesync_sync::model::automerge::sync::{Message as SyncMessage, State as SyncState};
 use sitesync_sync::model::automerge::{ActorId, Automerge, ChangeHash};
 use sitesync_sync::rate::Rate;
+use sitesync_sync::repo::Subscriber;
 use sitesync_sync::session::{Host, HostError, Incoming};
-use sitesync_sync::{Arrived, DocStore, RedbBackend, Repo, RepoConfig, RepoError, Sender, StoreError};
+use sitesync_sync::{
+    Arrived, DocStore, Persisted, RedbBackend, Repo, RepoConfig, RepoError, Sender, StoreError,
+};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -78,6 +81,30 @@ impl Default for Quota {
             max_documents: 1_000_000,
             max_bytes: 64 << 30,
             max_messages_per_second: 10_000,
+        }
+    }
+}
+
+/// A space's subscription to its repository's change feed: every
+/// durable change goes to every connection of the organisation (each
+/// offers it to its device unless the device sent it), and a document new
+/// here is counted.
+struct Forward {
+    changes: broadcast::Sender<Uuid>,
+    /// `sitesync_relay_documents`, over every space.
+    held: Gauge<i64, AtomicI64>,
+    /// This space's documents.
+    documents: Arc<AtomicUsize>,
+}
+
+impl Subscriber for Forward {
+    fn persisted(&self, persisted: &[Persisted]) {
+        for p in persisted {
+            if p.before.is_empty() {
+                self.held.inc();
+                self.documents.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = self.changes.send(p.id);
         }
     }
 }
@@ -260,15 +287,10 @@ impl Spaces {
         // `/metrics` reads no store record.
         self.held.inc_by(held_now as i64);
         let documents = Arc::new(AtomicUsize::new(held_now));
-        let (notify, held, counted) = (changes.clone(), self.held.clone(), documents.clone());
-        repo.add_persist_hook(Box::new(move |persisted| {
-            for p in persisted {
-                if p.before.is_empty() {
-                    held.inc();
-                    counted.fetch_add(1, Ordering::Relaxed);
-                }
-                let _ = notify.send(p.id);
-            }
+        repo.subscribe(Arc::new(Forward {
+            changes: changes.clone(),
+            held: self.held.clone(),
+            documents: documents.clone(),
         }));
         // Compaction runs as a task on the relay's runtime; a space opened
         // outside one (unit tests) compacts inline, on the write path.

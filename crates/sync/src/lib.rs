@@ -6,7 +6,7 @@
 //! loads them from the [`store::DocStore`] on demand, runs the model's pure
 //! mutations on them, and appends the new Automerge changes to the store in
 //! one flushed batch before the write is acknowledged; then it tells its
-//! change feed (persist hooks: [`repo::Persisted`]). A repository holds its
+//! change feed ([`repo::Subscriber`]s, told each [`repo::Persisted`]). A repository holds its
 //! documents as its owner reads them ([`repo::Document`]): the daemon's as
 //! the model's project and drawing documents ([`repo::Doc`]), the relay's
 //! as raw Automerge, which it never interprets.

@@ -4,7 +4,7 @@
 //!
 //! Data flow: every connection runs the `sitesync-sync` session over a
 //! WebSocket in its own task, reaching documents through the repository's
-//! host (`RepoHost`). The repository's change feed (its persist hooks)
+//! host (`RepoHost`). The repository's change feed (its `Subscriber`s)
 //! carries every durable change to its subscribers: here, to every
 //! connection (offered to its peer as it lands) and to the pending counts;
 //! in the service, to the index (another device's changes, with their
@@ -16,15 +16,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use serde_json::json;
 use sitesync_model::Timestamp;
+use sitesync_sync::Persisted;
 use sitesync_sync::credentials::Token;
 use sitesync_sync::host::RepoHost;
 use sitesync_sync::link::{self, Documents, Feeds, LinkTiming, PresenceHub};
+use sitesync_sync::repo::Subscriber;
 use sitesync_sync::session::Session;
 use sitesync_sync::tls::{self, ClientTls, Trust};
 use tokio::sync::broadcast;
@@ -45,6 +47,23 @@ use pending::*;
 pub use presence::{PRESENCE_TTL_MS, PresenceView};
 pub use status::PeerView;
 use status::*;
+
+/// Replication's subscription to the change feed: every durable change,
+/// this device's or a peer's, is offered to every connection (each
+/// decides whether its peer lacks it) and counted for `pending`. Holds
+/// replication weakly: the repository outlives it.
+struct Offer(Weak<Replication>);
+
+impl Subscriber for Offer {
+    fn persisted(&self, persisted: &[Persisted]) {
+        if let Some(repl) = self.0.upgrade() {
+            repl.pending.grew(persisted);
+            for p in persisted {
+                let _ = repl.changes.send(p.id);
+            }
+        }
+    }
+}
 
 /// Timing of connections; tests shorten it.
 #[derive(Clone, Copy, Debug)]
@@ -164,15 +183,9 @@ impl Replication {
             next_connection: AtomicU64::new(1),
             counters: SyncCounters::default(),
         });
-        let weak = Arc::downgrade(&repl);
-        repl.service.repo().add_persist_hook(Box::new(move |persisted| {
-            if let Some(repl) = weak.upgrade() {
-                repl.pending.grew(persisted);
-                for p in persisted {
-                    let _ = repl.changes.send(p.id);
-                }
-            }
-        }));
+        repl.service
+            .repo()
+            .subscribe(Arc::new(Offer(Arc::downgrade(&repl))));
         // The first count covers every document held: done now, off the
         // caller's thread, so later writes only add to it.
         let first = repl.clone();

@@ -198,7 +198,7 @@ impl Replication {
 
     pub(super) fn pending_counts(&self) -> BTreeMap<Uuid, usize> {
         let host = &self.host;
-        // Taken in a short critical section: the persist hook marks
+        // Taken in a short critical section: the change feed ([`Offer`]) marks
         // documents dirty while the repository's lock is held, so reading
         // the repository with this lock held deadlocked the two.
         // `counts` is held throughout (nothing else takes it), so two

@@ -197,12 +197,10 @@ impl Service {
     /// received changes neither move the clock nor name their origin.
     pub fn new(repo: Repo, device: DeviceId, clock: Clock, events: EventBus) -> Self {
         let oplog = Arc::new(OpLog::default());
-        let told = oplog.clone();
-        repo.add_persist_hook(Box::new(move |persisted| told.note(persisted)));
+        repo.subscribe(oplog.clone());
         let clock = Arc::new(clock);
         let received = Arc::new(Received::new(clock.clone(), device));
-        let told = received.clone();
-        repo.add_persist_hook(Box::new(move |persisted| told.note(persisted)));
+        repo.subscribe(received.clone());
         Self {
             repo: Arc::new(repo),
             device,

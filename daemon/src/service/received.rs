@@ -1,6 +1,6 @@
 //! Another device's changes on their way into the index.
 //!
-//! The repository's change feed tells [`Received::note`] about every
+//! The repository's change feed tells [`Received`] about every
 //! document a peer's changes reached, inside the repository's lock and
 //! before the sync step that made them durable acknowledges them: the clock
 //! moves past them there, and the document is queued. The indexer thread
@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use sitesync_model::automerge::ChangeHash;
 use sitesync_model::{Component, DeviceId, DrawingDoc, DrawingId, OpMeta, ProjectId, Spread as _, Timestamp};
+use sitesync_sync::repo::Subscriber;
 use sitesync_sync::{Origin, Persisted, RepoError};
 use uuid::Uuid;
 
@@ -38,7 +39,7 @@ pub(super) const INDEX_BATCH: usize = 64;
 pub(super) const READ_IN_PLACE: usize = 4;
 
 /// Received documents waiting for the index; shared by the repository's
-/// persist hook and the indexer thread, which holds no reference to the
+/// change feed and the indexer thread, which holds no reference to the
 /// service while it waits.
 pub(super) struct Received {
     /// One entry per document, in the order they arrived (a second arrival
@@ -74,9 +75,42 @@ impl Received {
         }
     }
 
-    /// Told by the repository (inside its lock: it only queues) about
-    /// durable changes; takes those a peer sent.
-    pub(super) fn note(&self, persisted: &[Persisted]) {
+    /// Whether `doc` has received changes the index does not have yet.
+    pub(super) fn waiting(&self, doc: Uuid) -> bool {
+        self.lock().iter().any(|a| a.doc == doc)
+    }
+
+    /// How many documents wait for the index.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Takes up to `n` documents, oldest first.
+    fn take(&self, n: usize) -> Vec<Arrival> {
+        let mut queue = self.lock();
+        let n = n.min(queue.len());
+        queue.drain(..n).collect()
+    }
+
+    /// Waits until a document is queued or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
+        let queue = self.lock();
+        if queue.is_empty() {
+            drop(self.queued.wait_timeout(queue, timeout));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arrival>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Another device's changes, as the change feed tells them (inside the
+/// repository's lock: it only queues); this device's own are indexed by
+/// the write that made them.
+impl Subscriber for Received {
+    fn persisted(&self, persisted: &[Persisted]) {
         let mut queued = false;
         for p in persisted {
             let Origin::Received(from) = p.origin else {
@@ -115,36 +149,6 @@ impl Received {
         if queued {
             self.queued.notify_one();
         }
-    }
-
-    /// Whether `doc` has received changes the index does not have yet.
-    pub(super) fn waiting(&self, doc: Uuid) -> bool {
-        self.lock().iter().any(|a| a.doc == doc)
-    }
-
-    /// How many documents wait for the index.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Takes up to `n` documents, oldest first.
-    fn take(&self, n: usize) -> Vec<Arrival> {
-        let mut queue = self.lock();
-        let n = n.min(queue.len());
-        queue.drain(..n).collect()
-    }
-
-    /// Waits until a document is queued or `timeout` passes.
-    fn wait(&self, timeout: Duration) {
-        let queue = self.lock();
-        if queue.is_empty() {
-            drop(self.queued.wait_timeout(queue, timeout));
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arrival>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

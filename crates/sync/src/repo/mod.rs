@@ -118,7 +118,7 @@ pub fn decode_heads(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
 const COMPACT_BATCH: usize = 16;
 
 /// One document whose new changes just became durable: an entry of the
-/// repository's change feed ([`Repo::add_persist_hook`]).
+/// repository's change feed ([`Repo::subscribe`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Persisted {
     pub id: Uuid,
@@ -176,7 +176,7 @@ pub struct Arrived {
 
 /// Where the changes [`Repo::persist`] makes durable come from.
 enum Source {
-    /// Made here ([`Repo::write`]): the persist hook is told how many are
+    /// Made here ([`Repo::write`]): the change feed is told how many are
     /// this process's own.
     Local,
     /// Received ([`Repo::sync_doc`]) from `from`. Never this process's own
@@ -186,11 +186,16 @@ enum Source {
     Received { from: Sender, whole: Option<Vec<u8>> },
 }
 
-/// Called, from inside the repository's lock (so it must not read the
-/// repository, and must not wait), with the documents whose new changes
-/// just became durable, before the write or sync step that made them
-/// returns: a subscriber has heard of a change before it is acknowledged.
-pub type PersistHook = Box<dyn Fn(&[Persisted]) + Send + Sync>;
+/// A subscriber to the repository's change feed, told about the documents
+/// whose new changes just became durable: from inside the repository's
+/// lock (so it must not read the repository, and must not wait), before
+/// the write or sync step that made them returns, so a subscriber has
+/// heard of a change before it is acknowledged. Its implementations are
+/// the feed's subscribers: in a daemon the operations list, the index of
+/// received changes and replication; in a relay, a space's connections.
+pub trait Subscriber: Send + Sync {
+    fn persisted(&self, changes: &[Persisted]);
+}
 
 /// Called when a document has enough change records to be compacted; the
 /// owner then calls [`Repo::compact_due`] off the write path.
@@ -354,7 +359,7 @@ pub struct Repo<D: Document = Doc> {
     config: RepoConfig,
     cache: Mutex<Cache<D>>,
     /// Told which documents changed after every durable batch (sync forwards them).
-    on_persist: std::sync::RwLock<Vec<PersistHook>>,
+    subscribers: std::sync::RwLock<Vec<Arc<dyn Subscriber>>>,
     /// Told when a document is due for compaction. Without one, a write
     /// compacts inline, before it returns.
     on_compaction_due: std::sync::OnceLock<CompactionHook>,
@@ -379,7 +384,7 @@ impl<D: Document> Repo<D> {
             actor,
             config,
             cache: Mutex::new(Cache::new(budget)),
-            on_persist: std::sync::RwLock::default(),
+            subscribers: std::sync::RwLock::default(),
             on_compaction_due: std::sync::OnceLock::new(),
             compacting: Mutex::new(()),
         }
@@ -476,17 +481,17 @@ impl<D: Document> Repo<D> {
         }
     }
 
-    /// Adds a hook told about every durable change (each hook, in the order
-    /// added).
-    pub fn add_persist_hook(&self, hook: PersistHook) {
-        self.on_persist
+    /// Adds a subscriber to the change feed: told about every durable
+    /// change from now on (each subscriber, in the order added).
+    pub fn subscribe(&self, subscriber: Arc<dyn Subscriber>) {
+        self.subscribers
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push(hook);
+            .push(subscriber);
     }
 
-    fn persist_hooks(&self) -> std::sync::RwLockReadGuard<'_, Vec<PersistHook>> {
-        self.on_persist.read().unwrap_or_else(|p| p.into_inner())
+    fn subscribers(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<dyn Subscriber>>> {
+        self.subscribers.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A document's durable heads without loading it when possible; `None`
@@ -654,7 +659,7 @@ impl<D: Document> Repo<D> {
     }
 
     /// Stores the new changes of the `touched` documents and `metas` in one
-    /// durable batch, then tells the persist hook.
+    /// durable batch, then tells the change feed ([`Subscriber`]).
     fn persist(
         &self,
         cache: &mut Cache<D>,
@@ -663,7 +668,7 @@ impl<D: Document> Repo<D> {
         mut source: Source,
     ) -> Result<(), StoreError> {
         let mut metas = metas.to_vec();
-        let count_own = !self.persist_hooks().is_empty() && matches!(source, Source::Local);
+        let count_own = !self.subscribers().is_empty() && matches!(source, Source::Local);
         let report = self.config.report_commits;
         // The sender's bytes stand for one document only (`sync_doc`).
         let sent_whole = touched.len() == 1 && matches!(source, Source::Received { whole: Some(_), .. });
@@ -799,8 +804,8 @@ impl<D: Document> Repo<D> {
             }
         }
         if !persisted.is_empty() {
-            for hook in self.persist_hooks().iter() {
-                hook(&persisted);
+            for subscriber in self.subscribers().iter() {
+                subscriber.persisted(&persisted);
             }
         }
         if !cache.due.is_empty()

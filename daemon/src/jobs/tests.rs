@@ -3,25 +3,9 @@
 use super::*;
 use crate::events::EventBus;
 use crate::service::Clock;
-use sitesync_model::DeviceId;
-use sitesync_model::automerge::ActorId;
-use sitesync_sync::{DocStore, MemBackend, Repo, RepoConfig};
 
 fn service() -> Arc<Service> {
-    let repo = Repo::new(
-        DocStore::new(MemBackend::default()),
-        ActorId::random(),
-        RepoConfig {
-            report_commits: true,
-            ..RepoConfig::default()
-        },
-    );
-    Arc::new(Service::new(
-        repo,
-        DeviceId(Uuid::new_v4()),
-        Clock::system(),
-        EventBus::new(10_000, 1),
-    ))
+    Arc::new(Service::in_memory(Clock::system(), EventBus::new(10_000, 1)))
 }
 
 /// Polls until `f` holds, for at most 10 s.

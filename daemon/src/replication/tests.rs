@@ -1,8 +1,6 @@
 //! Replication's tests.
 
-use sitesync_model::automerge::ActorId;
-use sitesync_model::{DeviceId, NewProject};
-use sitesync_sync::{DocStore, MemBackend, Repo, RepoConfig};
+use sitesync_model::NewProject;
 
 use super::*;
 use crate::events::EventBus;
@@ -10,20 +8,7 @@ use crate::service::Clock;
 
 /// A replication over an in-memory repository, its first count done.
 fn replication() -> (Arc<Service>, Arc<Replication>) {
-    let repo = Repo::new(
-        DocStore::new(MemBackend::default()),
-        ActorId::random(),
-        RepoConfig {
-            report_commits: true,
-            ..RepoConfig::default()
-        },
-    );
-    let service = Arc::new(Service::new(
-        repo,
-        DeviceId(Uuid::new_v4()),
-        Clock::system(),
-        EventBus::new(100, 1),
-    ));
+    let service = Arc::new(Service::in_memory(Clock::system(), EventBus::new(100, 1)));
     let tls = ClientTls::new(&[]).unwrap();
     let repl = Replication::new(service.clone(), None, "t".into(), SyncTiming::default(), tls);
     // The first count runs in the background; once it has taken the

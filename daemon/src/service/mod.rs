@@ -323,6 +323,19 @@ impl Service {
         })
     }
 
+    /// A service over an in-memory store whose repository reports
+    /// commits, as the daemon's does: what unit tests build on.
+    #[cfg(test)]
+    pub(crate) fn in_memory(clock: Clock, events: EventBus) -> Self {
+        let config = sitesync_sync::RepoConfig {
+            report_commits: true,
+            ..sitesync_sync::RepoConfig::default()
+        };
+        let store = sitesync_sync::DocStore::new(sitesync_sync::MemBackend::default());
+        let repo = Repo::new(store, sitesync_model::automerge::ActorId::random(), config);
+        Self::new(repo, DeviceId(new_id()), clock, events)
+    }
+
     /// How many documents are in memory (for health and metrics).
     pub fn documents_loaded(&self) -> usize {
         self.repo.loaded()

@@ -31,12 +31,7 @@ fn service() -> Service {
 }
 
 fn service_with(clock: Clock) -> Service {
-    let config = RepoConfig {
-        report_commits: true,
-        ..RepoConfig::default()
-    };
-    let repo = Repo::new(DocStore::new(MemBackend::default()), ActorId::random(), config);
-    Service::new(repo, DeviceId(new_id()), clock, EventBus::new(100, 1))
+    Service::in_memory(clock, EventBus::new(100, 1))
 }
 
 #[test]

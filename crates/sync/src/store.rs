@@ -436,6 +436,10 @@ pub struct Loaded {
     pub change_records: usize,
     /// Their payload bytes (the other compaction trigger).
     pub change_bytes: usize,
+    /// The stored snapshot's payload bytes (0 without one): what a
+    /// compaction would rewrite, which the repository weighs against
+    /// `change_bytes` ([`crate::repo::RepoConfig::compaction_due`]).
+    pub snapshot_bytes: usize,
     /// Records that could not be read (the document is rebuilt without them).
     pub damaged: Vec<Damage>,
 }
@@ -509,7 +513,7 @@ impl DocStore {
         // of changes at about the cost of one, while one call per record
         // made a document with 60 records load ~4× slower than its snapshot.
         let mut changes: Vec<(&[u8], &[u8])> = Vec::new();
-        let mut snapshot = None;
+        let mut snapshot: Option<&[u8]> = None;
         for (key, value) in &records {
             let is_snapshot = key.len() == 18 && key[17] == b's';
             if !is_snapshot {
@@ -564,6 +568,7 @@ impl DocStore {
             next_seq,
             change_records,
             change_bytes,
+            snapshot_bytes: snapshot.map_or(0, <[u8]>::len),
             damaged,
         }))
     }

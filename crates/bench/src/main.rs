@@ -11,6 +11,7 @@
 //! end. Numbers live here, never in tests: these machines are shared and
 //! noisy, so read the figures as this machine's, on this run.
 
+mod aged;
 mod app;
 mod fanout;
 mod project;
@@ -25,7 +26,9 @@ use clap::Parser;
 use serde_json::json;
 use sitesync_tests::{Daemon, Relay};
 
-use crate::report::Figure;
+use crate::aged::AgeSizes;
+use crate::project::{Kind, Project};
+use crate::report::{Figure, Ratio, Stat};
 use crate::scenarios::Sizes;
 
 /// Benchmarks sitesync: generates a realistic project, drives the real
@@ -55,6 +58,12 @@ struct Cli {
     /// Default: 500,000, or 4,000 with --quick.
     #[arg(long, value_name = "N")]
     large_clone: Option<usize>,
+
+    /// Milestone writes given to the aged project's drawings (hot ones
+    /// aside); 0 skips the aged project. Default: 1,000,000, or 20,000
+    /// with --quick (the same ~500 a drawing).
+    #[arg(long, value_name = "N")]
+    age_writes: Option<usize>,
 
     /// Seed of the progress mix, for a repeatable project.
     #[arg(long, default_value_t = 7)]
@@ -98,7 +107,10 @@ fn main() -> anyhow::Result<()> {
         dir.display(),
         if cli.keep { " (kept afterwards)" } else { "" }
     );
-    let step = |what: &str| eprintln!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64());
+    let mut run = Run {
+        started,
+        failures: Vec::new(),
+    };
 
     let relay_dir = dir.join("relay");
     Relay::create_org(&relay_dir, "bench");
@@ -112,10 +124,10 @@ fn main() -> anyhow::Result<()> {
     let relay = Relay::start_paced(&relay_dir, 5000);
     let a_args = scenarios::sync_flags(&token("a"), &relay);
     let a_refs: Vec<&str> = a_args.iter().map(String::as_str).collect();
-    let mut a = Daemon::start(&dir.join("a"), &a_refs);
+    let a = Daemon::start(&dir.join("a"), &a_refs);
     let mut figures: Vec<Figure> = Vec::new();
 
-    step(&format!(
+    run.step(&format!(
         "generating {} components on A (CSV import, then a progress mix)",
         sizes.components
     ));
@@ -128,10 +140,10 @@ fn main() -> anyhow::Result<()> {
         )
         .note("POST .../imports until the job completes (information; no target)"),
     );
-    step("waiting until the relay holds everything A wrote");
+    run.step("waiting until the relay holds everything A wrote");
     scenarios::wait_pending_zero(&a.client())?;
 
-    step("B clones the project from the relay");
+    run.step("B clones the project from the relay");
     let b_token = token("b");
     let mut cloned = scenarios::cold_clone(&dir.join("b"), &relay, &b_token, &project, Some(10_000.0))?;
     for f in &mut cloned {
@@ -142,74 +154,59 @@ fn main() -> anyhow::Result<()> {
     let b_refs: Vec<&str> = b_args.iter().map(String::as_str).collect();
     let b = Daemon::start(&dir.join("b"), &b_refs);
 
-    // A scenario that fails (or a harness call that panics) is reported
-    // with the figures gathered so far, never lost with them.
-    let mut failures: Vec<String> = Vec::new();
-    let mut attempt =
-        |what: &str, figures: &mut Vec<Figure>, f: &mut dyn FnMut() -> anyhow::Result<Vec<Figure>>| {
-            step(what);
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *f)) {
-                Ok(Ok(out)) => figures.extend(out),
-                Ok(Err(e)) => failures.push(format!("{what}: {e:#}")),
-                Err(p) => failures.push(format!(
-                    "{what}: {}",
-                    p.downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or(p.downcast_ref::<&str>().copied())
-                        .unwrap_or("panicked")
-                )),
+    run.attempt("the relay's memory", &mut figures, || {
+        Ok(vec![relay_memory(&relay)])
+    });
+    let phase = Phase {
+        a_dir: dir.join("a"),
+        a_args: a_args.clone(),
+        relay: &relay,
+        relay_dir: &relay_dir,
+        project: &project,
+        sizes: &sizes,
+        seed: cli.seed,
+    };
+    let one = project.drawings.first().cloned().unwrap_or_default();
+    phase.measure(&mut run, &mut figures, a, b, &one, true);
+
+    // The same project with a year of history (see `aged`).
+    let mut aged_figures: Vec<Figure> = Vec::new();
+    let age_writes = cli
+        .age_writes
+        .unwrap_or(if cli.quick { 20_000 } else { 1_000_000 });
+    let age_sizes = AgeSizes {
+        writes: age_writes,
+        hot_drawings: if cli.quick { 1 } else { 4 },
+        hot_writes: if cli.quick { 2_000 } else { 25_000 },
+    };
+    if age_writes > 0 {
+        run.step(&format!(
+            "aging the project in A's store: {} writes, and {} hot drawings of {}",
+            age_sizes.writes, age_sizes.hot_drawings, age_sizes.hot_writes
+        ));
+        match aged::age(&phase.a_dir, &project, age_sizes, cli.seed) {
+            Ok(history) => {
+                aged_figures.push(
+                    Figure::ms(
+                        "aged",
+                        &format!(
+                            "a year of history written into A's store, {} writes",
+                            history.writes
+                        ),
+                        &[history.took],
+                    )
+                    .note(
+                        "through the model's writes, straight into the stopped daemon's store (information)",
+                    ),
+                );
+                phase.aged(&mut run, &mut aged_figures, &history, &token);
             }
-        };
-    attempt("HTTP writes on A", &mut figures, &mut || {
-        scenarios::writes(&a.client(), &b.client(), &project, &sizes)
-    });
-    attempt("component queries on A", &mut figures, &mut || {
-        Ok(vec![scenarios::queries(&a.client(), &project, &sizes)?])
-    });
-    attempt("the field app in a browser on A", &mut figures, &mut || {
-        app::field_app(&a.client(), &project, &sizes)
-    });
-    attempt(
-        "A's memory after the writes and queries",
-        &mut figures,
-        &mut || Ok(vec![scenarios::working_memory(&a)]),
-    );
-    attempt("propagation A → relay → B", &mut figures, &mut || {
-        // Steady state: the writes above are still reaching B.
-        scenarios::wait_pending_zero(&a.client())?;
-        scenarios::quiet(&b.client(), Duration::from_secs(1))?;
-        let prop = scenarios::propagation(&a.client(), &b.client(), &project, &sizes)?;
-        Ok(vec![scenarios::propagation_p99(&prop), prop]
-            .into_iter()
-            .rev()
-            .collect())
-    });
-    attempt("offline catch-up", &mut figures, &mut || {
-        Ok(vec![scenarios::offline_catch_up(
-            &a.client(),
-            &b.client(),
-            &project,
-            &sizes,
-        )?])
-    });
-    attempt("B reconnects with nothing changed", &mut figures, &mut || {
-        scenarios::wait_pending_zero(&a.client())?;
-        scenarios::quiet(&b.client(), Duration::from_secs(1))?;
-        scenarios::reconnect(&b.client(), &relay, &project, &sizes)
-    });
-    attempt("relay fan-out and idle connections", &mut figures, &mut || {
-        let small = project::generate(&a.client(), sizes.per_drawing, sizes.per_drawing, cli.seed)?;
-        scenarios::wait_pending_zero(&a.client())?;
-        fanout::fanout(&a.client(), &relay, &relay_dir, &small, &sizes)
-    });
-    a.stop();
-    attempt("A restarts on its store", &mut figures, &mut || {
-        scenarios::startup(&dir.join("a"), &a_args, &project, &sizes)
-    });
-    drop(b);
+            Err(e) => run.failures.push(format!("aging the project: {e:#}")),
+        }
+    }
     if sizes.large_clone > 0 {
         let what = format!("cold clone of a {}-component project", sizes.large_clone);
-        attempt(&what, &mut figures, &mut || {
+        run.attempt(&what, &mut figures, || {
             scenarios::large_clone(&dir, &relay, LARGE_ORG, sizes.large_clone, &sizes, cli.seed)
         });
     }
@@ -255,6 +252,17 @@ fn main() -> anyhow::Result<()> {
         },
     );
     let mut md = report::markdown(&figures, &machine, &command, &size_text, elapsed);
+    if !aged_figures.is_empty() {
+        md.push_str(&format!(
+            "\n## The aged project beside the fresh one\n\n\
+             The same project after {} milestone writes spread over a year on its drawings, and \
+             {} hot drawings of {} writes each (`crates/bench/src/aged.rs`), measured by the same \
+             scenarios in the same run; the ratio is the aged figure over the fresh one.\n\n",
+            age_sizes.writes, age_sizes.hot_drawings, age_sizes.hot_writes
+        ));
+        md.push_str(&report::comparison(&figures, &aged_figures, AGED_TARGETS));
+    }
+    let failures = run.failures;
     if !failures.is_empty() {
         md.push_str("\n## Scenarios that did not complete\n\n");
         for f in &failures {
@@ -270,10 +278,20 @@ fn main() -> anyhow::Result<()> {
         "sizes": size_text,
         "elapsed_s": elapsed.as_secs_f64(),
         "figures": figures.iter().map(Figure::to_json).collect::<Vec<_>>(),
+        "aged_figures": aged_figures.iter().map(Figure::to_json).collect::<Vec<_>>(),
         "failures": failures,
     });
     std::fs::write(&json_path, serde_json::to_string_pretty(&raw)?)?;
-    let missed = figures.iter().filter(|f| f.met() == Some(false)).count();
+    let missed = figures.iter().filter(|f| f.met() == Some(false)).count()
+        + aged_figures
+            .iter()
+            .filter(|a| {
+                let fresh = figures
+                    .iter()
+                    .find(|f| f.scenario == a.scenario && f.metric == a.metric);
+                report::aged_met(fresh, a, AGED_TARGETS) == Some(false)
+            })
+            .count();
     for f in &failures {
         eprintln!("sitesync-bench: did not complete: {f}");
     }
@@ -294,3 +312,251 @@ fn main() -> anyhow::Result<()> {
 
 /// The organisation of the large clone's project.
 const LARGE_ORG: &str = "large";
+
+/// How the aged project's figures are judged (the issue's targets): ratios
+/// to the fresh project's in the same run, or their own target.
+const AGED_TARGETS: &[Ratio] = &[
+    Ratio {
+        scenario: "HTTP write",
+        metric: "single milestone update, durable",
+        stat: Stat::P99,
+        max: Some(1.5),
+    },
+    Ratio {
+        scenario: "HTTP write",
+        metric: "one drawing: toggles and quantity entries",
+        stat: Stat::P99,
+        max: Some(1.5),
+    },
+    Ratio {
+        scenario: "HTTP write",
+        metric: "bulk of 50 updates",
+        stat: Stat::P99,
+        max: Some(1.5),
+    },
+    Ratio {
+        scenario: "sync",
+        metric: "propagation A → relay → B (p99)",
+        stat: Stat::P99,
+        max: Some(1.5),
+    },
+    Ratio {
+        scenario: "sync",
+        metric: "propagation A → relay → B",
+        stat: Stat::P50,
+        max: Some(1.5),
+    },
+    Ratio {
+        scenario: "daemon",
+        metric: "start-up until serving",
+        stat: Stat::P50,
+        max: Some(2.0),
+    },
+    Ratio {
+        scenario: "daemon",
+        metric: "first component query after start-up",
+        stat: Stat::P50,
+        max: Some(2.0),
+    },
+    Ratio {
+        scenario: "daemon",
+        metric: "resident memory",
+        stat: Stat::P50,
+        max: Some(2.0),
+    },
+    Ratio {
+        scenario: "relay",
+        metric: "resident memory",
+        stat: Stat::P50,
+        max: Some(2.0),
+    },
+    Ratio {
+        scenario: "sync",
+        metric: "clone's resident memory",
+        stat: Stat::Value,
+        max: Some(2.0),
+    },
+    Ratio {
+        scenario: "sync",
+        metric: "cold clone, ",
+        stat: Stat::Value,
+        max: Some(3.0),
+    },
+    Ratio {
+        scenario: "sync",
+        metric: "reconnect",
+        stat: Stat::P50,
+        max: Some(1.25),
+    },
+    Ratio {
+        scenario: "daemon",
+        metric: "one drawing: ",
+        stat: Stat::P99,
+        max: None,
+    },
+];
+
+/// The run's progress and the scenarios that did not complete: a scenario
+/// that fails (or a harness call that panics) is reported with the figures
+/// gathered so far, never lost with them.
+struct Run {
+    started: Instant,
+    failures: Vec<String>,
+}
+
+impl Run {
+    fn step(&self, what: &str) {
+        eprintln!("[{:>6.1}s] {what}", self.started.elapsed().as_secs_f64());
+    }
+
+    fn attempt(
+        &mut self,
+        what: &str,
+        figures: &mut Vec<Figure>,
+        f: impl FnOnce() -> anyhow::Result<Vec<Figure>>,
+    ) {
+        self.step(what);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(out)) => figures.extend(out),
+            Ok(Err(e)) => self.failures.push(format!("{what}: {e:#}")),
+            Err(p) => self.failures.push(format!(
+                "{what}: {}",
+                p.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or(p.downcast_ref::<&str>().copied())
+                    .unwrap_or("panicked")
+            )),
+        }
+    }
+}
+
+/// What the scenarios of one project share: A's store and flags, the relay,
+/// the project.
+struct Phase<'r> {
+    a_dir: PathBuf,
+    a_args: Vec<String>,
+    relay: &'r Relay,
+    relay_dir: &'r std::path::Path,
+    project: &'r Project,
+    sizes: &'r Sizes,
+    seed: u64,
+}
+
+impl Phase<'_> {
+    /// The scenarios on A (writing) and B (receiving through the relay),
+    /// then A's restarts; stops both. `one`: the drawing the one-drawing
+    /// scenario writes to. `fanout`: the relay's fan-out to many devices
+    /// too (a project of its own: measured once).
+    fn measure(
+        &self,
+        run: &mut Run,
+        figures: &mut Vec<Figure>,
+        mut a: Daemon,
+        b: Daemon,
+        one: &[(String, Kind)],
+        fanout: bool,
+    ) {
+        let (project, sizes) = (self.project, self.sizes);
+        run.attempt("HTTP writes on A", figures, || {
+            scenarios::writes(&a.client(), &b.client(), project, sizes)
+        });
+        run.attempt("component queries on A", figures, || {
+            Ok(vec![scenarios::queries(&a.client(), project, sizes)?])
+        });
+        run.attempt("the field app in a browser on A", figures, || {
+            app::field_app(&a.client(), project, sizes)
+        });
+        run.attempt("A's memory after the writes and queries", figures, || {
+            Ok(vec![scenarios::working_memory(&a)])
+        });
+        run.attempt("writes to one drawing on A", figures, || {
+            aged::one_drawing(&a.client(), &project.id, one, sizes.single_writes)
+        });
+        run.attempt("propagation A → relay → B", figures, || {
+            // Steady state: the writes above are still reaching B.
+            scenarios::wait_pending_zero(&a.client())?;
+            scenarios::quiet(&b.client(), Duration::from_secs(1))?;
+            let prop = scenarios::propagation(&a.client(), &b.client(), project, sizes)?;
+            Ok(vec![scenarios::propagation_p99(&prop), prop]
+                .into_iter()
+                .rev()
+                .collect())
+        });
+        run.attempt("offline catch-up", figures, || {
+            Ok(vec![scenarios::offline_catch_up(
+                &a.client(),
+                &b.client(),
+                project,
+                sizes,
+            )?])
+        });
+        run.attempt("B reconnects with nothing changed", figures, || {
+            scenarios::wait_pending_zero(&a.client())?;
+            scenarios::quiet(&b.client(), Duration::from_secs(1))?;
+            scenarios::reconnect(&b.client(), self.relay, project, sizes)
+        });
+        if fanout {
+            run.attempt("relay fan-out and idle connections", figures, || {
+                let small = project::generate(&a.client(), sizes.per_drawing, sizes.per_drawing, self.seed)?;
+                scenarios::wait_pending_zero(&a.client())?;
+                fanout::fanout(&a.client(), self.relay, self.relay_dir, &small, sizes)
+            });
+        }
+        a.stop();
+        drop(b);
+        run.attempt("A restarts on its store", figures, || {
+            scenarios::startup(&self.a_dir, &self.a_args, project, sizes)
+        });
+    }
+
+    /// The aged project, its history in A's (stopped) store: A starts and
+    /// hands the history to the relay, a new B clones it, and the
+    /// scenarios run again.
+    fn aged(
+        &self,
+        run: &mut Run,
+        figures: &mut Vec<Figure>,
+        history: &aged::Aged,
+        token: &dyn Fn(&str) -> String,
+    ) {
+        let refs: Vec<&str> = self.a_args.iter().map(String::as_str).collect();
+        let a = Daemon::start(&self.a_dir, &refs);
+        run.attempt("A hands the history to the relay", figures, || {
+            let start = Instant::now();
+            scenarios::wait_pending_zero(&a.client())?;
+            Ok(vec![
+                Figure::ms(
+                    "aged",
+                    "A hands the year of history to the relay",
+                    &[start.elapsed()],
+                )
+                .note(
+                    "A's start on the aged store until the relay has acknowledged every change (information)",
+                ),
+            ])
+        });
+        let b_token = token("b-aged");
+        let b_dir = self.a_dir.with_file_name("b-aged");
+        run.attempt("a new B clones the aged project", figures, || {
+            let mut out = scenarios::cold_clone(&b_dir, self.relay, &b_token, self.project, None)?;
+            out.push(relay_memory(self.relay));
+            Ok(out)
+        });
+        let b_args = scenarios::sync_flags(&b_token, self.relay);
+        let b_refs: Vec<&str> = b_args.iter().map(String::as_str).collect();
+        let b = Daemon::start(&b_dir, &b_refs);
+        let one = history.hot.first().cloned().unwrap_or_default();
+        self.measure(run, figures, a, b, &one, false);
+    }
+}
+
+/// The relay's resident memory, holding the project B just cloned.
+fn relay_memory(relay: &Relay) -> Figure {
+    Figure::new(
+        "relay",
+        "resident memory after a cold clone",
+        "MB",
+        vec![relay.pid().map_or(f64::NAN, scenarios::rss_mb)],
+    )
+    .note("the relay's RSS once the clone completed")
+}

@@ -96,7 +96,7 @@ impl Figure {
         quantile(&self.sorted(), q)
     }
 
-    fn stat(&self, stat: Stat) -> f64 {
+    pub fn stat(&self, stat: Stat) -> f64 {
         match stat {
             Stat::P50 => self.p(0.5),
             Stat::P99 => self.p(0.99),
@@ -223,6 +223,92 @@ pub fn markdown(
     md
 }
 
+/// How a figure of the aged project is judged: against the same figure of
+/// the fresh project in the same run (`stat` of the aged figure over the
+/// fresh one's at or under `max`), or, with no `max`, against its own
+/// target. A figure no rule names has no target on the aged project (its
+/// absolute target is judged on the fresh one).
+#[derive(Clone, Copy, Debug)]
+pub struct Ratio {
+    pub scenario: &'static str,
+    /// The figures' metric contains this; the first rule that matches
+    /// applies.
+    pub metric: &'static str,
+    pub stat: Stat,
+    pub max: Option<f64>,
+}
+
+impl Ratio {
+    fn of(&self, f: &Figure) -> bool {
+        f.scenario == self.scenario && f.metric.contains(self.metric)
+    }
+}
+
+/// Whether the aged figure meets its rule ([`Ratio`]); `None` when no rule
+/// names it, or its fresh figure is missing.
+pub fn aged_met(fresh: Option<&Figure>, aged: &Figure, ratios: &[Ratio]) -> Option<bool> {
+    let rule = ratios.iter().find(|r| r.of(aged))?;
+    match rule.max {
+        Some(max) => fresh.map(|f| aged.stat(rule.stat) <= f.stat(rule.stat) * max),
+        None => aged.met(),
+    }
+}
+
+/// The aged project's figures beside the fresh project's, matched by
+/// scenario and metric, each with its ratio (the stat its target is about,
+/// else the median) and its target.
+pub fn comparison(fresh: &[Figure], aged: &[Figure], ratios: &[Ratio]) -> String {
+    let mut md = String::new();
+    let judged: Vec<Option<bool>> = aged.iter().map(|a| aged_met(find(fresh, a), a, ratios)).collect();
+    let met = judged.iter().filter(|m| **m == Some(true)).count();
+    let all = judged.iter().filter(|m| m.is_some()).count();
+    let _ = writeln!(md, "Targets met on the aged project: {met} of {all}.\n");
+    let _ = writeln!(
+        md,
+        "| scenario | metric | fresh median | fresh p99 | aged n | aged median | aged p99 | aged / fresh | target | met | note |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|");
+    for (a, met) in aged.iter().zip(judged) {
+        let f = find(fresh, a);
+        let ratio = ratios.iter().find(|r| r.of(a));
+        let stat = ratio.map_or(Stat::P50, |r| r.stat);
+        let times = f.map_or(f64::NAN, |f| a.stat(stat) / f.stat(stat));
+        let target = match (ratio.and_then(|r| r.max), ratio.and(a.target)) {
+            (Some(max), _) => format!("{} ≤ {}× fresh", stat.name(), num(max)),
+            (None, Some(t)) => format!("{} < {} {}", t.stat.name(), num(t.limit), a.unit),
+            (None, None) => String::new(),
+        };
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} {u} | {} {u} | {}× ({}) | {target} | {met} | {} |",
+            a.scenario,
+            a.metric,
+            f.map_or("–".into(), |f| format!("{} {}", num(f.p(0.5)), f.unit)),
+            f.map_or("–".into(), |f| format!("{} {}", num(f.p(0.99)), f.unit)),
+            a.samples.len(),
+            num(a.p(0.5)),
+            num(a.p(0.99)),
+            num(times),
+            stat.name(),
+            a.note.replace('|', "/"),
+            u = a.unit,
+        );
+    }
+    md
+}
+
+/// The fresh figure measuring what `aged` does.
+fn find<'f>(fresh: &'f [Figure], aged: &Figure) -> Option<&'f Figure> {
+    fresh
+        .iter()
+        .find(|f| f.scenario == aged.scenario && f.metric == aged.metric)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +330,36 @@ mod tests {
         let f = Figure::new("s", "m", "ms", vec![1.0, 2.0, 9.0]).target(Stat::P99, 10.0);
         assert_eq!(f.met(), Some(true));
         assert_eq!(Figure::new("s", "m", "ms", vec![1.0]).met(), None);
+    }
+
+    #[test]
+    fn an_aged_figure_is_judged_by_its_ratio_to_the_fresh_one() {
+        let ratios = [
+            Ratio {
+                scenario: "s",
+                metric: "write",
+                stat: Stat::P99,
+                max: Some(1.5),
+            },
+            Ratio {
+                scenario: "s",
+                metric: "history",
+                stat: Stat::P99,
+                max: None,
+            },
+        ];
+        let fresh = Figure::new("s", "write, 10", "ms", vec![1.0, 2.0, 4.0]);
+        let within = Figure::new("s", "write, 10", "ms", vec![1.0, 2.0, 6.0]);
+        let beyond = Figure::new("s", "write, 10", "ms", vec![1.0, 2.0, 6.1]);
+        assert_eq!(aged_met(Some(&fresh), &within, &ratios), Some(true));
+        assert_eq!(aged_met(Some(&fresh), &beyond, &ratios), Some(false));
+        // A rule without a ratio: the figure's own target. No rule: none.
+        let own = Figure::new("s", "history", "ms", vec![60.0]).target(Stat::P99, 50.0);
+        assert_eq!(aged_met(None, &own, &ratios), Some(false));
+        let unruled = Figure::new("s", "x", "ms", vec![1.0]).target(Stat::P99, 0.5);
+        assert_eq!(aged_met(None, &unruled, &ratios), None);
+        let md = comparison(&[fresh], &[within, own], &ratios);
+        assert!(md.contains("Targets met on the aged project: 1 of 2."), "{md}");
+        assert!(md.contains("| 1.50× (p99) |"), "{md}");
     }
 }

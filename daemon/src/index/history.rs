@@ -28,11 +28,17 @@ impl HistoryIndex {
         if new.is_empty() {
             return Ok(());
         }
+        // Only the components the new changes touched are sorted again:
+        // a drawing with years of history has thousands of rows.
+        let mut touched = std::collections::HashSet::new();
         for (cid, row) in index_changes(am, &new)? {
             self.rows.entry(cid).or_default().push(row);
+            touched.insert(cid);
         }
-        for rows in self.rows.values_mut() {
-            sort_newest_first(rows);
+        for cid in touched {
+            if let Some(rows) = self.rows.get_mut(&cid) {
+                sort_newest_first(rows);
+            }
         }
         self.heads = am.get_heads();
         Ok(())

@@ -598,3 +598,86 @@ fn the_clock_never_repeats_or_goes_back() {
     let b = clock.now();
     assert_eq!((a, b), (Timestamp(1_000), Timestamp(1_001)));
 }
+
+/// A long history on one drawing keeps its meaning through the folds
+/// that come less often as it grows: history, undo, the operations list
+/// and the components read the same before and after a restart, and
+/// another device receiving the drawing converges on it.
+#[test]
+fn a_long_history_reads_the_same_through_folds_restarts_and_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = open_small(dir.path()).unwrap();
+    let (pid, did, ids) = drawing_with_components(&svc, 4);
+    let writes = 600;
+    let mut undone = 0;
+    for k in 0..writes {
+        let u = MilestoneUpdate {
+            component_id: ids[k % ids.len()],
+            milestone: "erect".into(),
+            value: MilestoneValue::Completed((k / ids.len()).is_multiple_of(2)),
+            effective_date: None,
+        };
+        let user = ["ana", "ben", "chen"][k % 3];
+        let (_, op) = svc.update_milestone(user, pid, u, None).unwrap();
+        if k % 97 == 96 {
+            let report = svc.undo("dara", pid, op).unwrap().report;
+            assert_eq!(report.reverted, 1, "undo of write {k}");
+            undone += 1;
+        }
+    }
+    let loaded = svc
+        .repo()
+        .store()
+        .load(did.0, ActorId::random())
+        .unwrap()
+        .unwrap();
+    assert!(
+        loaded.change_records < writes / 4,
+        "folded along the way: {} records left",
+        loaded.change_records
+    );
+    let read = |svc: &Service| {
+        let components = svc
+            .components(pid, &ComponentQuery::default(), Page::default())
+            .unwrap()
+            .items;
+        let history: Vec<_> = ids.iter().map(|c| svc.history(pid, *c).unwrap()).collect();
+        let operations = svc.operations(pid, usize::MAX).unwrap();
+        (components, history, operations)
+    };
+    let (components, history, operations) = read(&svc);
+    let full = svc
+        .repo()
+        .read_drawing(did, |d| component_history(d.automerge(), ids[0]).unwrap())
+        .unwrap();
+    assert_eq!(history[0], full, "the history index is the full scan's");
+    // Creating the component, then its writes and the undos of them.
+    let rows: usize = history.iter().map(Vec::len).sum();
+    assert_eq!(rows, ids.len() + writes + undone);
+    assert_eq!(
+        operations.iter().filter(|o| o.undone_by.is_some()).count(),
+        undone
+    );
+    drop(svc);
+
+    let svc = open_small(dir.path()).unwrap();
+    let (after_components, after_history, after_operations) = read(&svc);
+    assert_eq!(after_components, components);
+    assert_eq!(after_history, history);
+    assert_eq!(after_operations.len(), operations.len());
+
+    let other = service();
+    receive(&svc, &other, pid, pid.0);
+    receive(&svc, &other, pid, did.0);
+    let heads = |s: &Service| s.repo().heads(did.0).unwrap();
+    assert_eq!(heads(&other), heads(&svc));
+    let theirs = other
+        .components(pid, &ComponentQuery::default(), Page::default())
+        .unwrap()
+        .items;
+    assert_eq!(theirs, components, "the other device reads the same");
+    assert_eq!(
+        other.progress(pid, None).unwrap().earned_hours,
+        svc.progress(pid, None).unwrap().earned_hours
+    );
+}

@@ -1408,7 +1408,7 @@ mod tests {
         let hot = repo
             .read_raw(big, |am| {
                 use sitesync_model::automerge::ReadDoc as _;
-                am.get(ROOT, "hot").unwrap().and_then(|(v, _)| v.to_i64())
+                am.get(ROOT, "hot").unwrap().and_then(|(v, _)| v.as_i64())
             })
             .unwrap();
         assert_eq!(

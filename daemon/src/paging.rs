@@ -54,6 +54,12 @@ impl Page {
         }
     }
 
+    /// The cursor of the page after this one in a list of `total` items
+    /// (`None` when this is the last), for lists paged outside memory.
+    pub fn next_cursor(self, total: usize) -> Option<String> {
+        self.bounds(total).1
+    }
+
     fn bounds(self, total: usize) -> (usize, Option<String>) {
         let end = (self.offset + self.limit).min(total);
         (total, (end < total).then(|| encode_cursor(end)))

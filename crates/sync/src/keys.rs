@@ -16,7 +16,11 @@
 //! | `acked/<doc>` | heads a relay acknowledged | daemon | what is no longer pending (relaxed) |
 //! | `revoked/<org>` | the signed revocation list last heard | daemon | revocations reach LAN peers |
 //! | `index/<project>/<drawing>` | saved index entries and their heads | daemon | a restart reads only drawings changed since (relaxed) |
-//! | `oplog/<doc>` | commit records followed to heads | daemon | the operations list without reading documents (relaxed) |
+//! | `oplog/<doc>` | heads the document's commit records are indexed up to (an earlier daemon: the records) | daemon | the operations list without reading documents (relaxed) |
+//! | `opx/<project>/<order>` | one operation, merged over its documents | daemon | the operations list a page at a time, newest first (relaxed) |
+//! | `opat/<project>/<op>` | the operation's `<order>` | daemon | later records of an operation merge into its entry (relaxed) |
+//! | `opundo/<project>/<op>` | the operation that undid it | daemon | `undone_by` without a scan (relaxed) |
+//! | `opcount/<project>` | how many operations | daemon | the list's total without a scan (relaxed) |
 //! | `job/<id>` | a job's record | daemon | jobs survive a restart, as interrupted |
 //! | `demo_seeded` | — | daemon | `--demo` seeds once |
 //! | `project/<project>` | — | (none) | an earlier daemon's "project held"; migrated into `proj/` at open |
@@ -43,6 +47,14 @@ pub const REVOKED: &str = "revoked/";
 pub const INDEX: &str = "index/";
 /// `oplog/<doc>`.
 pub const OPLOG: &str = "oplog/";
+/// `opx/<project>/<order>`.
+pub const OPX: &str = "opx/";
+/// `opat/<project>/<op>`.
+pub const OPAT: &str = "opat/";
+/// `opundo/<project>/<op>`.
+pub const OPUNDO: &str = "opundo/";
+/// `opcount/<project>`.
+pub const OPCOUNT: &str = "opcount/";
 /// `job/<id>`.
 pub const JOB: &str = "job/";
 /// Set once the demo project was seeded.
@@ -63,6 +75,10 @@ pub const ALL: &[&str] = &[
     REVOKED,
     INDEX,
     OPLOG,
+    OPX,
+    OPAT,
+    OPUNDO,
+    OPCOUNT,
     JOB,
     DEMO_SEEDED,
     LEGACY_PROJECT,
@@ -107,6 +123,22 @@ pub fn index(project: Uuid, drawing: Uuid) -> String {
 
 pub fn oplog(doc: Uuid) -> String {
     format!("{OPLOG}{doc}")
+}
+
+pub fn op_entry(project: Uuid, order: &str) -> String {
+    format!("{OPX}{project}/{order}")
+}
+
+pub fn op_at(project: Uuid, op: Uuid) -> String {
+    format!("{OPAT}{project}/{op}")
+}
+
+pub fn op_undone(project: Uuid, op: Uuid) -> String {
+    format!("{OPUNDO}{project}/{op}")
+}
+
+pub fn op_count(project: Uuid) -> String {
+    format!("{OPCOUNT}{project}")
 }
 
 pub fn job(id: Uuid) -> String {

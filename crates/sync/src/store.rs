@@ -64,8 +64,14 @@ pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
 /// The narrow interface a storage engine implements.
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The (key, value) pairs whose key starts with `prefix`, in key order,
+    /// the first `skip` left out and at most `limit` returned: a page of an
+    /// index kept in the store reads that page, not the index.
+    fn scan_page(&self, prefix: &[u8], skip: usize, limit: usize) -> Result<KvPairs, StoreError>;
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, StoreError>;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, StoreError> {
+        self.scan_page(prefix, 0, usize::MAX)
+    }
     /// Applies every op atomically, and durably: when this returns `Ok`, the
     /// batch survives a crash (kill -9, power loss as far as the OS allows).
     fn apply(&self, batch: Vec<BatchOp>) -> Result<(), StoreError>;
@@ -166,11 +172,15 @@ impl Backend for RedbBackend {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, StoreError> {
+    fn scan_page(&self, prefix: &[u8], skip: usize, limit: usize) -> Result<KvPairs, StoreError> {
         let tx = self.db.begin_read().map_err(redb_failed("scanning"))?;
         let table = tx.open_table(RECORDS).map_err(redb_failed("scanning"))?;
         let mut out = Vec::new();
-        for entry in table.range(prefix..).map_err(redb_failed("scanning"))? {
+        let entries = table.range(prefix..).map_err(redb_failed("scanning"))?;
+        for entry in entries.skip(skip) {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = entry.map_err(redb_failed("scanning"))?;
             if !k.value().starts_with(prefix) {
                 break;
@@ -298,11 +308,13 @@ impl Backend for MemBackend {
         Ok(self.map.lock().expect("lock").get(key).cloned())
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, StoreError> {
+    fn scan_page(&self, prefix: &[u8], skip: usize, limit: usize) -> Result<KvPairs, StoreError> {
         let map = self.map.lock().expect("lock");
         Ok(map
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .skip(skip)
+            .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
@@ -603,6 +615,38 @@ impl DocStore {
             .collect())
     }
 
+    /// A page of the metadata records under `prefix`, in name order: their
+    /// names (after `prefix`) and values, the first `skip` left out, at most
+    /// `limit`.
+    pub fn meta_page(
+        &self,
+        prefix: &str,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.backend
+            .scan_page(&meta_key(prefix), skip, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let name = String::from_utf8_lossy(&k[1 + prefix.len()..]).into_owned();
+                Ok((name, decode_record(&k, &v)?.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Writes and removes metadata records in one relaxed batch
+    /// ([`Self::put_metas_relaxed`]): `None` removes.
+    pub fn change_metas_relaxed(&self, records: &[(String, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+        let batch = records
+            .iter()
+            .map(|(name, value)| match value {
+                Some(v) => BatchOp::Put(meta_key(name), encode_record(v)),
+                None => BatchOp::Delete(meta_key(name)),
+            })
+            .collect();
+        self.backend.apply_relaxed(batch)
+    }
+
     /// Replaces documents' records with one snapshot each, atomically and
     /// in one durable commit (compaction runs in batches, and a commit is
     /// an fsync): each snapshot and the removal of its document's change
@@ -797,8 +841,8 @@ mod tests {
         fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.get(key)
         }
-        fn scan_prefix(&self, prefix: &[u8]) -> Result<KvPairs, StoreError> {
-            self.inner.scan_prefix(prefix)
+        fn scan_page(&self, prefix: &[u8], skip: usize, limit: usize) -> Result<KvPairs, StoreError> {
+            self.inner.scan_page(prefix, skip, limit)
         }
         fn apply(&self, batch: Vec<BatchOp>) -> Result<(), StoreError> {
             self.writes.fetch_add(1, Ordering::SeqCst);
@@ -873,6 +917,38 @@ mod tests {
         appends_then_compaction(&DocStore::new(MemBackend::default()));
         let dir = tempfile::tempdir().unwrap();
         appends_then_compaction(&DocStore::new(RedbBackend::open(dir.path()).unwrap()));
+    }
+
+    /// A page of metadata records is the slice of the full listing, on
+    /// both backends, and stops at the prefix; removals land with writes.
+    #[test]
+    fn a_page_of_metadata_is_a_slice_of_the_listing() {
+        let check = |store: DocStore| {
+            let records: Vec<(String, Vec<u8>)> = (0..30u32)
+                .map(|i| (format!("opx/p/{i:04}"), i.to_le_bytes().to_vec()))
+                .chain([("opy/after".to_owned(), b"x".to_vec())])
+                .collect();
+            store.put_metas(&records).unwrap();
+            let all = store.meta_page("opx/p/", 0, usize::MAX).unwrap();
+            assert_eq!(all.len(), 30, "the prefix bounds the scan");
+            assert_eq!(all[0], ("0000".to_owned(), 0u32.to_le_bytes().to_vec()));
+            assert_eq!(store.meta_page("opx/p/", 10, 5).unwrap(), all[10..15].to_vec());
+            assert_eq!(store.meta_page("opx/p/", 28, 5).unwrap(), all[28..].to_vec());
+            assert!(store.meta_page("opx/p/", 40, 5).unwrap().is_empty());
+            store
+                .change_metas_relaxed(&[
+                    ("opx/p/0000".into(), None),
+                    ("opx/p/9999".into(), Some(b"new".to_vec())),
+                ])
+                .unwrap();
+            let after = store.meta_page("opx/p/", 0, usize::MAX).unwrap();
+            assert_eq!(after.len(), 30);
+            assert_eq!(after[0].0, "0001");
+            assert_eq!(after[29], ("9999".to_owned(), b"new".to_vec()));
+        };
+        check(DocStore::new(MemBackend::default()));
+        let dir = tempfile::tempdir().unwrap();
+        check(DocStore::new(RedbBackend::open(dir.path()).unwrap()));
     }
 
     /// A store an earlier build wrote with sled opens with every record,

@@ -117,8 +117,7 @@ pub(super) async fn list_operations(
     QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Response> {
     let page = q.page()?;
-    let ops = blocking(&app, move |s| s.operations(p, usize::MAX)).await?;
-    Ok(Json(page.of(ops)).into_response())
+    Ok(Json(blocking(&app, move |s| s.operations(p, page)).await?).into_response())
 }
 
 /// Undoes an operation; what changed since is skipped and reported.

@@ -7,6 +7,8 @@ use sitesync_model::{
 };
 use sitesync_sync::RepoError;
 
+use crate::paging::{Page, Paged};
+
 use super::*;
 
 /// The answer to an undo.
@@ -22,18 +24,22 @@ impl Service {
         Ok(self.index(state, pid)?.drawings.keys().copied().collect())
     }
 
-    /// Recent operations in the project, newest first, from the operation
-    /// log ([`OpLog`]): only documents changed since the last listing are
-    /// read, and without the service lock, so writes go on meanwhile.
-    pub fn operations(&self, pid: ProjectId, limit: usize) -> Result<Vec<OperationInfo>> {
+    /// One page of the project's operations, newest first, from the
+    /// operations index ([`OpLog`]): only documents changed since the last
+    /// listing are indexed, and without the service lock, so writes go on
+    /// meanwhile.
+    pub fn operations(&self, pid: ProjectId, page: Page) -> Result<Paged<OperationInfo>> {
+        let docs = self.project_docs(pid)?;
+        Ok(self.oplog.list(&self.repo, pid.0, &docs, page)?)
+    }
+
+    /// The project's document and its drawings'.
+    pub(super) fn project_docs(&self, pid: ProjectId) -> Result<Vec<uuid::Uuid>> {
         let dids = {
             let mut state = self.lock();
             self.drawing_ids(&mut state, pid)?
         };
-        let docs: Vec<uuid::Uuid> = std::iter::once(pid.0).chain(dids.iter().map(|d| d.0)).collect();
-        let mut ops = self.oplog.list(&self.repo, &docs)?;
-        ops.truncate(limit);
-        Ok(ops)
+        Ok(std::iter::once(pid.0).chain(dids.iter().map(|d| d.0)).collect())
     }
 
     /// Undoes an operation everywhere it wrote in the project.

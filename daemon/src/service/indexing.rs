@@ -204,8 +204,16 @@ impl Service {
         /// Drawings taken per hold of the lock: ~64 × 50 views copied.
         const BATCH: usize = 64;
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|p| p.into_inner());
-        // The operation records followed since the last save go too.
-        self.oplog.save(&self.repo);
+        // The operations index takes what the change feed told it since,
+        // for every project in memory, so notes do not wait for a listing.
+        let projects: Vec<ProjectId> = self.lock().index.keys().copied().collect();
+        for pid in projects {
+            // A project gone meanwhile has nothing to index.
+            let Ok(docs) = self.project_docs(pid) else {
+                continue;
+            };
+            self.oplog.catch_up(&self.repo, pid.0, &docs)?;
+        }
         let mut saved = 0;
         loop {
             let taken = {

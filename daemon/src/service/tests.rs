@@ -6,7 +6,7 @@ use sitesync_model::automerge::ActorId;
 use sitesync_model::history::{component_history, summarize};
 use sitesync_model::{
     Component, DrawingDoc, MilestoneDef, MilestoneUpdate, MilestoneValue, NewComponent, NewDrawing,
-    NewProject, NewTemplate, ProjectDoc, Template, WorkflowType,
+    NewProject, NewTemplate, OperationInfo, ProjectDoc, Template, WorkflowType,
 };
 use sitesync_sync::{Doc, DocStore, MemBackend, RepoConfig};
 
@@ -14,6 +14,15 @@ use super::received::INDEX_BATCH;
 use super::*;
 use crate::index::ComponentQuery;
 use crate::paging::Page;
+
+/// Every operation of the project, newest first: one page of them all.
+fn all_operations(svc: &Service, pid: ProjectId) -> Vec<OperationInfo> {
+    let page = Page {
+        offset: 0,
+        limit: 1_000_000,
+    };
+    svc.operations(pid, page).unwrap().items
+}
 
 /// A service on `dir` with a small cache, as the restart tests want.
 fn open_small(dir: &std::path::Path) -> Result<Service, crate::StartError> {
@@ -311,7 +320,7 @@ fn the_operations_list_reads_documents_when_commits_are_not_reported() {
     let svc = Service::new(repo, DeviceId(new_id()), Clock::system(), EventBus::new(100, 1));
     let (pid, did, ids) = drawing_with_components(&svc, 2);
     let docs = [pid.0, did.0];
-    assert_eq!(svc.oplog.behind(&svc.repo, &docs).unwrap().len(), 2);
+    assert_eq!(svc.oplog.behind(&svc.repo, docs[0], &docs).unwrap().len(), 2);
     let full = |svc: &Service| {
         summarize(docs.iter().flat_map(|id| {
             svc.repo
@@ -320,8 +329,8 @@ fn the_operations_list_reads_documents_when_commits_are_not_reported() {
                 .unwrap()
         }))
     };
-    assert_eq!(svc.operations(pid, usize::MAX).unwrap(), full(&svc));
-    assert!(svc.oplog.behind(&svc.repo, &docs).unwrap().is_empty());
+    assert_eq!(all_operations(&svc, pid), full(&svc));
+    assert!(svc.oplog.behind(&svc.repo, docs[0], &docs).unwrap().is_empty());
     let u = MilestoneUpdate {
         component_id: ids[1],
         milestone: "erect".into(),
@@ -329,8 +338,8 @@ fn the_operations_list_reads_documents_when_commits_are_not_reported() {
         effective_date: None,
     };
     svc.update_milestone("ana", pid, u, None).unwrap();
-    assert_eq!(svc.oplog.behind(&svc.repo, &docs).unwrap(), vec![did.0]);
-    assert_eq!(svc.operations(pid, usize::MAX).unwrap(), full(&svc));
+    assert_eq!(svc.oplog.behind(&svc.repo, docs[0], &docs).unwrap(), vec![did.0]);
+    assert_eq!(all_operations(&svc, pid), full(&svc));
 }
 
 /// The operations list is what a full read of every document gives,
@@ -355,8 +364,11 @@ fn the_operations_list_matches_a_full_scan_and_a_restart_reads_no_drawing() {
     // Followed from their first change: nothing to read for the list.
     let mut docs = vec![p.id.0];
     docs.extend(components.iter().map(|c| c.drawing_id.0));
-    assert_eq!(svc.oplog.behind(&svc.repo, &docs).unwrap(), Vec::<Uuid>::new());
-    assert_eq!(svc.operations(p.id, usize::MAX).unwrap(), full(&svc));
+    assert_eq!(
+        svc.oplog.behind(&svc.repo, docs[0], &docs).unwrap(),
+        Vec::<Uuid>::new()
+    );
+    assert_eq!(all_operations(&svc, p.id), full(&svc));
     let erect = |c: &Component, done: bool| MilestoneUpdate {
         component_id: c.id,
         milestone: "erect".into(),
@@ -365,14 +377,14 @@ fn the_operations_list_matches_a_full_scan_and_a_restart_reads_no_drawing() {
     };
     for (i, c) in components.iter().enumerate() {
         let (_, op) = svc.update_milestone("ben", p.id, erect(c, true), None).unwrap();
-        assert!(svc.oplog.behind(&svc.repo, &docs).unwrap().is_empty());
-        let listed = svc.operations(p.id, usize::MAX).unwrap();
+        assert!(svc.oplog.behind(&svc.repo, docs[0], &docs).unwrap().is_empty());
+        let listed = all_operations(&svc, p.id);
         assert_eq!(listed, full(&svc), "after write {i}");
         assert_eq!(listed[0].id, op, "the newest first");
     }
-    let undone = svc.operations(p.id, 1).unwrap()[0].id;
+    let undone = svc.operations(p.id, Page { offset: 0, limit: 1 }).unwrap().items[0].id;
     svc.undo("ana", p.id, OperationId(undone.0)).unwrap();
-    let before = svc.operations(p.id, usize::MAX).unwrap();
+    let before = all_operations(&svc, p.id);
     assert_eq!(before, full(&svc));
     assert!(before.iter().any(|o| o.id == undone && o.undone_by.is_some()));
     svc.save_index().unwrap();
@@ -381,12 +393,12 @@ fn the_operations_list_matches_a_full_scan_and_a_restart_reads_no_drawing() {
     let svc = open_small(dir.path()).unwrap();
     svc.progress(p.id, None).unwrap();
     let loaded = svc.documents_loaded();
-    assert_eq!(svc.operations(p.id, usize::MAX).unwrap(), before);
+    assert_eq!(all_operations(&svc, p.id), before);
     assert_eq!(svc.documents_loaded(), loaded, "no document read for the list");
     let (_, op) = svc
         .update_milestone("ana", p.id, erect(&components[1], false), None)
         .unwrap();
-    let after = svc.operations(p.id, usize::MAX).unwrap();
+    let after = all_operations(&svc, p.id);
     assert_eq!(after[0].id, op);
     assert_eq!(after, full(&svc));
 }
@@ -642,7 +654,7 @@ fn a_long_history_reads_the_same_through_folds_restarts_and_sync() {
             .unwrap()
             .items;
         let history: Vec<_> = ids.iter().map(|c| svc.history(pid, *c).unwrap()).collect();
-        let operations = svc.operations(pid, usize::MAX).unwrap();
+        let operations = all_operations(svc, pid);
         (components, history, operations)
     };
     let (components, history, operations) = read(&svc);
@@ -680,4 +692,146 @@ fn a_long_history_reads_the_same_through_folds_restarts_and_sync() {
         other.progress(pid, None).unwrap().earned_hours,
         svc.progress(pid, None).unwrap().earned_hours
     );
+}
+
+/// The full list of the project's operations, read from its documents.
+fn operations_scan(svc: &Service, pid: ProjectId) -> Vec<OperationInfo> {
+    summarize(svc.project_docs(pid).unwrap().into_iter().flat_map(|id| {
+        svc.repo
+            .read_raw(id, sitesync_model::history::operation_records)
+            .unwrap()
+            .unwrap_or_default()
+    }))
+}
+
+/// A page of the operations list is the slice of the full list, with its
+/// total and the cursor of the next; a document whose indexed heads it no
+/// longer has (a damaged record skipped at load) has the project's index
+/// rebuilt, never counted twice.
+#[test]
+fn the_operations_list_pages_and_rebuilds_when_a_document_disagrees() {
+    let svc = service();
+    let (p, components) = three_drawings(&svc, 2);
+    for (k, c) in components.iter().enumerate() {
+        let u = MilestoneUpdate {
+            component_id: c.id,
+            milestone: "erect".into(),
+            value: MilestoneValue::Completed(true),
+            effective_date: None,
+        };
+        svc.update_milestone("ana", p.id, u, None).unwrap();
+        if k == 2 {
+            let ids: Vec<_> = components.iter().map(|c| c.id).collect();
+            let updates = ids
+                .iter()
+                .map(|id| MilestoneUpdate {
+                    component_id: *id,
+                    milestone: "erect".into(),
+                    value: MilestoneValue::Completed(false),
+                    effective_date: None,
+                })
+                .collect();
+            svc.bulk("ben", p.id, updates, Default::default(), None).unwrap();
+        }
+    }
+    let full = operations_scan(&svc, p.id);
+    assert_eq!(all_operations(&svc, p.id), full);
+    let page = svc.operations(p.id, Page { offset: 3, limit: 4 }).unwrap();
+    assert_eq!(page.items, full[3..7].to_vec());
+    assert_eq!(page.total, full.len());
+    let next = Page::decode_cursor(page.next_cursor.as_deref().unwrap()).unwrap();
+    assert_eq!(next, 7);
+    let last = svc
+        .operations(
+            p.id,
+            Page {
+                offset: full.len() - 2,
+                limit: 4,
+            },
+        )
+        .unwrap();
+    assert_eq!(last.items, full[full.len() - 2..].to_vec());
+    assert_eq!(last.next_cursor, None);
+
+    // The first drawing's record claims heads its document never had.
+    let did = components[0].drawing_id.0;
+    let bogus =
+        serde_json::json!({"v": 2, "heads": [sitesync_model::automerge::ChangeHash([7; 32]).to_string()]});
+    let store = svc.repo.store();
+    store
+        .put_meta(&keys::oplog(did), &serde_json::to_vec(&bogus).unwrap())
+        .unwrap();
+    // The service forgets what it followed only on a restart; a new
+    // operations list over the same store stands for one.
+    let oplog = crate::oplog::OpLog::default();
+    let docs = svc.project_docs(p.id).unwrap();
+    let listed = oplog
+        .list(
+            &svc.repo,
+            p.id.0,
+            &docs,
+            Page {
+                offset: 0,
+                limit: 1000,
+            },
+        )
+        .unwrap();
+    assert_eq!(listed.items, full, "rebuilt, not counted twice");
+    assert_eq!(listed.total, full.len());
+}
+
+/// A store of an earlier daemon, whose `oplog/<doc>` records held the
+/// documents' records themselves, lists the same operations without
+/// reading a document, and is written in the new layout.
+#[test]
+fn an_earlier_daemons_operation_records_are_indexed_without_reading_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = open_small(dir.path()).unwrap();
+    let (p, components) = three_drawings(&svc, 1);
+    for c in &components {
+        let u = MilestoneUpdate {
+            component_id: c.id,
+            milestone: "erect".into(),
+            value: MilestoneValue::Completed(true),
+            effective_date: None,
+        };
+        let (_, op) = svc.update_milestone("ana", p.id, u, None).unwrap();
+        svc.undo("ben", p.id, op).unwrap();
+    }
+    let full = operations_scan(&svc, p.id);
+    // As the earlier daemon left it: every document's records and heads
+    // in its own record, and no index.
+    let store = svc.repo.store();
+    for prefix in [keys::OPX, keys::OPAT, keys::OPUNDO, keys::OPCOUNT] {
+        for name in store.meta_names(prefix).unwrap() {
+            store.delete_meta(&format!("{prefix}{name}")).unwrap();
+        }
+    }
+    for doc in svc.project_docs(p.id).unwrap() {
+        let (records, heads) = svc
+            .repo
+            .read_raw(doc, |am| {
+                (sitesync_model::history::operation_records(am), am.get_heads())
+            })
+            .unwrap()
+            .unwrap();
+        let legacy = serde_json::json!({
+            "heads": heads.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "records": records.iter().map(|(m, at)| (m, at.0)).collect::<Vec<_>>(),
+        });
+        store
+            .put_meta(&keys::oplog(doc), &serde_json::to_vec(&legacy).unwrap())
+            .unwrap();
+    }
+    svc.save_index().unwrap();
+    drop(svc);
+
+    let svc = open_small(dir.path()).unwrap();
+    svc.progress(p.id, None).unwrap();
+    let loaded = svc.documents_loaded();
+    assert_eq!(all_operations(&svc, p.id), full);
+    assert_eq!(svc.documents_loaded(), loaded, "no document read for the list");
+    let saved = svc.repo.store().get_meta(&keys::oplog(p.id.0)).unwrap().unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    assert_eq!(saved["v"], 2, "rewritten in the new layout: {saved}");
 }

@@ -522,17 +522,26 @@ impl Phase<'_> {
         let refs: Vec<&str> = self.a_args.iter().map(String::as_str).collect();
         let a = Daemon::start(&self.a_dir, &refs);
         run.attempt("A hands the history to the relay", figures, || {
+            // The history's changes are other devices' (actors), which A's
+            // pending count does not count: wait for its acknowledgements
+            // to stop, and time until the last.
             let start = Instant::now();
+            let started_at = std::time::SystemTime::now();
             scenarios::wait_pending_zero(&a.client())?;
+            let last = scenarios::quiet(&a.client(), Duration::from_secs(5))?;
+            let took = last
+                .as_deref()
+                .and_then(sitesync_sync::model::Timestamp::parse_rfc3339)
+                .and_then(|at| {
+                    let since = started_at.duration_since(std::time::UNIX_EPOCH).ok()?;
+                    Some(Duration::from_millis(
+                        (at.0 - since.as_millis() as i64).max(0) as u64
+                    ))
+                })
+                .unwrap_or_else(|| start.elapsed());
             Ok(vec![
-                Figure::ms(
-                    "aged",
-                    "A hands the year of history to the relay",
-                    &[start.elapsed()],
-                )
-                .note(
-                    "A's start on the aged store until the relay has acknowledged every change (information)",
-                ),
+                Figure::ms("aged", "A hands the year of history to the relay", &[took])
+                    .note("A's start on the aged store until the relay's last acknowledgement (information)"),
             ])
         });
         let b_token = token("b-aged");

@@ -365,17 +365,7 @@ impl<'s> Batch<'s> {
                 }
                 None => {
                     self.added += 1;
-                    let info = OperationInfo {
-                        id: meta.op,
-                        kind: meta.kind,
-                        at,
-                        user: meta.user,
-                        device_id: meta.device,
-                        count: meta.count,
-                        reason: meta.reason,
-                        undone_by: None,
-                    };
-                    (order_key(at, meta.op), info)
+                    (order_key(at, meta.op), OperationInfo::first(meta, at))
                 }
             };
             self.put(at_name, order.clone().into_bytes());

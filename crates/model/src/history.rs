@@ -415,6 +415,24 @@ pub fn knows_all(doc: &Automerge, heads: &[ChangeHash]) -> bool {
     heads.iter().all(|h| doc.get_change_meta_by_hash(h).is_some())
 }
 
+impl OperationInfo {
+    /// An operation as its first commit record (`meta`, at `at`) tells it;
+    /// records of it in other documents add their items, and an undo
+    /// record sets `undone_by`.
+    pub fn first(meta: OpMeta, at: Timestamp) -> Self {
+        Self {
+            id: meta.op,
+            kind: meta.kind,
+            at,
+            user: meta.user,
+            device_id: meta.device,
+            count: meta.count,
+            reason: meta.reason,
+            undone_by: None,
+        }
+    }
+}
+
 /// Operations from the commit records of any number of documents (one
 /// operation may span several), newest first.
 pub fn summarize(records: impl IntoIterator<Item = (OpMeta, Timestamp)>) -> Vec<OperationInfo> {
@@ -424,21 +442,13 @@ pub fn summarize(records: impl IntoIterator<Item = (OpMeta, Timestamp)>) -> Vec<
         if let Some(target) = meta.undoes {
             undone.push((target, meta.op));
         }
-        ops.entry(meta.op)
+        let (op, count) = (meta.op, meta.count);
+        ops.entry(op)
             .and_modify(|o| {
-                o.count += meta.count;
+                o.count += count;
                 o.at = o.at.min(at);
             })
-            .or_insert(OperationInfo {
-                id: meta.op,
-                kind: meta.kind,
-                at,
-                user: meta.user,
-                device_id: meta.device,
-                count: meta.count,
-                reason: meta.reason,
-                undone_by: None,
-            });
+            .or_insert_with(|| OperationInfo::first(meta, at));
     }
     for (target, by) in undone {
         if let Some(o) = ops.get_mut(&target) {

@@ -208,10 +208,13 @@ impl OpLog {
         let saved = batch.store.get_meta(&keys::oplog(doc))?;
         let heads = match saved.as_deref().map(Followed::decode) {
             Some(Some(Followed::Heads(heads))) => heads,
+            // Followed only once the batch indexing its records is stored
+            // (`Batch::follow`): a batch that is not (`behind`'s, or one
+            // that fails) leaves them to be indexed next time.
             Some(Some(Followed::Legacy(heads, records))) => {
                 batch.add(records)?;
                 batch.follow(doc, &heads);
-                heads
+                return Ok(heads);
             }
             // Never indexed, or a record that does not decode: from the
             // start (a record that did not decode indexed nothing).
@@ -356,7 +359,8 @@ impl<'s> Batch<'s> {
             };
             let (order, info) = match existing {
                 Some((order, mut info)) => {
-                    info.count += meta.count;
+                    // A peer's record is not trusted to keep the sum in range.
+                    info.count = info.count.saturating_add(meta.count);
                     if at < info.at {
                         self.delete(keys::op_entry(p, &order));
                         info.at = at;

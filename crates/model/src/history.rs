@@ -445,7 +445,7 @@ pub fn summarize(records: impl IntoIterator<Item = (OpMeta, Timestamp)>) -> Vec<
         let (op, count) = (meta.op, meta.count);
         ops.entry(op)
             .and_modify(|o| {
-                o.count += count;
+                o.count = o.count.saturating_add(count);
                 o.at = o.at.min(at);
             })
             .or_insert_with(|| OperationInfo::first(meta, at));

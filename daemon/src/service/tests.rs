@@ -823,6 +823,20 @@ fn an_earlier_daemons_operation_records_are_indexed_without_reading_documents() 
             .put_meta(&keys::oplog(doc), &serde_json::to_vec(&legacy).unwrap())
             .unwrap();
     }
+    // Looking at what is behind indexes nothing, and forgets nothing: an
+    // operations list that has not followed these documents yet (as after
+    // a restart) still indexes the earlier records afterwards.
+    let docs = svc.project_docs(p.id).unwrap();
+    let unfollowed = crate::oplog::OpLog::default();
+    assert!(unfollowed.behind(&svc.repo, p.id.0, &docs).unwrap().is_empty());
+    let page = Page {
+        offset: 0,
+        limit: 1000,
+    };
+    assert_eq!(
+        unfollowed.list(&svc.repo, p.id.0, &docs, page).unwrap().items,
+        full
+    );
     svc.save_index().unwrap();
     drop(svc);
 

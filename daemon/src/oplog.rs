@@ -57,14 +57,27 @@ const PENDING_PER_DOC: usize = 256;
 type Record = (OpMeta, Timestamp);
 
 /// The operations index of every project, followed as documents change.
-#[derive(Default)]
 pub struct OpLog {
+    /// Records a catch-up stores in one batch, about ([`BATCH_WRITES`];
+    /// tests make it small to store every document apart).
+    batch_writes: usize,
     /// Per document: the heads its records are indexed up to (as read
     /// from `oplog/<doc>` or last written).
     followed: Mutex<HashMap<Uuid, Vec<ChangeHash>>>,
     /// Durable changes told by the repository, per document, not yet
     /// indexed.
     pending: Mutex<HashMap<Uuid, Vec<Persisted>>>,
+}
+
+/// Records a catch-up stores in one batch, about (a batch holds whole
+/// documents, so one with a longer history makes a larger batch): ~3 per
+/// operation, a few hundred bytes each.
+const BATCH_WRITES: usize = 30_000;
+
+impl Default for OpLog {
+    fn default() -> Self {
+        Self::with_batches_of(BATCH_WRITES)
+    }
 }
 
 /// The operations list follows the change feed: every durable change's
@@ -94,6 +107,16 @@ enum Catch {
 }
 
 impl OpLog {
+    /// An operations list that stores a catch-up in batches of about
+    /// `batch_writes` records.
+    pub fn with_batches_of(batch_writes: usize) -> Self {
+        Self {
+            batch_writes,
+            followed: Mutex::default(),
+            pending: Mutex::default(),
+        }
+    }
+
     /// One page of the project's operations, newest first; `docs` are the
     /// project's document and its drawings' (documents not held here are
     /// skipped), each indexed up to its heads first.
@@ -127,17 +150,39 @@ impl OpLog {
     }
 
     /// Indexes what `docs` (one project's) changed since they were last
-    /// indexed, in one batch: the change feed's notes where they reach a
-    /// document's heads, its changes read otherwise.
+    /// indexed: the change feed's notes where they reach a document's
+    /// heads, its changes read otherwise. Stored in batches of about
+    /// [`BATCH_WRITES`] records, each holding whole documents and the
+    /// heads they are followed to, so memory follows one document's
+    /// history at most, never the project's (a clone of the aged benchmark
+    /// project held ~150 MB of records in one batch).
     pub fn catch_up(&self, repo: &Repo, project: Uuid, docs: &[Uuid]) -> Result<(), RepoError> {
-        let store = repo.store();
         let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+        if self.index(repo, project, docs, &mut followed)? == Indexed::Damaged {
+            tracing::warn!(%project, "the operations index disagrees with the documents; rebuilding it");
+            self.wipe(repo.store(), project, docs, &mut followed)?;
+            // From nothing, every document knows where it starts.
+            self.index(repo, project, docs, &mut followed)?;
+        }
+        Ok(())
+    }
+
+    /// Indexes `docs` up to their heads, a batch at a time; stops at a
+    /// document that lacks the heads it was followed to.
+    fn index(
+        &self,
+        repo: &Repo,
+        project: Uuid,
+        docs: &[Uuid],
+        followed: &mut HashMap<Uuid, Vec<ChangeHash>>,
+    ) -> Result<Indexed, RepoError> {
+        let store = repo.store();
         let mut batch = Batch::new(store, project);
         for &doc in docs {
             let Some(heads) = repo.heads(doc)? else { continue };
-            let from = self.followed_heads(&mut followed, &mut batch, doc)?;
+            let from = self.followed_heads(followed, &mut batch, doc)?;
             let read = match self.catch(doc, &from, &heads, true) {
-                Catch::Current => continue,
+                Catch::Current => None,
                 Catch::Notes(records, heads) => Some(Ok((records, heads))),
                 Catch::Read => repo.read_raw(doc, |am| {
                     if knows_all(am, &from) {
@@ -156,25 +201,36 @@ impl OpLog {
                 Some(Err(Damaged)) => batch.broken = true,
             }
             if batch.broken {
-                break;
+                return Ok(Indexed::Damaged);
+            }
+            if batch.writes.len() >= self.batch_writes {
+                let full = std::mem::replace(&mut batch, Batch::new(store, project));
+                if !Self::store(full, docs, followed) {
+                    return Ok(Indexed::Whole);
+                }
             }
         }
-        if batch.broken {
-            tracing::warn!(%project, "the operations index disagrees with the documents; rebuilding it");
-            batch = self.rebuild(repo, project, docs)?;
-        }
+        Self::store(batch, docs, followed);
+        Ok(Indexed::Whole)
+    }
+
+    /// Stores `batch` and follows what it indexed; `false` when storing
+    /// failed (what was taken as followed is then read again from the
+    /// store next listing, and the listing shows what is stored).
+    fn store(batch: Batch<'_>, docs: &[Uuid], followed: &mut HashMap<Uuid, Vec<ChangeHash>>) -> bool {
         match batch.commit() {
-            Ok(followed_now) => followed.extend(followed_now),
+            Ok(followed_now) => {
+                followed.extend(followed_now);
+                true
+            }
             Err(e) => {
-                // What this listing took as followed is not stored: read
-                // it again from the store next time.
                 tracing::warn!(error = %e, "saving the operations index failed; it is indexed again next listing");
                 for doc in docs {
                     followed.remove(doc);
                 }
+                false
             }
         }
-        Ok(())
     }
 
     /// The documents of `docs` a listing would have to read: those whose
@@ -255,10 +311,15 @@ impl OpLog {
         }
     }
 
-    /// A batch that drops the project's index and indexes every document
-    /// of `docs` whole.
-    fn rebuild<'s>(&self, repo: &'s Repo, project: Uuid, docs: &[Uuid]) -> Result<Batch<'s>, RepoError> {
-        let store = repo.store();
+    /// Drops the project's index and what `docs` were followed to, in one
+    /// batch: every document is then indexed from its start, as if new.
+    fn wipe(
+        &self,
+        store: &DocStore,
+        project: Uuid,
+        docs: &[Uuid],
+        followed: &mut HashMap<Uuid, Vec<ChangeHash>>,
+    ) -> Result<(), RepoError> {
         let mut batch = Batch::new(store, project);
         for prefix in [keys::OPX, keys::OPAT, keys::OPUNDO] {
             let prefix = format!("{prefix}{project}/");
@@ -267,18 +328,25 @@ impl OpLog {
             }
         }
         batch.delete(keys::op_count(project));
-        batch.count = Some(0);
         for &doc in docs {
-            let read = repo.read_raw(doc, |am| (operation_records_since(am, &[]), am.get_heads()))?;
-            if let Some((records, heads)) = read {
-                batch.add(records)?;
-                batch.follow(doc, &heads);
-            } else {
-                batch.delete(keys::oplog(doc));
-            }
+            batch.delete(keys::oplog(doc));
+            followed.remove(&doc);
         }
-        Ok(batch)
+        let records: Vec<(String, Option<Vec<u8>>)> = batch.writes.into_iter().collect();
+        store.change_metas_relaxed(&records)?;
+        Ok(())
     }
+}
+
+/// How far [`OpLog::index`] got.
+#[derive(PartialEq, Eq)]
+enum Indexed {
+    /// Every document is indexed up to its heads (or storing failed, and
+    /// the next listing tries again).
+    Whole,
+    /// A document lacks the heads it was followed to: the index must be
+    /// rebuilt.
+    Damaged,
 }
 
 /// A document whose followed heads it lacks.
@@ -290,8 +358,6 @@ struct Batch<'s> {
     store: &'s DocStore,
     project: Uuid,
     writes: BTreeMap<String, Option<Vec<u8>>>,
-    /// The operations counted so far, once read (or reset by a rebuild).
-    count: Option<u64>,
     added: u64,
     /// Documents followed to new heads by this batch.
     followed: Vec<(Uuid, Vec<ChangeHash>)>,
@@ -305,7 +371,6 @@ impl<'s> Batch<'s> {
             store,
             project,
             writes: BTreeMap::new(),
-            count: None,
             added: 0,
             followed: Vec::new(),
             broken: false,
@@ -390,12 +455,9 @@ impl<'s> Batch<'s> {
         if self.writes.is_empty() {
             return Ok(self.followed);
         }
-        if self.added > 0 || self.count.is_some() {
+        if self.added > 0 {
             let name = keys::op_count(self.project);
-            let count = match self.count {
-                Some(c) => c,
-                None => read_count(self.store.get_meta(&name)?),
-            };
+            let count = read_count(self.store.get_meta(&name)?);
             self.put(name, (count + self.added).to_string().into_bytes());
         }
         let records: Vec<(String, Option<Vec<u8>>)> = std::mem::take(&mut self.writes).into_iter().collect();

@@ -707,7 +707,7 @@ fn operations_scan(svc: &Service, pid: ProjectId) -> Vec<OperationInfo> {
 /// A page of the operations list is the slice of the full list, with its
 /// total and the cursor of the next; a document whose indexed heads it no
 /// longer has (a damaged record skipped at load) has the project's index
-/// rebuilt, never counted twice.
+/// rebuilt, never counted twice, however many batches a catch-up takes.
 #[test]
 fn the_operations_list_pages_and_rebuilds_when_a_document_disagrees() {
     let svc = service();
@@ -762,8 +762,10 @@ fn the_operations_list_pages_and_rebuilds_when_a_document_disagrees() {
         .put_meta(&keys::oplog(did), &serde_json::to_vec(&bogus).unwrap())
         .unwrap();
     // The service forgets what it followed only on a restart; a new
-    // operations list over the same store stands for one.
-    let oplog = crate::oplog::OpLog::default();
+    // operations list over the same store stands for one. It stores each
+    // document apart, so the project's document is stored before the
+    // drawing is found to disagree: the rebuild must not add it again.
+    let oplog = crate::oplog::OpLog::with_batches_of(1);
     let docs = svc.project_docs(p.id).unwrap();
     let listed = oplog
         .list(

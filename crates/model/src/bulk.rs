@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::crdt;
 use crate::drawing::{self, DrawingDoc, MilestoneUpdate, MilestoneView};
 use crate::error::{ModelError, Result};
 use crate::ids::{ComponentId, OperationId};
@@ -115,10 +116,14 @@ impl Spread for InOrder {
     }
 }
 
-/// One document's share of a batch: its open transaction and, per update
-/// it holds, the update's index in the request and what applying it gave.
+/// One document's share of a batch: its place in `docs`, its open
+/// transaction, the quantity summaries the transaction brought forward, and,
+/// per update it holds, the update's index in the request and what applying
+/// it gave.
 type DocPart<'d> = (
+    usize,
     automerge::transaction::Transaction<'d>,
+    crdt::SumMap,
     Vec<(usize, Result<(MilestoneView, MilestoneView)>)>,
 );
 
@@ -160,19 +165,22 @@ pub fn apply_bulk(
             None => outcomes.push((index, Err(ModelError::ComponentNotFound { id: u.component_id }))),
         }
     }
-    let work: Vec<(&mut DrawingDoc, Vec<usize>)> = docs
+    let work: Vec<(usize, &mut DrawingDoc, Vec<usize>)> = docs
         .iter_mut()
         .zip(mine)
-        .filter(|(_, mine)| !mine.is_empty())
-        .map(|(d, mine)| (&mut **d, mine))
+        .enumerate()
+        .filter(|(_, (_, mine))| !mine.is_empty())
+        .map(|(i, (d, mine))| (i, &mut **d, mine))
         .collect();
-    let parts: Vec<DocPart<'_>> = spread.map(work, |(doc, mine)| {
+    let parts: Vec<DocPart<'_>> = spread.map(work, |(i, doc, mine)| {
+        let mut sums = doc.take_sums();
         let mut tx = doc.automerge_mut().transaction();
         // Each document keeps its own copy of a template; none changes here.
         let mut templates = drawing::Templates::default();
         let mut results = Vec::with_capacity(mine.len());
         for index in mine {
-            let outcome = drawing::apply_update(&mut tx, ctx, &updates[index], &mut templates);
+            let mut writing = crdt::Sums::Writing(&mut sums);
+            let outcome = drawing::apply_update(&mut tx, ctx, &updates[index], &mut templates, &mut writing);
             let damaged = matches!(
                 outcome,
                 Err(ModelError::Corrupt { .. } | ModelError::UnsupportedSchema { .. })
@@ -182,12 +190,12 @@ pub fn apply_bulk(
                 break;
             }
         }
-        (tx, results)
+        (i, tx, sums, results)
     });
     let mut txs = Vec::with_capacity(parts.len());
-    for (tx, results) in parts {
+    for (i, tx, sums, results) in parts {
         let count = results.iter().filter(|(_, r)| r.is_ok()).count();
-        txs.push((tx, count));
+        txs.push((i, tx, sums, count));
         outcomes.extend(results);
     }
     outcomes.sort_by_key(|(index, _)| *index);
@@ -223,11 +231,15 @@ pub fn apply_bulk(
     let write = !(options.validate_only || refused);
     let mut applied = 0;
     let mut commits = Vec::with_capacity(txs.len());
-    for (tx, count) in txs {
+    // Summaries brought forward, for the documents whose writes commit.
+    let mut kept = Vec::with_capacity(txs.len());
+    for (i, tx, sums, count) in txs {
         if write && count > 0 {
             applied += count;
             commits.push((tx, count));
+            kept.push((i, sums));
         } else {
+            // Rolled back: the document is as it was, the summaries are not.
             tx.rollback();
         }
     }
@@ -235,6 +247,9 @@ pub fn apply_bulk(
     spread.map(commits, |(tx, count)| {
         tx.commit_with(ctx.commit_options(count));
     });
+    for (i, sums) in kept {
+        docs[i].keep_sums(sums);
+    }
     Ok(BulkOutcome {
         operation_id: (applied > 0).then_some(ctx.op),
         applied,

@@ -14,7 +14,7 @@ use automerge::{ActorId, Automerge, ObjId, ObjType, ReadDoc};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::crdt::{self, FieldReader, Fields, MergedEntry};
+use crate::crdt::{self, FieldReader, Fields};
 use crate::error::{ModelError, Result};
 use crate::ids::{ComponentId, DeviceId, DrawingId, ProjectId, TemplateId};
 use crate::operation::WriteCtx;
@@ -156,9 +156,31 @@ pub struct Component {
 #[derive(Debug, Clone)]
 pub struct DrawingDoc {
     doc: Automerge,
+    /// Summaries of quantity entries, valid while the document is at the
+    /// heads they were kept at: brought forward by this type's own
+    /// milestone writes, dropped by anything else that changes it.
+    quantities: Quantities,
+}
+
+/// [`crdt::EntriesSummary`]s of one document state.
+#[derive(Debug, Clone, Default)]
+struct Quantities {
+    /// The heads the summaries describe.
+    heads: Vec<automerge::ChangeHash>,
+    sums: crdt::SumMap,
 }
 
 schema::document_plumbing!(DrawingDoc, DocKind::Drawing);
+
+impl DrawingDoc {
+    /// Wraps a document without checking it (see `from_automerge`).
+    fn wrap(doc: Automerge) -> Self {
+        Self {
+            doc,
+            quantities: Quantities::default(),
+        }
+    }
+}
 
 /// The objects of one component, located once per operation.
 pub(crate) struct Located {
@@ -185,7 +207,7 @@ impl DrawingDoc {
             tx.put_object(automerge::ROOT, "components", ObjType::Map)?;
             Ok(((), 1))
         })?;
-        Ok(Self { doc })
+        Ok(Self::wrap(doc))
     }
 
     /// The project this drawing belongs to.
@@ -264,10 +286,41 @@ impl DrawingDoc {
 
     /// Applies one milestone update as its own operation.
     pub fn update_milestone(&mut self, ctx: &WriteCtx, update: &MilestoneUpdate) -> Result<Component> {
+        let mut sums = self.take_sums();
         schema::transact(&mut self.doc, ctx, |tx| {
-            Ok((apply_update(tx, ctx, update, &mut Templates::default())?, 1))
+            let mut writing = crdt::Sums::Writing(&mut sums);
+            Ok((
+                apply_update(tx, ctx, update, &mut Templates::default(), &mut writing)?,
+                1,
+            ))
         })?;
+        self.keep_sums(sums);
         self.component(update.component_id)
+    }
+
+    /// The quantity summaries kept for this document as it is now (none
+    /// when it changed since), taken out for a write to bring forward.
+    pub(crate) fn take_sums(&mut self) -> crdt::SumMap {
+        let q = std::mem::take(&mut self.quantities);
+        if q.heads == self.doc.get_heads() {
+            q.sums
+        } else {
+            crdt::SumMap::new()
+        }
+    }
+
+    /// Keeps `sums`, brought forward by a write just committed (or left
+    /// as they were by one rolled back), for the document as it is now.
+    pub(crate) fn keep_sums(&mut self, sums: crdt::SumMap) {
+        self.quantities = Quantities {
+            heads: self.doc.get_heads(),
+            sums,
+        };
+    }
+
+    /// The summaries kept, when they describe the document as it is.
+    fn kept_sums(&self) -> Option<&crdt::SumMap> {
+        (self.quantities.heads == self.doc.get_heads()).then_some(&self.quantities.sums)
     }
 
     /// The components whose state may have changed since `before` (heads
@@ -336,7 +389,7 @@ impl DrawingDoc {
 
     /// One component with derived completion and status.
     pub fn component(&self, id: ComponentId) -> Result<Component> {
-        ComponentReader::new(&self.doc)?.read(id)
+        ComponentReader::new(&self.doc, self.kept_sums())?.read(id)
     }
 
     /// The components `ids`, in that order; `component_not_found` for an
@@ -344,13 +397,13 @@ impl DrawingDoc {
     /// template parsed once, where `component` per id repeats both: a bulk
     /// update re-reads every component it touched.
     pub fn components_of(&self, ids: &[ComponentId]) -> Result<Vec<Component>> {
-        let mut reader = ComponentReader::new(&self.doc)?;
+        let mut reader = ComponentReader::new(&self.doc, self.kept_sums())?;
         ids.iter().map(|id| reader.read(*id)).collect()
     }
 
     /// Every component, deleted ones included, ordered by tag.
     pub fn components(&self) -> Result<Vec<Component>> {
-        let mut reader = ComponentReader::new(&self.doc)?;
+        let mut reader = ComponentReader::new(&self.doc, self.kept_sums())?;
         let mut out = Vec::new();
         let keys: Vec<String> = reader.comps.keys().map(str::to_owned).collect();
         for key in keys {
@@ -373,12 +426,15 @@ struct ComponentReader<'a> {
     comps: Fields,
     /// Templates parsed so far; a drawing uses few.
     parsed: Templates,
+    /// Quantity summaries kept at the document's heads.
+    sums: Option<&'a crdt::SumMap>,
 }
 
 impl<'a> ComponentReader<'a> {
-    fn new(doc: &'a Automerge) -> Result<Self> {
+    fn new(doc: &'a Automerge, sums: Option<&'a crdt::SumMap>) -> Result<Self> {
         Ok(Self {
             doc,
+            sums,
             project: root_id(doc, "project_id")?,
             drawing: root_id(doc, "drawing_id")?,
             comps: Fields::read(doc, &components_obj(doc)?)?,
@@ -393,7 +449,15 @@ impl<'a> ComponentReader<'a> {
             .ok_or(ModelError::ComponentNotFound { id })?;
         let fields = Fields::read(self.doc, &obj)?;
         let template = template_of(self.doc, &fields, &mut self.parsed)?;
-        read_component(self.doc, id, &fields, template, self.project, self.drawing)
+        let mut sums = crdt::Sums::Kept(self.sums);
+        read_component(
+            self.doc,
+            id,
+            &fields,
+            template,
+            (self.project, self.drawing),
+            &mut sums,
+        )
     }
 }
 
@@ -701,6 +765,7 @@ pub(crate) fn apply_update(
     ctx: &WriteCtx,
     u: &MilestoneUpdate,
     templates: &mut Templates,
+    sums: &mut crdt::Sums<'_>,
 ) -> Result<(MilestoneView, MilestoneView)> {
     let at = locate_with(tx, u.component_id, templates)?;
     if at.fields.value("deleted", false)? {
@@ -731,7 +796,7 @@ pub(crate) fn apply_update(
         .map(|d| check_effective_date(d, ctx.now))
         .transpose()?;
     let effective = effective.as_deref();
-    let before = milestone_view(tx, &at, &def)?;
+    let before = milestone_view(tx, &at, &def, sums)?;
     let key = def.key.as_str();
     match u.value {
         MilestoneValue::Completed(done) => {
@@ -752,8 +817,7 @@ pub(crate) fn apply_update(
             let field = u.value.field();
             let amount = crdt::to_milli(field, q)?;
             let entries_obj = crdt::require_map(tx, &at.milestones, key)?;
-            let entries = crdt::read_entries(tx, &entries_obj)?;
-            let seen = crdt::quantity_of(&entries);
+            let seen = sums.get(tx, &entries_obj)?.sum;
             let delta = match u.value {
                 MilestoneValue::Quantity(_) => amount - seen,
                 _ => amount,
@@ -766,10 +830,10 @@ pub(crate) fn apply_update(
                     result: crdt::from_milli(result),
                 });
             }
-            crdt::add_entry(tx, &entries_obj, ctx, delta, &entries, effective)?;
+            crdt::add_entry(tx, &entries_obj, ctx, delta, sums, effective)?;
         }
     }
-    let after = milestone_view(tx, &at, &def)?;
+    let after = milestone_view(tx, &at, &def, sums)?;
     Ok((before, after))
 }
 
@@ -781,6 +845,7 @@ fn milestone_state<D: ReadDoc>(
     workflow: WorkflowType,
     def: &MilestoneDef,
     quantity_total: Option<i64>,
+    sums: &mut crdt::Sums<'_>,
 ) -> Result<(MilestoneView, f64)> {
     let mut view = MilestoneView {
         key: def.key.clone(),
@@ -811,10 +876,10 @@ fn milestone_state<D: ReadDoc>(
             p / 100.0
         }
         WorkflowType::Quantity => {
-            let entries = crdt::read_entries(doc, &milestones.require_map(key)?)?;
-            let q = crdt::quantity_of(&entries);
+            let summary = sums.get(doc, &milestones.require_map(key)?)?;
+            let q = summary.sum;
             view.quantity = Some(crdt::from_milli(q));
-            if let Some((ts, user, device)) = latest_entry_write(&entries) {
+            if let Some((ts, device, user)) = summary.latest {
                 view.updated_at = Some(Timestamp(ts));
                 view.updated_by = Some(user);
                 view.device_id = Some(device);
@@ -850,23 +915,16 @@ fn fill_register_meta<T>(
     }
 }
 
-/// The latest write among quantity entries and their undo marks.
-fn latest_entry_write(entries: &[MergedEntry]) -> Option<(i64, String, DeviceId)> {
-    entries
-        .iter()
-        .flat_map(|e| {
-            let write = Some((e.entry.ts, e.entry.u.clone(), e.entry.d));
-            let undo = e.undo.as_ref().map(|m| (m.ts, m.u.clone(), m.d));
-            write.into_iter().chain(undo)
-        })
-        .max_by(|a, b| (a.0, a.2).cmp(&(b.0, b.2)))
-}
-
-fn milestone_view<D: ReadDoc>(doc: &D, at: &Located, def: &MilestoneDef) -> Result<MilestoneView> {
+fn milestone_view<D: ReadDoc>(
+    doc: &D,
+    at: &Located,
+    def: &MilestoneDef,
+    sums: &mut crdt::Sums<'_>,
+) -> Result<MilestoneView> {
     // A milestone write leaves `quantity_total` as located.
     let total = at.fields.value::<Option<i64>>("quantity_total", None)?;
     let milestones = Fields::read(doc, &at.milestones)?;
-    Ok(milestone_state(doc, &milestones, at.template.workflow_type, def, total)?.0)
+    Ok(milestone_state(doc, &milestones, at.template.workflow_type, def, total, sums)?.0)
 }
 
 /// A component's view from its fields (`comp`, already read) and template.
@@ -875,8 +933,8 @@ fn read_component<D: ReadDoc>(
     id: ComponentId,
     comp: &Fields,
     template: &Template,
-    project_id: ProjectId,
-    drawing_id: DrawingId,
+    (project_id, drawing_id): (ProjectId, DrawingId),
+    sums: &mut crdt::Sums<'_>,
 ) -> Result<Component> {
     let created_at = Timestamp(comp.int("created_at")?);
     let attribute_fields = Fields::read(doc, &comp.require_map("attributes")?)?;
@@ -906,6 +964,7 @@ fn read_component<D: ReadDoc>(
             template.workflow_type,
             def,
             quantity_total,
+            sums,
         )?;
         if let (Some(ts), Some(u)) = (view.updated_at, &view.updated_by) {
             r.saw(ts.millis(), u);

@@ -94,6 +94,13 @@ pub struct ProjectDoc {
     doc: Automerge,
 }
 
+impl ProjectDoc {
+    /// Wraps a document without checking it (see `from_automerge`).
+    fn wrap(doc: Automerge) -> Self {
+        Self { doc }
+    }
+}
+
 schema::document_plumbing!(ProjectDoc, DocKind::Project);
 
 fn optional_text(field: &str, value: &Option<String>) -> Result<()> {
@@ -129,7 +136,7 @@ impl ProjectDoc {
             crdt::write_register(tx, &root, "deleted", ctx, false, false, None)?;
             Ok(((), 1))
         })?;
-        Ok(Self { doc })
+        Ok(Self::wrap(doc))
     }
 
     /// The project's id.

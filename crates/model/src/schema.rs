@@ -57,7 +57,7 @@ macro_rules! document_plumbing {
             /// Wraps a document loaded or synced by the caller, checking its schema.
             pub fn from_automerge(doc: Automerge) -> Result<Self> {
                 schema::check(&doc, $kind)?;
-                Ok(Self { doc })
+                Ok(Self::wrap(doc))
             }
 
             /// Loads saved bytes with a fresh actor for this process.

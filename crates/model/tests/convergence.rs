@@ -184,20 +184,43 @@ impl World {
                     K::MilestoneUpdate
                 };
                 let ctx = w.ctx(kind);
-                let out = apply_bulk(
-                    &mut [doc],
-                    &[update(id, &key, v)],
-                    &BulkOptions::default(),
-                    &ctx,
-                    &InOrder,
-                )
-                .unwrap();
-                if out.applied == 1 {
-                    let r = &out.results[0];
+                // Three ways to write: on its own, in a bulk, and listed
+                // twice in a bulk (a quantity entry then adds up its deltas).
+                let milestone = |c: &sitesync_model::Component| {
+                    c.milestones.iter().find(|m| m.key == key).cloned().unwrap()
+                };
+                let written = match value.rem_euclid(3) {
+                    0 => {
+                        let before = doc.component(id).map(|c| milestone(&c));
+                        doc.update_milestone(&ctx, &update(id, &key, v))
+                            .ok()
+                            .map(|c| (before.unwrap(), milestone(&c)))
+                    }
+                    n => {
+                        let out = apply_bulk(
+                            &mut [&mut *doc],
+                            &vec![update(id, &key, v); n as usize],
+                            &BulkOptions::default(),
+                            &ctx,
+                            &InOrder,
+                        )
+                        .unwrap();
+                        // The updates that applied, in order (a later one
+                        // may fail where the first did not).
+                        let ok: Vec<_> = out.results.iter().filter(|r| r.after.is_some()).collect();
+                        match (ok.first(), ok.last()) {
+                            (Some(first), Some(last)) => {
+                                Some((first.before.clone().unwrap(), last.after.clone().unwrap()))
+                            }
+                            _ => None,
+                        }
+                    }
+                };
+                if let Some((before, after)) = written {
                     match v {
                         V::Quantity(_) | V::QuantityDelta(_) => {
-                            let before = r.before.as_ref().unwrap().quantity.unwrap();
-                            let after = r.after.as_ref().unwrap().quantity.unwrap();
+                            let before = before.quantity.unwrap();
+                            let after = after.quantity.unwrap();
                             let milli = ((after - before) * 1000.0).round() as i64;
                             self.model
                                 .deltas
@@ -252,6 +275,15 @@ impl World {
                 }
             }
         }
+        // Views read through the quantity summaries a replica keeps between
+        // its writes are the views read from the entries themselves.
+        let doc = &self.docs[r];
+        let unkept = DrawingDoc::from_automerge(doc.automerge().clone()).unwrap();
+        assert_eq!(
+            doc.components().unwrap(),
+            unkept.components().unwrap(),
+            "views from kept quantity summaries"
+        );
     }
 
     fn merge(&mut self, from: usize, to: usize) {

@@ -294,8 +294,12 @@ impl DrawingDoc {
                 1,
             ))
         })?;
+        // The answer reads the component's other quantity milestones too:
+        // kept from now on as well.
+        let view = ComponentReader::new(&self.doc, None)?
+            .read_with(update.component_id, &mut crdt::Sums::Writing(&mut sums));
         self.keep_sums(sums);
-        self.component(update.component_id)
+        view
     }
 
     /// The quantity summaries kept for this document as it is now (none
@@ -443,20 +447,24 @@ impl<'a> ComponentReader<'a> {
     }
 
     fn read(&mut self, id: ComponentId) -> Result<Component> {
+        self.read_with(id, &mut crdt::Sums::Kept(self.sums))
+    }
+
+    /// [`Self::read`], finding quantity summaries in `sums`.
+    fn read_with(&mut self, id: ComponentId, sums: &mut crdt::Sums<'_>) -> Result<Component> {
         let obj = self
             .comps
             .map(&id.to_string())?
             .ok_or(ModelError::ComponentNotFound { id })?;
         let fields = Fields::read(self.doc, &obj)?;
         let template = template_of(self.doc, &fields, &mut self.parsed)?;
-        let mut sums = crdt::Sums::Kept(self.sums);
         read_component(
             self.doc,
             id,
             &fields,
             template,
             (self.project, self.drawing),
-            &mut sums,
+            sums,
         )
     }
 }

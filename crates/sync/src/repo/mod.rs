@@ -214,7 +214,7 @@ struct Slot<D> {
     /// rewrite ([`RepoConfig::compaction_due`]).
     snapshot_bytes: usize,
     /// Bytes of changes stored since the document was last shrunk
-    /// ([`SHRINK_AFTER_BYTES`]).
+    /// ([`shrink_due`]); such a document is also in `Cache::unshrunk`.
     unshrunk: usize,
     last_used: u64,
     /// The document's estimated heap ([`weight`]), as of its last load or
@@ -228,25 +228,41 @@ impl<D> Weighed for Slot<D> {
     }
 }
 
-/// A stored document is shrunk ([`Document::shrink`]) once this many bytes of
-/// changes were stored since its last shrink, or when it was stored whole.
-/// Not less often as history grows, unlike folding ([`COMPACT_GROWTH`]): a
-/// copy of a drawing with 25,000 writes costs about a millisecond, while
-/// the spare capacity a change leaves is many times the document. Shrinking
-/// only every quarter snapshot's worth of changes left the aged
-/// benchmark's daemon at 4.1 GB with 2,048 drawings decoded (7× the fresh
-/// project's), the relay at 3.8×.
-/// A small change grows a document little: measured on the bench store's
-/// drawings (~115 KB decoded), the first milestone toggle after a shrink
-/// added 1.5–3.5 KB and the next nineteen ~5 KB in all, where a shrink
-/// (a clone of the whole document) after each of them was ~5% of a
-/// replicated single write's CPU in relay, daemon and peer alike (`perf`).
-/// A toggle stores ~250 bytes, so this is a shrink every ~16 of them; a
-/// bulk change is over it at once.
+/// When a written document is shrunk ([`Document::shrink`], a copy that
+/// drops the spare capacity its columns grew by): at once when it was
+/// stored whole, or once the changes stored since its last shrink weigh
+/// [`SHRINK_AFTER_BYTES`] and a quarter of its snapshot, whichever is
+/// more; otherwise once it has been idle a while ([`Repo::shrink_idle`]).
+///
+/// Why both: a small change grows a document by far more than its bytes
+/// (measured on the bench store's drawings, ~115 KB decoded: the first
+/// toggle after a shrink added 1.5–3.5 KB, the next nineteen ~5 KB in all;
+/// two bulk changes left one at 1.5 MB), so a document written once and
+/// left must be shrunk, or a cache of them holds several times their
+/// weight. But a shrink copies the whole document, so shrinking a hot
+/// drawing every 4 KB of changes (~16 toggles) made each write pay for its
+/// age: 13% of a write at 25,000 writes of history (`perf`). In proportion
+/// to the snapshot, a byte written pays for a bounded number of copied
+/// bytes, whatever the document's age; idle documents are shrunk off the
+/// write path. (Shrinking every quarter snapshot alone, with no idle
+/// sweep, left the aged benchmark's daemon at 4.1 GB with 2,048 drawings
+/// decoded, 7× the fresh project's.)
+fn shrink_due(unshrunk: usize, snapshot_bytes: usize) -> bool {
+    unshrunk >= SHRINK_AFTER_BYTES.max(snapshot_bytes / 4)
+}
+
+/// The least change bytes that shrink a document on the write path
+/// ([`shrink_due`]).
 const SHRINK_AFTER_BYTES: usize = 4 * 1024;
 
 struct Cache<D> {
     slots: Weighted<Slot<D>>,
+    /// Cached documents written since their last shrink, for
+    /// [`Repo::shrink_idle`] (so it never walks every slot).
+    unshrunk: HashSet<Uuid>,
+    /// The budget's clock at the last [`Repo::shrink_idle`]: a document
+    /// not used since is idle.
+    swept_at: u64,
     damaged: Vec<Damage>,
     /// This repository's last use, on its budget's clock.
     tick: u64,
@@ -273,6 +289,8 @@ impl<D> Cache<D> {
             tick: 0,
             due: HashSet::new(),
             evicted: Weighted::new(budget),
+            unshrunk: HashSet::new(),
+            swept_at: 0,
         }
     }
 
@@ -372,21 +390,36 @@ fn worth_folding(records: usize, bytes: usize, snapshot: usize) -> bool {
     records > 0 && bytes.saturating_mul(COMPACT_GROWTH) >= snapshot
 }
 
-/// Runs compaction for `repo` in the background from now on: installs its
+/// How often [`compact_in_background`] shrinks idle documents
+/// ([`Repo::shrink_idle`]): a document written and left keeps its spare
+/// capacity for one to two periods.
+pub const SHRINK_IDLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs a repository's upkeep in the background from now on: installs its
 /// compaction hook and a task that calls [`Repo::compact_due`] whenever the
-/// hook fires. Call from inside a tokio runtime; the task ends with the
-/// runtime or once the repository is dropped.
+/// hook fires, and [`Repo::shrink_idle`] every [`SHRINK_IDLE_EVERY`]. Call
+/// from inside a tokio runtime; the task ends with the runtime or once the
+/// repository is dropped.
 pub fn compact_in_background<D: Document>(repo: &Arc<Repo<D>>) {
     let wake = Arc::new(tokio::sync::Notify::new());
     let notify = wake.clone();
     repo.set_compaction_hook(Box::new(move || notify.notify_one()));
     let repo = Arc::downgrade(repo);
     tokio::spawn(async move {
+        let mut shrink = tokio::time::interval(SHRINK_IDLE_EVERY);
+        shrink.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            wake.notified().await;
+            let compact = tokio::select! {
+                _ = wake.notified() => true,
+                _ = shrink.tick() => false,
+            };
             let Some(repo) = repo.upgrade() else { return };
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || repo.compact_due()).await {
-                tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried");
+            if compact {
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || repo.compact_due()).await {
+                    tracing::warn!(error = %e, "compaction failed; the change records stay and it is retried");
+                }
+            } else {
+                let _ = tokio::task::spawn_blocking(move || repo.shrink_idle()).await;
             }
         }
     });
@@ -436,6 +469,42 @@ impl<D: Document> Repo<D> {
     /// write in 16. Installed once; later calls are ignored.
     pub fn set_compaction_hook(&self, hook: CompactionHook) {
         let _ = self.on_compaction_due.set(hook);
+    }
+
+    /// Shrinks the cached documents written since their last shrink and not
+    /// used since the previous call ([`shrink_due`]); returns how many. An
+    /// owner calls it every so often ([`compact_in_background`]: every
+    /// [`SHRINK_IDLE_EVERY`]). Holds the cache for one document's copy at
+    /// a time, so a write waits at most one copy.
+    pub fn shrink_idle(&self) -> usize {
+        let idle: Vec<Uuid> = {
+            let mut cache = self.lock();
+            let now = cache.slots.budget().tick();
+            let since = std::mem::replace(&mut cache.swept_at, now);
+            let cache = &mut *cache;
+            let slots = &cache.slots;
+            // Evicted ones went with their spare capacity.
+            cache.unshrunk.retain(|id| slots.contains_key(id));
+            cache
+                .unshrunk
+                .iter()
+                .filter(|id| slots.get(id).is_some_and(|s| s.last_used <= since))
+                .copied()
+                .collect()
+        };
+        let mut shrunk = 0;
+        for id in idle {
+            let mut cache = self.lock();
+            if !cache.unshrunk.remove(&id) {
+                continue; // shrunk by a write meanwhile
+            }
+            cache.slots.update(&id, |slot| {
+                slot.doc.shrink();
+                slot.unshrunk = 0;
+            });
+            shrunk += 1;
+        }
+        shrunk
     }
 
     /// Folds the change records of every document due for compaction into
@@ -816,14 +885,17 @@ impl<D: Document> Repo<D> {
                 if a.whole {
                     slot.snapshot_bytes = a.bytes.len();
                 }
-                let shrink = a.whole || slot.unshrunk >= SHRINK_AFTER_BYTES;
+                let shrink = a.whole || shrink_due(slot.unshrunk, slot.snapshot_bytes);
                 if shrink {
                     slot.unshrunk = 0;
                 }
                 shrink
             });
             if shrink.expect("cached") {
+                cache.unshrunk.remove(&p.id);
                 grown.push(p.id);
+            } else {
+                cache.unshrunk.insert(p.id);
             }
         }
         // Out of the cache while they shrink side by side, and back: the
@@ -1223,6 +1295,31 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    /// A document written a little (less than shrinks it on the write
+    /// path) is shrunk once it has been idle for a sweep, never while in
+    /// use, and only once; it reads the same afterwards.
+    #[test]
+    fn written_documents_are_shrunk_once_idle() {
+        let repo = Repo::new(
+            DocStore::new(MemBackend::default()),
+            ActorId::random(),
+            RepoConfig::default(),
+        );
+        create_projects(&repo, &[P]);
+        assert_eq!(repo.shrink_idle(), 0, "stored whole: shrunk as it was stored");
+        rename(&repo, 2);
+        assert_eq!(repo.shrink_idle(), 0, "used since the last sweep");
+        assert_eq!(repo.shrink_idle(), 1, "idle for a whole sweep");
+        assert_eq!(repo.shrink_idle(), 0, "shrunk already");
+        rename(&repo, 3);
+        assert_eq!(repo.shrink_idle(), 0);
+        repo.read_project(P, |_| ()).unwrap();
+        assert_eq!(repo.shrink_idle(), 0, "read since the last sweep: in use");
+        assert_eq!(repo.shrink_idle(), 1);
+        let name = repo.read_project(P, |p| p.info().unwrap().name).unwrap();
+        assert_eq!(name, "Plant 3");
     }
 
     #[test]

@@ -64,6 +64,16 @@ export async function componentScreen(pid, cid) {
   const changedBy = el("p", { class: "changed-by", id: "changed-by", role: "status", hidden: true });
   const historyList = el("ol", { class: "history", id: "history" });
   const historyMessage = el("div", { id: "history-result", role: "status", "aria-live": "polite" });
+  // The history comes a page at a time: a pipe logged every shift for
+  // years has thousands of entries.
+  let historyCursor = null;
+  const olderHistory = el(
+    "button",
+    { type: "button", class: "quiet-dark", id: "history-older", hidden: true, onclick: () => loadHistory(true) },
+    "Older history",
+  );
+  // One "Undo" per operation, on its newest entry (across pages).
+  const offered = new Set();
 
   function renderHead() {
     fill(
@@ -101,7 +111,7 @@ export async function componentScreen(pid, cid) {
         `${m.name}: ${milestoneValue(c, c.milestones.find((x) => x.key === m.key) || m)}. ${c.tag} is ${percent(c.completion_percent)} complete.`,
         op ? { pid, op, after: reload } : null,
       );
-      loadHistory();
+      loadHistory(false);
     } catch (e) {
       for (const b of list.querySelectorAll("button")) b.disabled = false;
       refocus(kept);
@@ -114,7 +124,7 @@ export async function componentScreen(pid, cid) {
   async function reload() {
     c = await api("GET", `/v1/projects/${pid}/components/${cid}`);
     render();
-    await loadHistory();
+    await loadHistory(false);
   }
 
   function controls(m, message) {
@@ -277,45 +287,41 @@ export async function componentScreen(pid, cid) {
     (controls[place[1]] || controls[0])?.focus();
   }
 
-  async function loadHistory() {
-    const h = await api("GET", `/v1/projects/${pid}/components/${cid}/history`);
-    const items = (h.items || []).slice(0, 50);
-    // One "Undo" per operation, on its newest entry.
-    const offered = new Set();
-    fill(
-      historyList,
-      ...(items.length
-        ? items.map((e) => {
-            const what = historyWhat(c, e);
-            const button = offered.has(e.operation_id)
-              ? null
-              : el(
-                  "button",
-                  {
-                    type: "button",
-                    class: "quiet-dark",
-                    "data-operation": e.operation_id,
-                    onclick: () => undoFromHistory(e.operation_id, button),
-                  },
-                  "Undo",
-                );
-            offered.add(e.operation_id);
-            return el(
-              "li",
-              {},
-              el(
-                "span",
-                {},
-                el("strong", {}, e.user),
-                ` ${what}`,
-                e.reason ? ` (“${e.reason}”)` : "",
-              ),
-              el("span", { class: "when" }, ago(e.at), e.effective_date ? ` · done on ${e.effective_date}` : ""),
-              button,
-            );
-          })
-        : [el("li", { class: "status" }, "No history yet.")]),
+  function historyRow(e) {
+    const what = historyWhat(c, e);
+    const button = offered.has(e.operation_id)
+      ? null
+      : el(
+          "button",
+          {
+            type: "button",
+            class: "quiet-dark",
+            "data-operation": e.operation_id,
+            onclick: () => undoFromHistory(e.operation_id, button),
+          },
+          "Undo",
+        );
+    offered.add(e.operation_id);
+    return el(
+      "li",
+      {},
+      el("span", {}, el("strong", {}, e.user), ` ${what}`, e.reason ? ` (“${e.reason}”)` : ""),
+      el("span", { class: "when" }, ago(e.at), e.effective_date ? ` · done on ${e.effective_date}` : ""),
+      button,
     );
+  }
+
+  /** The newest page of the history, or (`older`) the page after those shown. */
+  async function loadHistory(older) {
+    const query = new URLSearchParams({ limit: "50" });
+    if (older && historyCursor) query.set("cursor", historyCursor);
+    const h = await api("GET", `/v1/projects/${pid}/components/${cid}/history?${query}`);
+    historyCursor = h.next_cursor || null;
+    if (!older) offered.clear();
+    const rows = (h.items || []).map(historyRow);
+    if (older) historyList.append(...rows);
+    else fill(historyList, ...(rows.length ? rows : [el("li", { class: "status" }, "No history yet.")]));
+    olderHistory.hidden = !historyCursor;
   }
 
   async function undoFromHistory(op, button) {
@@ -352,9 +358,10 @@ export async function componentScreen(pid, cid) {
       el("h2", { id: "history-title" }, "History"),
       historyMessage,
       historyList,
+      olderHistory,
     ),
   );
-  await loadHistory();
+  await loadHistory(false);
   // "editing" while a control of a milestone has the focus.
   const doing = present(pid, cid);
   list.addEventListener("focusin", () => doing("editing"));
@@ -369,7 +376,7 @@ export async function componentScreen(pid, cid) {
       if (!data || !data.component || data.component.id !== cid) return;
       c = data.component;
       render();
-      loadHistory().catch(() => {});
+      loadHistory(false).catch(() => {});
       if (data.origin !== "local") {
         changedBy.textContent = `${c.updated_by || "Someone"} changed this on another device just now.`;
         changedBy.hidden = false;

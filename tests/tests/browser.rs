@@ -694,6 +694,35 @@ fn bulk_updates_are_previewed_applied_and_undone_and_operations_undone_from_thei
         "document.getElementById('history-result')?.textContent.startsWith('Undone: 1 change reverted')",
     );
     assert_eq!(milestone_on(&d, &pid, &cid, &key)["completed"], false);
+
+    // A long history comes a page at a time, older pages on demand.
+    let path = format!("/v1/projects/{pid}/components/{cid}/milestones/{key}");
+    for n in 0..60 {
+        let (status, body) = d.call("PUT", &path, Some(&json!({"completed": n % 2 == 0})));
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, all) = d.call(
+        "GET",
+        &format!("/v1/projects/{pid}/components/{cid}/history?limit=1"),
+        None,
+    );
+    let total = all["total"].as_u64().unwrap();
+    assert!(total > 60 && total <= 100, "{all}");
+    // Away and back: the component's screen is built anew.
+    b.goto(&format!("http://{}/#/projects/{pid}/operations", d.addr));
+    b.goto(&format!("http://{}/#/projects/{pid}/components/{cid}", d.addr));
+    b.wait_for(
+        "the newest page of the history",
+        "document.querySelectorAll('#history li').length === 50 && !document.getElementById('history-older').hidden",
+    );
+    b.click("#history-older");
+    b.wait_for(
+        "the older entries after the newest",
+        &format!(
+            "document.querySelectorAll('#history li').length === {total} && document.getElementById('history-older').hidden"
+        ),
+    );
+    look_on_a_phone(&mut b, "component-history-older-phone");
 }
 
 /// The number of live components in project `pid`.

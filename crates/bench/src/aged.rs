@@ -347,7 +347,7 @@ pub fn one_drawing(
         ok("write to one drawing", a.call("PUT", &path, Some(&body)))?;
         times.push(start.elapsed());
         if k % 5 == 4 {
-            let path = format!("/v1/projects/{project}/components/{}/history", pipes[0]);
+            let path = format!("/v1/projects/{project}/components/{}/history?limit=50", pipes[0]);
             let start = Instant::now();
             ok("history", a.call("GET", &path, None))?;
             history.push(start.elapsed());
@@ -362,7 +362,7 @@ pub fn one_drawing(
             .note("PUT .../milestones/{key} back to back on one drawing, a spool toggle and a pipe quantity entry in turn"),
         Figure::ms("daemon", "one drawing: a pipe's history", &history)
             .target(Stat::P99, 50.0)
-            .note("GET .../components/{cid}/history after every fifth write"),
+            .note("GET .../components/{cid}/history?limit=50 (the field app's page) after every fifth write"),
         Figure::ms("daemon", "one drawing: the operations list", &operations)
             .target(Stat::P99, 50.0)
             .note("GET .../operations?limit=50 after every fifth write"),

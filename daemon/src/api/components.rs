@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
 use sitesync_model::{
     Component, ComponentPatch, MilestoneUpdate, MilestoneValue, NewComponent, OperationId, Status,
 };
@@ -248,27 +247,21 @@ pub(super) async fn restore_component(
     ))
 }
 
-/// `{"items": [...]}` of a component's history.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub(super) struct HistoryPage {
-    items: Vec<sitesync_model::HistoryEntry>,
-}
-
-/// A component's history, newest first, from every device.
+/// A page of a component's history, newest first, from every device.
 #[utoipa::path(
     get,
     path = "/v1/projects/{pid}/components/{cid}/history",
     tag = "components",
-    params(ComponentPath),
-    responses((status = 200, body = HistoryPage), Refusals)
+    params(ComponentPath, PageQuery),
+    responses((status = 200, body = Paged<sitesync_model::HistoryEntry>), Refusals)
 )]
 pub(super) async fn history(
     State(app): App,
     ComponentPath { pid: p, cid: c }: ComponentPath,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Response> {
-    let items = blocking(&app, move |s| s.history(p, c)).await?;
-    Ok(Json(json!({ "items": items })).into_response())
+    let page = q.page()?;
+    Ok(Json(blocking(&app, move |s| s.history(p, c, page)).await?).into_response())
 }
 
 /// A milestone value as the API sends it: exactly one of four fields.

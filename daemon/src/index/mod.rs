@@ -41,7 +41,7 @@ mod saved;
 #[cfg(test)]
 mod tests;
 
-pub use history::HistoryIndex;
+pub use history::{Histories, HistoryIndex};
 pub use query::{ComponentQuery, Sort};
 pub use saved::Unsaved;
 use saved::saved as saved_record;

@@ -79,13 +79,14 @@ impl Service {
         })
     }
 
-    /// A component's history, newest first, from the drawing's history
-    /// index (caught up with any changes since it was last read).
-    pub fn history(&self, pid: ProjectId, cid: ComponentId) -> Result<Vec<HistoryEntry>> {
+    /// A page of a component's history, newest first, from the drawing's
+    /// history index (caught up with any changes since it was last read;
+    /// kept for the few drawings looked at last).
+    pub fn history(&self, pid: ProjectId, cid: ComponentId, page: Page) -> Result<Paged<HistoryEntry>> {
         let mut state = self.lock();
         let did = self.component_locked(&mut state, pid, cid)?.drawing_id;
-        let index = state.history.entry(did).or_default();
+        let index = state.history.get(did);
         self.repo.read_drawing(did, |d| index.catch_up(d))??;
-        Ok(index.rows(cid))
+        Ok(index.page(cid, page))
     }
 }

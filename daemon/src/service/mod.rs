@@ -29,7 +29,7 @@ use sitesync_sync::{Repo, RepoError, keys};
 use uuid::Uuid;
 
 use crate::events::EventBus;
-use crate::index::{HistoryIndex, ProjectIndex};
+use crate::index::{Histories, ProjectIndex};
 use crate::oplog::OpLog;
 
 mod clock;
@@ -109,7 +109,7 @@ pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 #[derive(Default)]
 struct State {
     index: HashMap<ProjectId, ProjectIndex>,
-    history: HashMap<DrawingId, HistoryIndex>,
+    history: Histories,
 }
 
 /// The daemon's domain service.

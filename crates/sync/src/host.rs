@@ -200,7 +200,7 @@ impl<D: Document> Host for RepoHost<D> {
             .repo
             .sync_doc(ctx.doc, from, arrived, |am| {
                 let before = am.get_heads();
-                let applied = am.receive_sync_message(state, message);
+                let applied = crate::receive::receive(am, state, message);
                 records.push((sync_key(ctx.peer, ctx.doc), state.encode()));
                 ((applied, before), records)
             })

@@ -27,6 +27,7 @@ pub mod memory;
 pub mod presence;
 pub mod protocol;
 pub mod rate;
+pub mod receive;
 pub mod repo;
 pub mod session;
 pub mod store;

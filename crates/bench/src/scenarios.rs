@@ -641,9 +641,11 @@ pub fn working_memory(a: &Daemon) -> Figure {
         vec![a.pid().map_or(f64::NAN, rss_mb)],
     )
     .note(format!(
-        "daemon A after the import, the writes and the queries, every drawing decoded \
-         (--max-cached-documents {}); information: the 300 MB target is the start-up figure",
-        sitesync_sync::RepoConfig::default().max_cached
+        "daemon A after the import, the writes and the queries, which decode every drawing; the cache \
+         keeps at most {} documents and {} MiB by estimate; information: the 300 MB target is the \
+         start-up figure",
+        sitesync_sync::RepoConfig::default().max_cached,
+        sitesync_sync::RepoConfig::default().max_cached_bytes >> 20
     ))
 }
 

@@ -1,5 +1,5 @@
 //! The engine's pure core stays pure: the protocol, credentials, checks,
-//! presence, rate and the session state machine take values and return
+//! receiving sync messages, presence, rate and the session state machine take values and return
 //! values (ARCHITECTURE.md, "Pure core"). This test reads their source and
 //! fails on anything that would do IO, keep time, pick randomness or reach
 //! the edges of the crate — the rule a newcomer would otherwise learn only
@@ -10,6 +10,7 @@ const PURE: &[&str] = &[
     "protocol",
     "credentials",
     "sync_check",
+    "receive",
     "presence",
     "rate",
     "session",

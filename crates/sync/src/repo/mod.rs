@@ -362,16 +362,14 @@ impl Default for RepoConfig {
             // bulk; working memory after the benchmark's writes is 404 MB
             // at 512 and 589 MB at 2,048 (FINDINGS weighs the trade).
             max_cached: 2048,
-            // 2,048 fresh drawings of the benchmark's project weigh
-            // ~190 MB by the estimate, so a fresh project stays whole; the
-            // same drawings with a year of history (~550 writes each) weigh
-            // ~340 KB each, ~730 MB with the hot ones, and at 1 GiB the
-            // count bound kept them all: the aged daemon and relay held
-            // 3.3 GB and 1 GB (5.5× and 3.5× the fresh project's). The
-            // bytes bind first now, and documents with history are the ones
-            // that go (the heap runs ~1.5× the estimate: heaptrack of a
-            // clone, 182 MB live against 126 MB estimated).
-            max_cached_bytes: 256 << 20,
+            // 2,048 drawings of the benchmark's project weigh ~190 MB by
+            // the estimate; with a year of history (~550 writes each),
+            // ~730 MB. Not lower yet: at 256 MiB the aged benchmark's
+            // daemon timed out requests, because the passes over every
+            // document after a history arrives (the project index, 37 s;
+            // the operations list's catch-up) reloaded each drawing from
+            // the store, ~18 ms each (FINDINGS, session 26).
+            max_cached_bytes: 1 << 30,
             workers: Workers::per_core(),
             report_commits: false,
         }

@@ -209,19 +209,19 @@ impl OpLog {
             }
             if batch.writes.len() >= self.batch_writes {
                 let full = std::mem::replace(&mut batch, Batch::new(store, project));
-                if !Self::store(full, docs, followed) {
+                if !Self::store_batch(full, docs, followed) {
                     return Ok(Indexed::Whole);
                 }
             }
         }
-        Self::store(batch, docs, followed);
+        Self::store_batch(batch, docs, followed);
         Ok(Indexed::Whole)
     }
 
     /// Stores `batch` and follows what it indexed; `false` when storing
     /// failed (what was taken as followed is then read again from the
     /// store next listing, and the listing shows what is stored).
-    fn store(batch: Batch<'_>, docs: &[Uuid], followed: &mut HashMap<Uuid, Vec<ChangeHash>>) -> bool {
+    fn store_batch(batch: Batch<'_>, docs: &[Uuid], followed: &mut HashMap<Uuid, Vec<ChangeHash>>) -> bool {
         match batch.commit() {
             Ok(followed_now) => {
                 followed.extend(followed_now);

@@ -40,7 +40,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use sitesync_model::automerge::{Automerge, ChangeHash};
-use sitesync_model::history::{knows_all, operation_records_since};
+use sitesync_model::history::{RecordStep, knows_all, operation_record_steps};
 use sitesync_model::{OpMeta, OperationId, OperationInfo, Timestamp};
 use sitesync_sync::keys;
 use sitesync_sync::repo::Subscriber;
@@ -59,8 +59,11 @@ type Record = (OpMeta, Timestamp);
 /// The operations index of every project, followed as documents change.
 pub struct OpLog {
     /// Records a catch-up stores in one batch, about ([`BATCH_WRITES`];
-    /// tests make it small to store every document apart).
+    /// tests make it small to store every change apart).
     batch_writes: usize,
+    /// Changes read per step of one document's history
+    /// ([`STEP_CHANGES`], or fewer with small batches).
+    step_changes: usize,
     /// Per document: the heads its records are indexed up to (as read
     /// from `oplog/<doc>` or last written).
     followed: Mutex<HashMap<Uuid, Vec<ChangeHash>>>,
@@ -69,10 +72,17 @@ pub struct OpLog {
     pending: Mutex<HashMap<Uuid, Vec<Persisted>>>,
 }
 
-/// Records a catch-up stores in one batch, about (a batch holds whole
-/// documents, so one with a longer history makes a larger batch): ~3 per
-/// operation, a few hundred bytes each.
-const BATCH_WRITES: usize = 30_000;
+/// Records a catch-up stores in one commit, about (~3 per operation, a
+/// few hundred bytes each). The commit holds the store's one writer, so
+/// every user write waits for it: batches of 30,000 took 0.3–0.9 s each
+/// while a daemon caught up a year of history, and single writes stalled
+/// as long. A thousand take a few milliseconds.
+const BATCH_WRITES: usize = 1_000;
+
+/// Changes a document's history is read in per step
+/// ([`operation_record_steps`]), so a batch stays near [`BATCH_WRITES`]
+/// however long one document's history is.
+const STEP_CHANGES: usize = 128;
 
 impl Default for OpLog {
     fn default() -> Self {
@@ -108,10 +118,12 @@ enum Catch {
 
 impl OpLog {
     /// An operations list that stores a catch-up in batches of about
-    /// `batch_writes` records.
+    /// `batch_writes` records, reading a document's history in steps of at
+    /// most as many changes (tests store every change apart with 1).
     pub fn with_batches_of(batch_writes: usize) -> Self {
         Self {
             batch_writes,
+            step_changes: batch_writes.clamp(1, STEP_CHANGES),
             followed: Mutex::default(),
             pending: Mutex::default(),
         }
@@ -152,10 +164,12 @@ impl OpLog {
     /// Indexes what `docs` (one project's) changed since they were last
     /// indexed: the change feed's notes where they reach a document's
     /// heads, its changes read otherwise. Stored in batches of about
-    /// [`BATCH_WRITES`] records, each holding whole documents and the
-    /// heads they are followed to, so memory follows one document's
-    /// history at most, never the project's (a clone of the aged benchmark
-    /// project held ~150 MB of records in one batch).
+    /// [`BATCH_WRITES`] records, each holding steps of documents' histories
+    /// with the heads each step reached ([`operation_record_steps`]), so
+    /// a commit never grows with the project or with one document's age
+    /// (a clone of the aged benchmark project held ~150 MB of records in
+    /// one batch), and a crash between batches leaves every record either
+    /// indexed and followed or neither.
     pub fn catch_up(&self, repo: &Repo, project: Uuid, docs: &[Uuid]) -> Result<(), RepoError> {
         let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
         if self.index(repo, project, docs, &mut followed)? == Indexed::Damaged {
@@ -183,34 +197,35 @@ impl OpLog {
             let from = self.followed_heads(followed, &mut batch, doc)?;
             let read = match self.catch(doc, &from, &heads, true) {
                 Catch::Current => None,
-                Catch::Notes(records, heads) => Some(Ok((records, heads))),
+                Catch::Notes(records, heads) => Some(Ok(vec![RecordStep { records, heads }])),
                 // Read from a copy: reading the records of a drawing with
                 // years of history under the repository's lock held every
                 // write for as long (0.4–0.9 s at 25,000 changes); a copy
                 // takes a millisecond.
                 Catch::Read => repo.read_raw(doc, Automerge::clone)?.map(|am| {
                     if knows_all(&am, &from) {
-                        Ok((operation_records_since(&am, &from), am.get_heads()))
+                        Ok(operation_record_steps(&am, &from, self.step_changes))
                     } else {
                         Err(Damaged)
                     }
                 }),
             };
-            match read {
-                None => {}
-                Some(Ok((records, heads))) => {
-                    batch.add(records)?;
-                    batch.follow(doc, &heads);
+            let steps = match read {
+                None => Vec::new(),
+                Some(Ok(steps)) => steps,
+                Some(Err(Damaged)) => return Ok(Indexed::Damaged),
+            };
+            for step in steps {
+                batch.add(step.records)?;
+                batch.follow(doc, &step.heads);
+                if batch.broken {
+                    return Ok(Indexed::Damaged);
                 }
-                Some(Err(Damaged)) => batch.broken = true,
-            }
-            if batch.broken {
-                return Ok(Indexed::Damaged);
-            }
-            if batch.writes.len() >= self.batch_writes {
-                let full = std::mem::replace(&mut batch, Batch::new(store, project));
-                if !Self::store_batch(full, docs, followed) {
-                    return Ok(Indexed::Whole);
+                if batch.writes.len() >= self.batch_writes {
+                    let full = std::mem::replace(&mut batch, Batch::new(store, project));
+                    if !Self::store_batch(full, docs, followed) {
+                        return Ok(Indexed::Whole);
+                    }
                 }
             }
         }

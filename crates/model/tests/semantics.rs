@@ -920,3 +920,61 @@ fn components_of_reads_the_asked_components_in_order() {
         Err(sitesync_model::ModelError::ComponentNotFound { id }) if id == missing
     ));
 }
+
+/// The operations index stores a long history a step at a time: the steps
+/// must hold every record once, in order, and each step's heads must be
+/// where the rest starts — also across concurrent branches merged in.
+#[test]
+fn operation_record_steps_cut_the_history_where_the_rest_starts() {
+    use sitesync_model::history::{operation_record_steps, operation_records_since};
+    let mut f = Fixture::new();
+    let c = f.component(1, DISCRETE);
+    let q = f.component(2, QUANTITY);
+    let start = f.drawing.automerge().get_heads();
+    let mut b = replica(&f.drawing, 3);
+    let mut wb = Writer::new("ben", 3);
+    for n in 0..6 {
+        let ctx = f.writer.ctx(K::MilestoneUpdate);
+        f.drawing
+            .update_milestone(&ctx, &update(c, "erect", V::Completed(n % 2 == 0)))
+            .unwrap();
+        b.update_milestone(
+            &wb.ctx(K::MilestoneUpdate),
+            &update(q, "install", V::Quantity(1.0)),
+        )
+        .unwrap();
+        if n == 2 {
+            exchange(&mut f.drawing, &mut b);
+        }
+    }
+    exchange(&mut f.drawing, &mut b);
+    let doc = f.drawing.automerge();
+    let mut heads_now = doc.get_heads();
+    heads_now.sort();
+    for from in [Vec::new(), start] {
+        let all = operation_records_since(doc, &from);
+        assert!(all.len() >= 12, "every write is a record");
+        for step in [1, 2, 3, 5, 100] {
+            let steps = operation_record_steps(doc, &from, step);
+            let joined: Vec<_> = steps.iter().flat_map(|s| s.records.clone()).collect();
+            assert_eq!(joined, all, "step {step}: every record once, in order");
+            assert_eq!(
+                steps.last().unwrap().heads,
+                heads_now,
+                "step {step}: ends at the heads"
+            );
+            for (k, s) in steps.iter().enumerate() {
+                let rest: Vec<_> = steps[k + 1..].iter().flat_map(|s| s.records.clone()).collect();
+                assert_eq!(
+                    operation_records_since(doc, &s.heads),
+                    rest,
+                    "step {step}: the records after step {k} start at its heads"
+                );
+            }
+        }
+    }
+    assert!(
+        operation_record_steps(doc, &heads_now, 4).is_empty(),
+        "nothing new, no step"
+    );
+}

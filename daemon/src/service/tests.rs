@@ -782,8 +782,10 @@ fn the_operations_list_pages_and_rebuilds_when_a_document_disagrees() {
         .unwrap();
     // The service forgets what it followed only on a restart; a new
     // operations list over the same store stands for one. It stores each
-    // document apart, so the project's document is stored before the
-    // drawing is found to disagree: the rebuild must not add it again.
+    // change apart, so the project's document is stored before the
+    // drawing is found to disagree: the rebuild must not add it again; and
+    // the rebuild follows each drawing change by change, a bulk's
+    // operation merged across drawings one record at a time.
     let oplog = crate::oplog::OpLog::with_batches_of(1);
     let docs = svc.project_docs(p.id).unwrap();
     let listed = oplog

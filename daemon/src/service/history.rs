@@ -7,6 +7,7 @@ use sitesync_model::{
 };
 use sitesync_sync::RepoError;
 
+use crate::index::HistoryIndex;
 use crate::paging::{Page, Paged};
 
 use super::*;
@@ -83,9 +84,20 @@ impl Service {
     /// history index (caught up with any changes since it was last read;
     /// kept for the few drawings looked at last).
     pub fn history(&self, pid: ProjectId, cid: ComponentId, page: Page) -> Result<Paged<HistoryEntry>> {
+        let (did, from) = {
+            let mut state = self.lock();
+            let did = self.component_locked(&mut state, pid, cid)?.drawing_id;
+            (did, state.history.heads_of(did))
+        };
+        // What is new is read from a copy, holding neither the service's
+        // lock nor the repository's: a first look at a drawing with years
+        // of history reads its whole change log, and every write waited.
+        let copy = self.repo.read_drawing(did, |d| d.automerge().clone())?;
+        let caught = HistoryIndex::read(&copy, &from)?;
         let mut state = self.lock();
-        let did = self.component_locked(&mut state, pid, cid)?.drawing_id;
         let index = state.history.get(did);
+        index.absorb(caught);
+        // Only what arrived since the copy, if anything.
         self.repo.read_drawing(did, |d| index.catch_up(d))??;
         Ok(index.page(cid, page))
     }

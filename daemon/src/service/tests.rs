@@ -278,6 +278,60 @@ fn the_history_index_matches_a_full_scan_as_writes_arrive() {
     }
 }
 
+/// A history request reads what is new from a copy outside the locks and
+/// adds it only when the index has not moved meanwhile: a read from
+/// older heads (another request got there first) adds nothing twice.
+#[test]
+fn a_history_read_from_stale_heads_adds_nothing() {
+    use crate::index::HistoryIndex;
+    let svc = service();
+    let (pid, did, ids) = drawing_with_components(&svc, 1);
+    let cid = ids[0];
+    let copy = |svc: &Service| svc.repo().read_drawing(did, |d| d.automerge().clone()).unwrap();
+    let before = copy(&svc);
+    let u = MilestoneUpdate {
+        component_id: cid,
+        milestone: "erect".into(),
+        value: MilestoneValue::Completed(true),
+        effective_date: None,
+    };
+    svc.update_milestone("ana", pid, u, None).unwrap();
+    let mut index = HistoryIndex::default();
+    index.absorb(HistoryIndex::read(&copy(&svc), &[]).unwrap());
+    let rows = index
+        .page(
+            cid,
+            Page {
+                offset: 0,
+                limit: 100,
+            },
+        )
+        .items;
+    assert_eq!(rows.len(), 2, "created, then erected");
+    // Read from nothing, like a request that started before the first.
+    index.absorb(HistoryIndex::read(&before, &[]).unwrap());
+    assert_eq!(
+        index
+            .page(
+                cid,
+                Page {
+                    offset: 0,
+                    limit: 100
+                }
+            )
+            .items,
+        rows,
+        "nothing twice"
+    );
+    assert_eq!(
+        index.heads(),
+        copy(&svc).get_heads().as_slice(),
+        "still at the newer heads"
+    );
+    // And through the service, the same rows a full scan gives.
+    assert_eq!(all_history(&svc, pid, cid), rows);
+}
+
 /// After a restart the index reads each drawing's entries from its
 /// saved record when the document has not changed since the save, and
 /// from the document when it has: a write after the last save (then a

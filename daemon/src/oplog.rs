@@ -37,6 +37,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use sitesync_model::automerge::{Automerge, ChangeHash};
@@ -76,13 +77,15 @@ pub struct OpLog {
 /// few hundred bytes each). The commit holds the store's one writer, so
 /// every user write waits for it: batches of 30,000 took 0.3–0.9 s each
 /// while a daemon caught up a year of history, and single writes stalled
-/// as long. A thousand take a few milliseconds.
-const BATCH_WRITES: usize = 1_000;
+/// as long; batches of 1,000 took 12–20 ms (the year's records land all
+/// over the index, a page each) and, back to back, slowed every write to
+/// ~30 ms. Batches of 250 take a few ms, with a pause as long after each.
+const BATCH_WRITES: usize = 250;
 
 /// Changes a document's history is read in per step
 /// ([`operation_record_steps`]), so a batch stays near [`BATCH_WRITES`]
 /// however long one document's history is.
-const STEP_CHANGES: usize = 128;
+const STEP_CHANGES: usize = 32;
 
 impl Default for OpLog {
     fn default() -> Self {
@@ -223,9 +226,15 @@ impl OpLog {
                 }
                 if batch.writes.len() >= self.batch_writes {
                     let full = std::mem::replace(&mut batch, Batch::new(store, project));
+                    let started = Instant::now();
                     if !Self::store_batch(full, docs, followed) {
                         return Ok(Indexed::Whole);
                     }
+                    // The store has one writer: leave it free at least as
+                    // long as this batch held it, so user writes between
+                    // batches wait for one batch at most, never a run of
+                    // them back to back.
+                    std::thread::sleep(started.elapsed());
                 }
             }
         }

@@ -458,6 +458,8 @@ impl Phase<'_> {
     ) {
         let (project, sizes) = (self.project, self.sizes);
         run.attempt("HTTP writes on A", figures, || {
+            scenarios::settle(&a.client(), &project.id)?;
+            scenarios::settle(&b.client(), &project.id)?;
             scenarios::writes(&a.client(), &b.client(), project, sizes)
         });
         run.attempt("component queries on A", figures, || {

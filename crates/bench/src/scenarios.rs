@@ -587,6 +587,25 @@ pub fn large_clone(
     Ok(out)
 }
 
+/// Brings a daemon's derived state up to its documents before a timed
+/// scenario: the project's index (a progress read) and its operations
+/// index (a listing catches it up before it answers). A daemon keeps both
+/// current write by write; only a store written behind its back (the aged
+/// project's history) or a clone leaves a catch-up to do, a one-off that
+/// would otherwise be timed as the first writes' cost.
+pub fn settle(c: &Client, project: &str) -> anyhow::Result<()> {
+    let c = c.patient(Duration::from_secs(600));
+    ok(
+        "progress",
+        c.call("GET", &format!("/v1/projects/{project}/progress"), None),
+    )?;
+    ok(
+        "operations",
+        c.call("GET", &format!("/v1/projects/{project}/operations?limit=1"), None),
+    )?;
+    Ok(())
+}
+
 /// Waits until the daemon behind `a` is connected and has no change the relay has not acknowledged.
 pub fn wait_pending_zero(a: &Client) -> anyhow::Result<()> {
     let start = Instant::now();

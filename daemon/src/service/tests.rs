@@ -289,13 +289,7 @@ fn a_history_read_from_stale_heads_adds_nothing() {
     let cid = ids[0];
     let copy = |svc: &Service| svc.repo().read_drawing(did, |d| d.automerge().clone()).unwrap();
     let before = copy(&svc);
-    let u = MilestoneUpdate {
-        component_id: cid,
-        milestone: "erect".into(),
-        value: MilestoneValue::Completed(true),
-        effective_date: None,
-    };
-    svc.update_milestone("ana", pid, u, None).unwrap();
+    erect(&svc, pid, cid);
     let mut index = HistoryIndex::default();
     index.absorb(HistoryIndex::read(&copy(&svc), &[]).unwrap());
     let rows = index

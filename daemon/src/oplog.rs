@@ -142,7 +142,7 @@ impl OpLog {
         docs: &[Uuid],
         page: Page,
     ) -> Result<Paged<OperationInfo>, RepoError> {
-        self.catch_up(repo, project, docs)?;
+        self.catch_up(repo, project, docs, Pace::Flat)?;
         let store = repo.store();
         let entries = store.meta_page(&format!("{}{project}/", keys::OPX), page.offset, page.limit)?;
         let mut items = Vec::with_capacity(entries.len());
@@ -173,13 +173,17 @@ impl OpLog {
     /// (a clone of the aged benchmark project held ~150 MB of records in
     /// one batch), and a crash between batches leaves every record either
     /// indexed and followed or neither.
-    pub fn catch_up(&self, repo: &Repo, project: Uuid, docs: &[Uuid]) -> Result<(), RepoError> {
+    /// A listing's catch-up runs flat out (someone waits for it);
+    /// `Pace::Background`, the periodic one, pauses after each batch as
+    /// long as it held the store's one writer, so user writes between
+    /// batches wait for one batch at most, never a run of them.
+    pub fn catch_up(&self, repo: &Repo, project: Uuid, docs: &[Uuid], pace: Pace) -> Result<(), RepoError> {
         let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
-        if self.index(repo, project, docs, &mut followed)? == Indexed::Damaged {
+        if self.index(repo, project, docs, &mut followed, pace)? == Indexed::Damaged {
             tracing::warn!(%project, "the operations index disagrees with the documents; rebuilding it");
             self.wipe(repo.store(), project, docs, &mut followed)?;
             // From nothing, every document knows where it starts.
-            self.index(repo, project, docs, &mut followed)?;
+            self.index(repo, project, docs, &mut followed, pace)?;
         }
         Ok(())
     }
@@ -192,6 +196,7 @@ impl OpLog {
         project: Uuid,
         docs: &[Uuid],
         followed: &mut HashMap<Uuid, Vec<ChangeHash>>,
+        pace: Pace,
     ) -> Result<Indexed, RepoError> {
         let store = repo.store();
         let mut batch = Batch::new(store, project);
@@ -230,11 +235,9 @@ impl OpLog {
                     if !Self::store_batch(full, docs, followed) {
                         return Ok(Indexed::Whole);
                     }
-                    // The store has one writer: leave it free at least as
-                    // long as this batch held it, so user writes between
-                    // batches wait for one batch at most, never a run of
-                    // them back to back.
-                    std::thread::sleep(started.elapsed());
+                    if pace == Pace::Background {
+                        std::thread::sleep(started.elapsed());
+                    }
                 }
             }
         }
@@ -364,6 +367,15 @@ impl OpLog {
         store.change_metas_relaxed(&records)?;
         Ok(())
     }
+}
+
+/// How a catch-up shares the store's writer ([`OpLog::catch_up`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Pace {
+    /// Someone waits for it (a listing): no pauses.
+    Flat,
+    /// The periodic catch-up: a pause after each batch.
+    Background,
 }
 
 /// How far [`OpLog::index`] got.

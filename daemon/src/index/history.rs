@@ -43,12 +43,9 @@ impl Histories {
         index
     }
 
-    /// The heads `did`'s kept rows are indexed up to; none when not kept.
-    pub fn heads_of(&self, did: DrawingId) -> Vec<ChangeHash> {
-        self.kept
-            .get(&did)
-            .map(|(_, i)| i.heads().to_vec())
-            .unwrap_or_default()
+    /// Whether `did`'s rows are kept (a look at it catches up from them).
+    pub fn is_kept(&self, did: DrawingId) -> bool {
+        self.kept.contains_key(&did)
     }
 
     /// How many drawings' rows are kept.

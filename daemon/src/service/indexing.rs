@@ -212,7 +212,8 @@ impl Service {
             let Ok(docs) = self.project_docs(pid) else {
                 continue;
             };
-            self.oplog.catch_up(&self.repo, pid.0, &docs)?;
+            self.oplog
+                .catch_up(&self.repo, pid.0, &docs, crate::oplog::Pace::Background)?;
         }
         let mut saved = 0;
         loop {

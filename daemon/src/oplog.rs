@@ -54,6 +54,13 @@ use crate::paging::{Page, Paged};
 /// are dropped, and the listing reads the document's changes instead.
 const PENDING_PER_DOC: usize = 256;
 
+/// Commits kept in notes across all documents, at most (~200 bytes each:
+/// a few MB). A clone of the aged benchmark project reports over a
+/// million commits while the periodic catch-up waits for it to end
+/// (`Service::save_index`); a document whose notes would pass the bound
+/// has them dropped and is read instead.
+const PENDING_COMMITS: usize = 32_768;
+
 /// One commit's operation record and time.
 type Record = (OpMeta, Timestamp);
 
@@ -70,7 +77,46 @@ pub struct OpLog {
     followed: Mutex<HashMap<Uuid, Vec<ChangeHash>>>,
     /// Durable changes told by the repository, per document, not yet
     /// indexed.
-    pending: Mutex<HashMap<Uuid, Vec<Persisted>>>,
+    pending: Mutex<Pending>,
+}
+
+/// The change feed's notes waiting for a catch-up.
+#[derive(Default)]
+struct Pending {
+    notes: HashMap<Uuid, Vec<Persisted>>,
+    /// Commits in `notes`, bounded by [`PENDING_COMMITS`].
+    commits: usize,
+}
+
+impl Pending {
+    /// Keeps `p`'s notes, or drops every note of its document when that
+    /// would pass either bound (it is then read from the document).
+    fn keep(&mut self, p: &Persisted) {
+        let new = Self::commits_of(p);
+        let notes = self.notes.entry(p.id).or_default();
+        if notes.len() >= PENDING_PER_DOC || self.commits + new > PENDING_COMMITS {
+            let dropped: usize = notes.iter().map(Self::commits_of).sum();
+            self.notes.remove(&p.id);
+            self.commits -= dropped;
+        } else {
+            notes.push(p.clone());
+            self.commits += new;
+        }
+    }
+
+    /// Takes (or with `take` false, copies) `doc`'s notes.
+    fn of(&mut self, doc: Uuid, take: bool) -> Vec<Persisted> {
+        if !take {
+            return self.notes.get(&doc).cloned().unwrap_or_default();
+        }
+        let notes = self.notes.remove(&doc).unwrap_or_default();
+        self.commits -= notes.iter().map(Self::commits_of).sum::<usize>();
+        notes
+    }
+
+    fn commits_of(p: &Persisted) -> usize {
+        p.commits.as_ref().map_or(0, Vec::len)
+    }
 }
 
 /// Records a catch-up stores in one commit, about (~3 per operation, a
@@ -99,12 +145,7 @@ impl Subscriber for OpLog {
     fn persisted(&self, persisted: &[Persisted]) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         for p in persisted.iter().filter(|p| p.commits.is_some()) {
-            let notes = pending.entry(p.id).or_default();
-            if notes.len() >= PENDING_PER_DOC {
-                notes.clear();
-            } else {
-                notes.push(p.clone());
-            }
+            pending.keep(p);
         }
     }
 }
@@ -317,13 +358,11 @@ impl OpLog {
         if same_heads(from, heads) {
             return Catch::Current;
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let notes = if take {
-            pending.remove(&doc).unwrap_or_default()
-        } else {
-            pending.get(&doc).cloned().unwrap_or_default()
-        };
-        drop(pending);
+        let notes = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .of(doc, take);
         let (mut at, mut records) = (from.to_vec(), Vec::new());
         for note in notes {
             if !same_heads(&note.before, &at) {
@@ -646,5 +685,43 @@ mod tests {
         keys.sort();
         let order: Vec<&str> = keys.iter().map(|(_, what)| *what).collect();
         assert_eq!(order, ["new, large id", "new, small id", "old"]);
+    }
+
+    /// Notes are bounded by commits across documents as well as by notes
+    /// per document; a document whose notes would pass either bound loses
+    /// them all (it is read instead), and the count stays exact.
+    #[test]
+    fn pending_notes_are_bounded_by_commits_and_per_document() {
+        let note = |doc: u128, commits: usize| Persisted {
+            id: Uuid::from_u128(doc),
+            before: Vec::new(),
+            heads: Vec::new(),
+            origin: sitesync_sync::Origin::Local,
+            own_changes: 0,
+            commits: Some(vec![
+                sitesync_sync::repo::Commit {
+                    message: None,
+                    time: 0
+                };
+                commits
+            ]),
+        };
+        let mut pending = Pending::default();
+        pending.keep(&note(1, PENDING_COMMITS - 10));
+        pending.keep(&note(2, 4));
+        assert_eq!(pending.commits, PENDING_COMMITS - 6);
+        // Document 2 would pass the bound: its notes go, document 1 stays.
+        pending.keep(&note(2, 7));
+        assert_eq!(pending.commits, PENDING_COMMITS - 10);
+        assert!(pending.of(Uuid::from_u128(2), false).is_empty());
+        assert_eq!(pending.of(Uuid::from_u128(1), true).len(), 1);
+        assert_eq!(pending.commits, 0);
+        for _ in 0..PENDING_PER_DOC {
+            pending.keep(&note(3, 1));
+        }
+        assert_eq!(pending.commits, PENDING_PER_DOC);
+        pending.keep(&note(3, 1));
+        assert_eq!(pending.commits, 0, "one note too many drops them all");
+        assert!(pending.notes.is_empty());
     }
 }

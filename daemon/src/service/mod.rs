@@ -43,6 +43,7 @@ mod tests;
 
 pub use clock::Clock;
 pub use history::UndoView;
+use indexing::Saving;
 pub use projects::{DrawingView, ProjectView};
 use received::Received;
 
@@ -123,8 +124,9 @@ pub struct Service {
     state: Mutex<State>,
     /// Held by [`Self::save_index`], so a drawing's records land in the
     /// order they were taken (an older one written last would cost a
-    /// re-read at the next start).
-    saving: Mutex<()>,
+    /// re-read at the next start); it also remembers whether the last
+    /// saves found a sync taking documents in.
+    saving: Mutex<Saving>,
     /// Another device's changes, durable but not yet indexed. A sync
     /// connection applies a document and goes on to the next while the
     /// indexer reads the changed views (a third of a cold clone's work):
@@ -207,7 +209,7 @@ impl Service {
             org: std::sync::OnceLock::new(),
             clock,
             state: Mutex::new(State::default()),
-            saving: Mutex::new(()),
+            saving: Mutex::default(),
             received,
             oplog,
             events,

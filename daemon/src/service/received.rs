@@ -15,6 +15,7 @@
 //! changes its entries lack.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
@@ -52,6 +53,10 @@ pub(super) struct Received {
     clock: Arc<Clock>,
     /// This device: its own changes coming back from a peer name no origin.
     device: DeviceId,
+    /// Documents received since the start, counted as the change feed
+    /// tells them: the periodic index save compares it between saves to
+    /// tell whether a sync is taking documents in ([`Service::save_index`]).
+    arrivals: AtomicU64,
 }
 
 /// One received document to index.
@@ -72,7 +77,13 @@ impl Received {
             queued: Condvar::new(),
             clock,
             device,
+            arrivals: AtomicU64::new(0),
         }
+    }
+
+    /// How many documents' changes have arrived since the start.
+    pub(super) fn arrivals(&self) -> u64 {
+        self.arrivals.load(Ordering::Relaxed)
     }
 
     /// Whether `doc` has received changes the index does not have yet.
@@ -145,6 +156,7 @@ impl Subscriber for Received {
                 None => queue.push_back(arrival),
             }
             queued = true;
+            self.arrivals.fetch_add(1, Ordering::Relaxed);
         }
         if queued {
             self.queued.notify_one();

@@ -670,6 +670,55 @@ fn an_index_save_while_a_received_change_waits_leaves_that_drawing_due() {
     }
 }
 
+/// While a sync is taking documents in, the periodic save leaves the
+/// operations index for later, at most [`Saving::MAX_DEFERRED`] saves in
+/// a row; the first save after the documents stop coming indexes them,
+/// and a listing never waits for it.
+#[test]
+fn the_periodic_save_indexes_operations_once_documents_stop_arriving() {
+    let (a, b) = (service(), service());
+    let (pid, did, ids) = shared_drawing(&a, &b, 1);
+    let indexed = |svc: &Service| -> u64 {
+        svc.repo
+            .store()
+            .get_meta(&keys::op_count(pid.0))
+            .unwrap()
+            .map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap())
+    };
+    b.save_index().unwrap();
+    assert_eq!(indexed(&b), 0, "the drawing has just arrived");
+    b.save_index().unwrap();
+    let first = indexed(&b);
+    assert!(first > 0, "nothing arrived since the last save");
+    let toggle = |k: usize| MilestoneUpdate {
+        component_id: ids[0],
+        milestone: "erect".into(),
+        value: MilestoneValue::Completed(k % 2 == 0),
+        effective_date: None,
+    };
+    for k in 0..Saving::MAX_DEFERRED as usize {
+        a.update_milestone("ana", pid, toggle(k), None).unwrap();
+        receive(&a, &b, pid, did.0);
+        b.save_index().unwrap();
+        assert_eq!(indexed(&b), first, "save {k} while writes keep arriving");
+    }
+    a.update_milestone("ana", pid, toggle(99), None).unwrap();
+    receive(&a, &b, pid, did.0);
+    b.save_index().unwrap();
+    let caught = indexed(&b);
+    assert_eq!(
+        caught,
+        first + Saving::MAX_DEFERRED as u64 + 1,
+        "never left behind longer than MAX_DEFERRED saves"
+    );
+    // A listing catches up by itself meanwhile.
+    a.update_milestone("ana", pid, toggle(100), None).unwrap();
+    receive(&a, &b, pid, did.0);
+    b.save_index().unwrap();
+    assert_eq!(indexed(&b), caught, "deferred again");
+    assert_eq!(all_operations(&b, pid).len() as u64, caught + 1);
+}
+
 #[test]
 fn the_clock_never_repeats_or_goes_back() {
     let clock = Clock::with_source(|| 1_000);

@@ -693,7 +693,7 @@ fn the_periodic_save_indexes_operations_once_documents_stop_arriving() {
     let toggle = |k: usize| MilestoneUpdate {
         component_id: ids[0],
         milestone: "erect".into(),
-        value: MilestoneValue::Completed(k % 2 == 0),
+        value: MilestoneValue::Completed(k.is_multiple_of(2)),
         effective_date: None,
     };
     for k in 0..Saving::MAX_DEFERRED as usize {

@@ -37,6 +37,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -78,7 +79,17 @@ pub struct OpLog {
     /// Durable changes told by the repository, per document, not yet
     /// indexed.
     pending: Mutex<Pending>,
+    /// Listings waiting for `followed`: a background catch-up that holds
+    /// it runs without pauses while one waits, since someone now waits
+    /// for the whole of it.
+    listings_waiting: AtomicUsize,
+    /// How a background catch-up pauses (`std::thread::sleep`; tests
+    /// count the pauses instead).
+    pause: Pause,
 }
+
+/// Sleeps for the given time, or stands in for it in a test.
+type Pause = std::sync::Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
 /// The change feed's notes waiting for a catch-up.
 #[derive(Default)]
@@ -170,7 +181,24 @@ impl OpLog {
             step_changes: batch_writes.clamp(1, STEP_CHANGES),
             followed: Mutex::default(),
             pending: Mutex::default(),
+            listings_waiting: AtomicUsize::new(0),
+            pause: std::sync::Arc::new(std::thread::sleep),
         }
+    }
+
+    /// This operations list with its background pauses taken by `pause`.
+    #[cfg(test)]
+    pub fn pausing_with(self, pause: impl Fn(std::time::Duration) + Send + Sync + 'static) -> Self {
+        Self {
+            pause: std::sync::Arc::new(pause),
+            ..self
+        }
+    }
+
+    /// Whether a listing waits for a catch-up to finish.
+    #[cfg(test)]
+    pub fn listing_waits(&self) -> bool {
+        self.listings_waiting.load(Ordering::SeqCst) > 0
     }
 
     /// One page of the project's operations, newest first; `docs` are the
@@ -217,9 +245,20 @@ impl OpLog {
     /// A listing's catch-up runs flat out (someone waits for it);
     /// `Pace::Background`, the periodic one, pauses after each batch as
     /// long as it held the store's one writer, so user writes between
-    /// batches wait for one batch at most, never a run of them.
+    /// batches wait for one batch at most, never a run of them, unless a
+    /// listing is waiting for it to finish (it then runs flat out too: a
+    /// listing behind a year of history waited twice as long).
     pub fn catch_up(&self, repo: &Repo, project: Uuid, docs: &[Uuid], pace: Pace) -> Result<(), RepoError> {
-        let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut followed = match pace {
+            Pace::Background => self.followed.lock(),
+            Pace::Flat => {
+                self.listings_waiting.fetch_add(1, Ordering::SeqCst);
+                let followed = self.followed.lock();
+                self.listings_waiting.fetch_sub(1, Ordering::SeqCst);
+                followed
+            }
+        }
+        .unwrap_or_else(|p| p.into_inner());
         if self.index(repo, project, docs, &mut followed, pace)? == Indexed::Damaged {
             tracing::warn!(%project, "the operations index disagrees with the documents; rebuilding it");
             self.wipe(repo.store(), project, docs, &mut followed)?;
@@ -276,8 +315,8 @@ impl OpLog {
                     if !Self::store_batch(full, docs, followed) {
                         return Ok(Indexed::Whole);
                     }
-                    if pace == Pace::Background {
-                        std::thread::sleep(started.elapsed());
+                    if pace == Pace::Background && self.listings_waiting.load(Ordering::SeqCst) == 0 {
+                        (self.pause)(started.elapsed());
                     }
                 }
             }

@@ -719,6 +719,58 @@ fn the_periodic_save_indexes_operations_once_documents_stop_arriving() {
     assert_eq!(all_operations(&b, pid).len() as u64, caught + 1);
 }
 
+/// A background catch-up pauses after each batch, unless a listing is
+/// waiting for it: from then on it runs flat out, and the listing gets
+/// every operation.
+#[test]
+fn a_waiting_listing_lifts_the_background_catch_ups_pauses() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let svc = Arc::new(service());
+    let (pid, _, ids) = drawing_with_components(&svc, 3);
+    for id in &ids {
+        erect(&svc, pid, *id);
+    }
+    let docs = svc.project_docs(pid).unwrap();
+    let pauses = Arc::new(AtomicUsize::new(0));
+    let oplog: Arc<std::sync::OnceLock<Arc<crate::oplog::OpLog>>> = Arc::default();
+    let lister: Arc<Mutex<Option<std::thread::JoinHandle<usize>>>> = Arc::default();
+    let hook = {
+        let (pauses, oplog, lister, svc, docs) = (
+            pauses.clone(),
+            oplog.clone(),
+            lister.clone(),
+            svc.clone(),
+            docs.clone(),
+        );
+        move |_| {
+            if pauses.fetch_add(1, Ordering::SeqCst) > 0 {
+                return;
+            }
+            // At the first pause, a listing arrives and waits.
+            let log = oplog.get().unwrap().clone();
+            let (svc, docs) = (svc.clone(), docs.clone());
+            let page = Page {
+                offset: 0,
+                limit: 1000,
+            };
+            *lister.lock().unwrap() = Some(std::thread::spawn(move || {
+                log.list(&svc.repo, pid.0, &docs, page).unwrap().items.len()
+            }));
+            while !oplog.get().unwrap().listing_waits() {
+                std::thread::yield_now();
+            }
+        }
+    };
+    let log = Arc::new(crate::oplog::OpLog::with_batches_of(1).pausing_with(hook));
+    oplog.set(log.clone()).ok().unwrap();
+    log.catch_up(&svc.repo, pid.0, &docs, crate::oplog::Pace::Background)
+        .unwrap();
+    assert_eq!(pauses.load(Ordering::SeqCst), 1, "no pause once a listing waited");
+    let listed = lister.lock().unwrap().take().expect("a listing").join().unwrap();
+    assert_eq!(listed, all_operations(&svc, pid).len());
+    assert!(listed > ids.len(), "{listed} operations");
+}
+
 #[test]
 fn the_clock_never_repeats_or_goes_back() {
     let clock = Clock::with_source(|| 1_000);

@@ -204,6 +204,15 @@ pub trait Observer: Send + Sync {
     /// normal end of a loop), the table is full (`Full`) or the
     /// connection's budget spent (`Limited`).
     fn presence_dropped(&self, _offer: Offer) {}
+    /// Whether this observer wants [`Self::differing`] at every ping: it
+    /// reads the heads of every shared document (a daemon's status shows
+    /// it; a relay with thousands of connections does not ask).
+    fn wants_differing(&self) -> bool {
+        false
+    }
+    /// How far apart this side and the peer are, per shared project
+    /// ([`Session::differing`]), at each ping once the handshake is done.
+    fn differing(&self, _projects: &[crate::session::ProjectSync]) {}
     /// How long to wait before handling the next received frame (a relay
     /// keeps an organisation within its messages a second by pacing: the
     /// peer's TCP window then slows the peer, nothing is dropped).
@@ -555,6 +564,12 @@ pub async fn drive<S: FrameSocket>(
                     return Ended::transport(format!("no frame for {:?}", timing.idle_timeout));
                 }
                 pending = session.ping(now_ms());
+                if session.peer().is_some() && observer.wants_differing() {
+                    match tokio::task::block_in_place(|| session.differing(host.as_ref())) {
+                        Ok(projects) => observer.differing(&projects),
+                        Err(e) => tracing::debug!(error = %e, "comparing with the peer failed; tried again at the next ping"),
+                    }
+                }
             }
         }
     }

@@ -311,6 +311,35 @@ pub struct Session {
     /// The version of the newest revocation list this connection has sent
     /// or heard: a list goes to the peer once, and never back.
     revocations_shared: u64,
+    /// What the peer was last heard to hold of each document of the
+    /// shared projects held here (its summary, its Acks, the heads of its
+    /// sync messages): what [`Session::differing`] compares this side's
+    /// heads with. Only documents of projects held here are kept, each
+    /// project's bounded by the summary limit, so a peer cannot grow it
+    /// with ids of its own invention. Kept only when asked
+    /// ([`Session::comparing`]): a relay with a thousand devices would
+    /// hold a copy of every device's heads.
+    known: HashMap<Uuid, Known>,
+    /// Whether `known` is kept.
+    comparing: bool,
+}
+
+/// A document as the peer was last heard to hold it.
+struct Known {
+    project: Uuid,
+    /// Sorted, as compared.
+    heads: Vec<ChangeHash>,
+}
+
+/// One shared project as [`Session::differing`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectSync {
+    pub project: Uuid,
+    /// Documents of the project held here.
+    pub documents: usize,
+    /// Documents whose heads differ between this side and what the peer
+    /// was last heard to hold, counting those only one side has.
+    pub differing: usize,
 }
 
 fn heads_to_wire(heads: &[ChangeHash]) -> Vec<Head> {
@@ -431,7 +460,16 @@ impl Session {
             channel: Channel::UNBOUND,
             book: None,
             revocations_shared: 0,
+            known: HashMap::new(),
+            comparing: false,
         }
+    }
+
+    /// Keeps what the peer holds, so [`Session::differing`] can tell how
+    /// far apart the two sides are (a daemon's status); off by default.
+    pub fn comparing(mut self) -> Self {
+        self.comparing = true;
+        self
     }
 
     /// Syncs at most `limit` documents of received summaries at once
@@ -469,6 +507,71 @@ impl Session {
             Phase::Ready(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// How far apart this side and the peer are, per shared project held
+    /// here (nothing unless [`Session::comparing`]): documents whose durable heads differ from what the peer was
+    /// last heard to hold (a change this side made counts until the peer
+    /// acknowledges it). Reads the heads of every shared document, so the
+    /// driver calls it now and then (a daemon at each ping), not per frame.
+    pub fn differing(&self, host: &dyn Host) -> Result<Vec<ProjectSync>, HostError> {
+        let Some(peer) = self.peer().filter(|_| self.comparing) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for project in self.shared_projects(peer, host)? {
+            let ours = host.summary(project)?;
+            let mut held = HashSet::with_capacity(ours.len());
+            let mut differing = 0;
+            for (doc, mut heads) in ours {
+                held.insert(doc);
+                heads.sort_unstable();
+                if self.known.get(&doc).map(|k| &k.heads) != Some(&heads) {
+                    differing += 1;
+                }
+            }
+            differing += self
+                .known
+                .iter()
+                .filter(|(doc, k)| k.project == project && !k.heads.is_empty() && !held.contains(*doc))
+                .count();
+            out.push(ProjectSync {
+                project,
+                documents: held.len(),
+                differing,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Notes that the peer holds `heads` of `doc` (of `project`, when the
+    /// message said): kept only for a document of a project held here and
+    /// shared with the peer.
+    fn hear(
+        &mut self,
+        peer: &PeerInfo,
+        doc: Uuid,
+        project: Option<Uuid>,
+        heads: &[ChangeHash],
+        host: &dyn Host,
+    ) -> Result<(), HostError> {
+        if !self.comparing {
+            return Ok(());
+        }
+        let project = match project.or_else(|| self.known.get(&doc).map(|k| k.project)) {
+            Some(p) => p,
+            None => match host.project_of(doc)? {
+                Some(p) => p,
+                None => return Ok(()),
+            },
+        };
+        if !self.allowed(peer, project, host)? || !host.holds(&peer.org, project)? {
+            return Ok(());
+        }
+        let mut heads = heads.to_vec();
+        heads.sort_unstable();
+        self.known.insert(doc, Known { project, heads });
+        Ok(())
     }
 
     /// The peer's organisation once its Hello is admitted (a server still
@@ -867,10 +970,11 @@ impl Session {
                 doc,
                 message,
             } => self.on_sync(peer, project.into(), doc.into(), &message, host),
-            Message::Ack { doc, heads } => Ok(vec![Output::Event(Event::Acked {
-                doc: doc.into(),
-                heads: heads_from_wire(&heads),
-            })]),
+            Message::Ack { doc, heads } => {
+                let (doc, heads) = (Uuid::from(doc), heads_from_wire(&heads));
+                self.hear(peer, doc, None, &heads, host)
+                    .map(|()| vec![Output::Event(Event::Acked { doc, heads })])
+            }
             Message::Presence(entry) => {
                 if let Err(e) = presence::check(&entry) {
                     return fatal("bad_presence", e.to_string());
@@ -954,6 +1058,8 @@ impl Session {
         let mut out = Vec::new();
         let mut listed = HashSet::new();
         let mut differ = Vec::new();
+        // What the peer holds is remembered for projects held here only.
+        let holds = self.comparing && host.holds(&peer.org, project)?;
         for (doc, heads) in docs {
             let doc = Uuid::from(doc);
             listed.insert(doc);
@@ -971,6 +1077,15 @@ impl Session {
             let mut mine = host.heads(doc)?;
             theirs.sort_unstable();
             mine.sort_unstable();
+            if holds {
+                self.known.insert(
+                    doc,
+                    Known {
+                        project,
+                        heads: theirs.clone(),
+                    },
+                );
+            }
             if theirs != mine {
                 // What the summary says replaces what this side last heard,
                 // and nothing is in flight any more: an exchange that
@@ -1076,6 +1191,7 @@ impl Session {
             doc,
         };
         let state = self.state(peer.key, doc, host)?;
+        let sent_heads = message.heads.clone();
         let theirs = if peer.relay {
             message.heads.clone()
         } else {
@@ -1089,6 +1205,9 @@ impl Session {
             }));
             out.push(Output::Event(Event::Applied { project, doc, heads }));
         }
+        // After the receive: the first message of a new project makes it
+        // held here.
+        self.hear(peer, doc, Some(project), &sent_heads, host)?;
         // Only a relay's holdings mean "stored off this device"; a LAN
         // peer's sync messages need no event.
         if !theirs.is_empty() {

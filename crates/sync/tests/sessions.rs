@@ -257,6 +257,75 @@ fn two_peers_of_one_organisation_converge() {
     assert_eq!(name(&ha, P1).as_deref(), Some("Renamed on B"));
 }
 
+/// Each side compares what it holds with what it heard the peer hold,
+/// per shared project: nothing differs once synced; a change differs on
+/// its side until the peer acknowledges it; a document only one side has
+/// differs; an Ack for a document nobody holds is not remembered.
+#[test]
+fn each_side_knows_how_far_apart_the_two_are_per_project() {
+    let (ha, hb) = (host(), host());
+    let dids = project(&ha, P1, 3);
+    let (a, b) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    let (mut a, mut b) = (a.comparing(), b.comparing());
+    let apart = |s: &Session, h: &dyn Host| -> Vec<(Uuid, usize, usize)> {
+        s.differing(h)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.project, p.documents, p.differing))
+            .collect()
+    };
+    assert!(apart(&a, &ha).is_empty(), "no peer yet");
+    pump(&mut a, &ha, &mut b, &hb);
+    assert_eq!(apart(&a, &ha), vec![(P1.0, 4, 0)]);
+    assert_eq!(apart(&b, &hb), vec![(P1.0, 4, 0)]);
+
+    // A change on A differs on A's side until B acknowledges it.
+    touch(&ha, dids[0].0);
+    assert_eq!(apart(&a, &ha), vec![(P1.0, 4, 1)]);
+    let outs = a.doc_changed(dids[0].0, &ha);
+    deliver(outs, (&mut a, &ha), (&mut b, &hb));
+    assert_eq!(apart(&a, &ha), vec![(P1.0, 4, 0)]);
+    assert_eq!(apart(&b, &hb), vec![(P1.0, 4, 0)]);
+
+    // A drawing only B holds (received from elsewhere) differs on B's
+    // side, and on A's once A hears of it from B's summary.
+    let extra = Uuid::from_u128(0xD0);
+    hb.repo()
+        .write(|tx| {
+            let d = DrawingDoc::create(P1, DrawingId(extra), &ctx(1), tx.actor())?;
+            tx.insert(extra, Doc::Drawing(d));
+            for (k, v) in binding_records(P1.0, extra) {
+                tx.put_meta(&k, &v);
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(apart(&b, &hb), vec![(P1.0, 5, 1)]);
+    let mut answers = Vec::new();
+    for o in b.resync(&hb) {
+        if let Output::Send(m) = o {
+            answers.extend(a.handle(&protocol::encode(&m), NOW, &ha));
+        }
+    }
+    assert_eq!(apart(&a, &ha), vec![(P1.0, 4, 1)]);
+    deliver(answers, (&mut a, &ha), (&mut b, &hb));
+    assert_eq!(apart(&a, &ha), vec![(P1.0, 5, 0)]);
+    assert_eq!(apart(&b, &hb), vec![(P1.0, 5, 0)]);
+
+    // An Ack for a document held nowhere changes nothing.
+    let stray = Message::Ack {
+        doc: Uuid::from_u128(0xBAD).into(),
+        heads: vec![[7; 32]],
+    };
+    a.handle(&protocol::encode(&stray), NOW, &ha);
+    assert_eq!(apart(&a, &ha), vec![(P1.0, 5, 0)]);
+
+    // A session not asked to compare keeps nothing and tells nothing.
+    let (mut c, mut d) = lan_pair(token(&acme(), 1, &[]), token(&acme(), 2, &[]));
+    pump(&mut c, &ha, &mut d, &hb);
+    assert!(apart(&c, &ha).is_empty());
+}
+
 /// Delivers `outs` of `from` to `to`, and their answers back and forth,
 /// until neither side has anything more to send.
 /// Passes `outs` from one session to the other and every answer back,

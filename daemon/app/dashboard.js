@@ -81,7 +81,26 @@ function connection(status, pid) {
       {},
       `${pending} ${pending === 1 ? "change" : "changes"} waiting to sync · last sync ${ago(status.last_synced_at)}`,
     ),
+    peersApart(up, pid),
   );
+}
+
+/**
+ * Each connected device and relay with how far it is from this laptop on
+ * this project ("the office laptop has everything"), as the daemon last
+ * compared them; nothing until it has.
+ */
+function peersApart(up, pid) {
+  const lines = up
+    .map((p) => [p, (p.shared_projects || []).find((s) => s.project_id === pid)])
+    .filter(([, shared]) => shared)
+    .map(([p, shared]) => {
+      const who = p.kind === "relay" ? "The relay" : p.name || "A LAN peer";
+      const n = shared.documents_differing;
+      const apart = n === 0 ? "has everything" : `is ${n} ${n === 1 ? "document" : "documents"} apart`;
+      return el("li", { class: n === 0 ? "even" : "apart" }, `${who} ${apart}`);
+    });
+  return lines.length ? el("ul", { class: "peers-apart", id: "peers-apart" }, ...lines) : null;
 }
 
 const ROLLUPS = [

@@ -407,6 +407,13 @@ fn another_laptops_change_appears_live_the_badge_goes_offline_and_a_conflict_is_
         "the relay badge",
         "document.getElementById('connection')?.textContent.includes('Online through the relay')",
     );
+    // How far the relay is from this laptop on this project, once compared.
+    page.wait_for(
+        "the relay has everything",
+        "document.getElementById('peers-apart')?.textContent.includes('The relay has everything')",
+    );
+    look_on_a_phone(&mut page, "dashboard-peers-phone");
+    look(&mut page, "dashboard-peers-laptop");
     // B records work; A's page follows.
     let before = page.eval("document.getElementById('earned').textContent");
     let (status, _) = b.call(

@@ -303,9 +303,22 @@ fn lan_peers_sync_without_a_relay_and_refuse_another_organisation() {
     });
     let st = ok(b.call("GET", "/v1/sync/status", None), "status");
     assert_eq!(st["peers"][0]["kind"], "lan");
+    assert_eq!(st["peers"][0]["found"], "configured");
     let st = ok(a.call("GET", "/v1/sync/status", None), "status");
     assert_eq!(st["peers"][0]["state"], "connected", "{st}");
     assert_eq!(st["peers"][0]["outbound"], false);
+    assert_eq!(st["peers"][0]["found"], "inbound");
+    // Each side sees the other holding everything of the project: its
+    // document and its drawings, none differing.
+    for d in [&a, &b] {
+        let shared = eventually("the peer compared as holding everything", WAIT, || {
+            let st = get(d, "/v1/sync/status")?;
+            let shared = st["peers"][0]["shared_projects"].as_array()?.clone();
+            (shared.len() == 1 && shared[0]["documents_differing"] == 0).then_some(shared)
+        });
+        assert_eq!(shared[0]["project_id"], s.project.as_str());
+        assert!(shared[0]["documents"].as_u64().unwrap() >= 2, "{shared:?}");
+    }
 
     // A device of another organisation is refused and receives nothing.
     let other = root.path().join("other-relay");

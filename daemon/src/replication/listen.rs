@@ -34,6 +34,7 @@ pub(super) async fn accept_peer(
             binding,
             server_trusted: false,
         })
+        .comparing()
         .with_revocations(repl.book.clone());
         let observer = Arc::new(PeerObserver {
             repl: repl.clone(),

@@ -210,10 +210,19 @@ impl Replication {
             let Some(slot) = peers.get_mut(&peer_id) else {
                 return;
             };
-            let before = (slot.view.state, slot.view.last_error.clone());
+            let seen = |v: &PeerView| {
+                let apart: Vec<(Uuid, usize)> = v
+                    .shared_projects
+                    .iter()
+                    .map(|p| (p.project_id, p.documents_differing))
+                    .collect();
+                (v.state, v.last_error.clone(), apart)
+            };
+            let before = seen(&slot.view);
             f(&mut slot.view);
-            // Publish state changes, not every latency sample.
-            ((slot.view.state, slot.view.last_error.clone()) != before).then(|| slot.view.clone())
+            // Publish changes of state and of how far apart the two are,
+            // not every latency sample or comparison.
+            (seen(&slot.view) != before).then(|| slot.view.clone())
         };
         if let Some(view) = view {
             self.service
@@ -248,7 +257,7 @@ impl Replication {
             self.service.set_org(token.cert().org());
         }
         let peer_id = Uuid::new_v4();
-        let view = PeerView::new(peer_id, Some(url.to_owned()), kind, true);
+        let view = PeerView::new(peer_id, Some(url.to_owned()), kind, "configured");
         self.peers().insert(
             peer_id,
             PeerSlot {
@@ -294,6 +303,7 @@ impl Replication {
                         rand::random(),
                     )
                     .over(channel)
+                    .comparing()
                     .with_revocations(self.book.clone());
                     let observer = Arc::new(PeerObserver {
                         repl: self.clone(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use sitesync_model::Timestamp;
 use sitesync_sync::link::Observer;
-use sitesync_sync::session::{Event, PeerInfo};
+use sitesync_sync::session::{Event, PeerInfo, ProjectSync};
 use uuid::Uuid;
 
 use super::*;
@@ -35,11 +35,34 @@ pub struct PeerView {
     pub device_id: Option<Uuid>,
     /// Whether we dialled it (false: it connected to our --peer-listen).
     pub outbound: bool,
+    /// How this device came to know it: "configured" (`--relay`, `--peer`
+    /// or `POST /v1/sync/peers`) or "inbound" (it connected to our
+    /// `--peer-listen`).
+    pub found: &'static str,
+    /// Each project both sides share that is held here, with how many of
+    /// its documents differ from what the peer was last heard to hold (a
+    /// change counts until the peer acknowledges it): 0 everywhere means
+    /// the peer has everything this device has, and the reverse. Compared
+    /// at every ping while connected; empty before the first comparison.
+    pub shared_projects: Vec<SharedProject>,
+    /// When `shared_projects` was compared.
+    pub compared_at: Option<Timestamp>,
+}
+
+/// One shared project in a peer's status.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct SharedProject {
+    pub project_id: Uuid,
+    /// Documents of the project (its own and its drawings') held here.
+    pub documents: usize,
+    /// Documents whose heads differ between this device and the peer,
+    /// counting those only one side holds.
+    pub documents_differing: usize,
 }
 
 impl PeerView {
-    /// A peer not connected yet.
-    pub(super) fn new(peer_id: Uuid, url: Option<String>, kind: &'static str, outbound: bool) -> Self {
+    /// A peer not connected yet, `found` as [`Self::found`] says.
+    pub(super) fn new(peer_id: Uuid, url: Option<String>, kind: &'static str, found: &'static str) -> Self {
         Self {
             peer_id,
             name: None,
@@ -53,7 +76,10 @@ impl PeerView {
             last_connected_at: None,
             last_error: None,
             device_id: None,
-            outbound,
+            outbound: found != "inbound",
+            found,
+            shared_projects: Vec::new(),
+            compared_at: None,
         }
     }
 }
@@ -84,6 +110,28 @@ impl Observer for PeerObserver {
         self.repl.counters.frames_out.inc();
     }
 
+    fn wants_differing(&self) -> bool {
+        true
+    }
+
+    fn differing(&self, projects: &[ProjectSync]) {
+        let Some(id) = *self.peer_id.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return;
+        };
+        let shared = projects
+            .iter()
+            .map(|p| SharedProject {
+                project_id: p.project,
+                documents: p.documents,
+                documents_differing: p.differing,
+            })
+            .collect();
+        self.repl.update(id, |v| {
+            v.shared_projects = shared;
+            v.compared_at = Some(now());
+        });
+    }
+
     fn events(&self, events: &[Event]) {
         let repl = &self.repl;
         let slot = *self.peer_id.lock().unwrap_or_else(|p| p.into_inner());
@@ -100,7 +148,7 @@ impl Observer for PeerObserver {
                             // another's entry by claiming its id.
                             let id = peer.key;
                             repl.peers().entry(id).or_insert_with(|| PeerSlot {
-                                view: PeerView::new(id, None, "lan", false),
+                                view: PeerView::new(id, None, "lan", "inbound"),
                                 task: None,
                             });
                             *self.peer_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);

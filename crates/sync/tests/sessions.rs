@@ -1118,3 +1118,93 @@ fn revocations_travel_between_lan_peers_and_end_the_revoked_ones_links() {
         "{outs:?}"
     );
 }
+
+/// A source whose change feed lags now and then (it resyncs instead of
+/// offering each changed document) while frames are in flight both ways
+/// and the relay's window is small: everything reaches the relay once
+/// the link is left to itself, over random interleavings (session 11's
+/// stall was one such: a summary met a sync state "in flight").
+#[test]
+fn a_lagging_feed_with_frames_in_flight_still_converges_on_the_relay() {
+    use std::collections::VecDeque;
+    for seed in 1..40u64 {
+        let (ha, hr) = (host(), host());
+        let dids = project(&ha, P1, 40);
+        let mut a =
+            Session::client(Uuid::from_u128(0xA), "a", token(&acme(), 1, &[]), [1; 32]).with_window(4);
+        let mut r =
+            Session::server(Uuid::from_u128(0xF), "relay", Arc::new(Relay(acme())), [2; 32]).with_window(4);
+        pump(&mut a, &ha, &mut r, &hr);
+        let mut x = seed;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut to_r, mut to_a): (VecDeque<Vec<u8>>, VecDeque<Vec<u8>>) = Default::default();
+        let push = |outs: Vec<Output>, q: &mut VecDeque<Vec<u8>>| {
+            for o in outs {
+                if let Output::Send(m) = o {
+                    q.push_back(protocol::encode(&m));
+                }
+            }
+        };
+        let mut now = NOW;
+        for _ in 0..400 {
+            now += 10;
+            match rnd(6) {
+                0 => {
+                    let d = dids[rnd(dids.len() as u64) as usize].0;
+                    touch(&ha, d);
+                    if rnd(3) > 0 {
+                        push(a.doc_changed(d, &ha), &mut to_r);
+                    }
+                }
+                1 => push(a.resync(&ha), &mut to_r),
+                2 | 3 => {
+                    if let Some(f) = to_r.pop_front() {
+                        push(r.handle(&f, now, &hr), &mut to_a);
+                    }
+                }
+                _ => {
+                    if let Some(f) = to_a.pop_front() {
+                        push(a.handle(&f, now, &ha), &mut to_r);
+                    }
+                }
+            }
+        }
+        // The feed catches up once more, then the link is left to itself,
+        // with pings now and then.
+        push(a.resync(&ha), &mut to_r);
+        for _ in 0..10_000 {
+            now += 100;
+            if to_r.is_empty() && to_a.is_empty() {
+                push(a.ping(now), &mut to_r);
+                push(r.ping(now), &mut to_a);
+                now += 60_000;
+                push(a.ping(now), &mut to_r);
+                push(r.ping(now), &mut to_a);
+            }
+            if let Some(f) = to_r.pop_front() {
+                push(r.handle(&f, now, &hr), &mut to_a);
+            }
+            if let Some(f) = to_a.pop_front() {
+                push(a.handle(&f, now, &ha), &mut to_r);
+            }
+        }
+        let mut sa = ha.summary(P1.0).unwrap();
+        let mut sr = hr.summary(P1.0).unwrap();
+        for (_, h) in sa.iter_mut().chain(sr.iter_mut()) {
+            h.sort();
+        }
+        sa.sort();
+        sr.sort();
+        let behind: Vec<_> = sa.iter().filter(|d| !sr.contains(d)).map(|(d, _)| *d).collect();
+        assert!(
+            behind.is_empty(),
+            "seed {seed}: the relay lacks {} documents: {behind:?}",
+            behind.len()
+        );
+    }
+}

@@ -510,8 +510,8 @@ impl Session {
     }
 
     /// How far apart this side and the peer are, per shared project held
-    /// here (nothing unless [`Session::comparing`]): documents whose durable heads differ from what the peer was
-    /// last heard to hold (a change this side made counts until the peer
+    /// here (nothing unless [`Session::comparing`]): documents whose
+    /// durable heads differ from what the peer was last heard to hold (a change this side made counts until the peer
     /// acknowledges it). Reads the heads of every shared document, so the
     /// driver calls it now and then (a daemon at each ping), not per frame.
     pub fn differing(&self, host: &dyn Host) -> Result<Vec<ProjectSync>, HostError> {
@@ -558,7 +558,15 @@ impl Session {
         if !self.comparing {
             return Ok(());
         }
-        let project = match project.or_else(|| self.known.get(&doc).map(|k| k.project)) {
+        let mut heads = heads.to_vec();
+        heads.sort_unstable();
+        // A document kept already was checked when it was first kept:
+        // its project is shared and held (no store reads per message).
+        if let Some(known) = self.known.get_mut(&doc) {
+            known.heads = heads;
+            return Ok(());
+        }
+        let project = match project {
             Some(p) => p,
             None => match host.project_of(doc)? {
                 Some(p) => p,
@@ -568,8 +576,6 @@ impl Session {
         if !self.allowed(peer, project, host)? || !host.holds(&peer.org, project)? {
             return Ok(());
         }
-        let mut heads = heads.to_vec();
-        heads.sort_unstable();
         self.known.insert(doc, Known { project, heads });
         Ok(())
     }

@@ -216,3 +216,36 @@ fn counting_pending_changes_never_blocks_a_write() {
     counter.join().unwrap();
     assert_eq!(repl.pending_counts().len(), 300, "every project counted");
 }
+
+/// A peer's status is published when its state or how far apart it is
+/// changes (the dashboard's "has everything" follows it live), not for
+/// every latency sample or a comparison that found the same.
+#[test]
+fn a_peers_status_is_published_when_how_far_apart_changes() {
+    let (service, repl) = replication();
+    let id = Uuid::new_v4();
+    repl.peers().insert(
+        id,
+        PeerSlot {
+            view: PeerView::new(id, None, "lan", "inbound"),
+            task: None,
+        },
+    );
+    let apart = |n| {
+        vec![SharedProject {
+            project_id: Uuid::from_u128(1),
+            documents: 3,
+            documents_differing: n,
+        }]
+    };
+    let published = || service.events.next_id();
+    let before = published();
+    repl.update(id, |v| v.latency_ms = Some(12));
+    assert_eq!(published(), before, "a latency sample is not published");
+    repl.update(id, |v| v.shared_projects = apart(2));
+    assert_eq!(published(), before + 1, "how far apart changed");
+    repl.update(id, |v| v.shared_projects = apart(2));
+    assert_eq!(published(), before + 1, "the same comparison again");
+    repl.update(id, |v| v.shared_projects = apart(0));
+    assert_eq!(published(), before + 2, "now it has everything");
+}
